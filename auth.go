@@ -1,0 +1,119 @@
+package realtime
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// tokenClaims is the JWT payload the plugin reads.
+type tokenClaims struct {
+	jwt.RegisteredClaims
+	Tenant string `json:"tenant,omitempty"`
+	Scope  string `json:"scope,omitempty"`
+}
+
+// authenticator verifies tokens with an algorithm allow-list, a required exp
+// and the optional iss/aud checks.
+type authenticator struct {
+	parser  *jwt.Parser
+	keyfunc jwt.Keyfunc
+	cookie  string
+	query   bool
+}
+
+func newAuthenticator(cfg *Config) *authenticator {
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(cfg.JWTAlgorithms),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(cfg.JWTLeeway),
+	}
+	if cfg.JWTIssuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
+	}
+	if cfg.JWTAudience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.JWTAudience))
+	}
+	kf := cfg.JWTKeyfunc
+	if kf == nil {
+		secret := cfg.JWTSecret
+		kf = func(*jwt.Token) (any, error) { return secret, nil }
+	}
+	return &authenticator{parser: jwt.NewParser(opts...), keyfunc: kf, cookie: cfg.TokenCookie, query: !cfg.DisableQueryToken}
+}
+
+// tokenFrom returns the request's credential: the Authorization bearer token,
+// else the cookie, else the token query parameter (first found wins).
+func (a *authenticator) tokenFrom(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return "" // a present but malformed header is not silently skipped
+	}
+	if ck, err := r.Cookie(a.cookie); err == nil && ck.Value != "" {
+		return ck.Value
+	}
+	if a.query {
+		return r.URL.Query().Get("token")
+	}
+	return ""
+}
+
+// Verify checks a raw token and returns its identity. Errors wrap ErrUnauthorized.
+func (a *authenticator) verify(raw string) (*Identity, error) {
+	if raw == "" {
+		return nil, fmt.Errorf("verify token: %w: no token", ErrUnauthorized)
+	}
+	var cl tokenClaims
+	if _, err := a.parser.ParseWithClaims(raw, &cl, a.keyfunc); err != nil {
+		return nil, fmt.Errorf("verify token: %w: %w", ErrUnauthorized, err)
+	}
+	if cl.Subject == "" {
+		return nil, fmt.Errorf("verify token: %w: no sub claim", ErrUnauthorized)
+	}
+	id := &Identity{User: cl.Subject, Tenant: cl.Tenant, Scopes: strings.Fields(cl.Scope)}
+	if id.Tenant == "" {
+		id.Tenant = DefaultTenant
+	}
+	if cl.ExpiresAt != nil {
+		id.Expires = cl.ExpiresAt.Time
+	}
+	return id, nil
+}
+
+// VerifyToken verifies a raw JWT with the plugin's settings and returns its identity.
+func (p *Plugin) VerifyToken(raw string) (*Identity, error) { return p.auth.verify(raw) }
+
+// identify authenticates the request of c, storing the identity in c. On
+// failure it writes the 401 answer and returns false.
+func (p *Plugin) identify(c *gin.Context) (*Identity, bool) {
+	if id, ok := IdentityFrom(c); ok {
+		return id, true
+	}
+	id, err := p.auth.verify(p.auth.tokenFrom(c.Request))
+	if err != nil {
+		p.log.Debug("realtime: token refused", "path", c.FullPath(), "remote", c.ClientIP(), "err", err)
+		writeError(c, err)
+		return nil, false
+	}
+	c.Set(identityKey, id)
+	return id, true
+}
+
+// Authenticate is a gin middleware that requires a valid token (same sources
+// and checks as the plugin's own routes) and stores its identity for
+// IdentityFrom. Requests without one are answered 401.
+func (p *Plugin) Authenticate() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if _, ok := p.identify(c); !ok {
+			c.Abort()
+			return
+		}
+		c.Next()
+	}
+}

@@ -1,0 +1,233 @@
+package realtime
+
+import (
+	"container/list"
+	"context"
+	"sync"
+	"time"
+)
+
+// LookupStatus tells what a buffer knows of a resume point.
+type LookupStatus int
+
+const (
+	// LookupUnknown: the resume point is not (or no longer, or ambiguously) in
+	// the buffer: the subscriber needs a resync.
+	LookupUnknown LookupStatus = iota
+	// LookupFound: the resume point is buffered; Events holds every later event.
+	LookupFound
+	// LookupUpToDate: the resume point is the stream's newest event.
+	LookupUpToDate
+)
+
+func (s LookupStatus) String() string {
+	switch s {
+	case LookupFound:
+		return "found"
+	case LookupUpToDate:
+		return "up-to-date"
+	default:
+		return "unknown"
+	}
+}
+
+// Entry is a buffered event with its position in its stream.
+type Entry struct {
+	// Seq is the event's position in its stream, from 1, assigned by Append.
+	Seq   uint64
+	Event *Event
+}
+
+// Lookup is the answer of Buffer.Since.
+type Lookup struct {
+	Status LookupStatus
+	// Seq is the position of the resume point (Found, UpToDate).
+	Seq uint64
+	// Events are the events after the resume point, oldest first (Found).
+	Events []Entry
+}
+
+// Buffer keeps the recent events of every stream (one per record and one per
+// collection) and assigns each appended event its position. Implementations
+// must be safe for concurrent use; the plugin serialises Appends per key.
+type Buffer interface {
+	// Append stores ev at the end of key's stream and returns its position.
+	Append(ctx context.Context, key StreamKey, ev *Event) (seq uint64, err error)
+	// Since looks up the resume point lastID (an ETag) in key's stream.
+	Since(ctx context.Context, key StreamKey, lastID string) (Lookup, error)
+	// Invalidate forgets the streams of a collection and of all its records,
+	// so that every later resume point of them is unknown.
+	Invalidate(ctx context.Context, tenant, collection string) error
+}
+
+// MemoryBufferConfig bounds a MemoryBuffer.
+type MemoryBufferConfig struct {
+	// Size is the number of events kept per stream. Default: 100.
+	Size int
+	// MaxAge is how long an event is kept. Default: 1h.
+	MaxAge time.Duration
+	// MaxBytes caps the estimated size of all streams; the least recently
+	// active streams are evicted first. Default: 64 MiB.
+	MaxBytes int64
+	// Now is the clock. Default: time.Now.
+	Now func() time.Time
+}
+
+// MemoryBuffer is the in-process Buffer: a ring of events per stream, all
+// streams bounded together by a byte cap with least-recently-active eviction.
+type MemoryBuffer struct {
+	cfg MemoryBufferConfig
+
+	mu      sync.Mutex
+	streams map[StreamKey]*memStream
+	lru     list.List // of *memStream, front = most recently active
+	bytes   int64
+}
+
+var _ Buffer = (*MemoryBuffer)(nil)
+
+type memStream struct {
+	key     StreamKey
+	elem    *list.Element
+	entries []Entry // ring in insertion order: oldest first after trim
+	bytes   int64
+	// head is the newest event ever appended, kept when entries age out, so a
+	// subscriber at the head is known to be up to date.
+	headSeq  uint64
+	headETag string
+}
+
+// NewMemoryBuffer returns an in-memory Buffer with cfg's bounds (zero fields
+// take their defaults).
+func NewMemoryBuffer(cfg MemoryBufferConfig) *MemoryBuffer {
+	if cfg.Size <= 0 {
+		cfg.Size = 100
+	}
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = time.Hour
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 64 << 20
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &MemoryBuffer{cfg: cfg, streams: make(map[StreamKey]*memStream)}
+}
+
+// Append implements Buffer.
+func (b *MemoryBuffer) Append(_ context.Context, key StreamKey, ev *Event) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.streams[key]
+	if s == nil {
+		s = &memStream{key: key}
+		s.elem = b.lru.PushFront(s)
+		b.streams[key] = s
+	} else {
+		b.lru.MoveToFront(s.elem)
+	}
+	s.headSeq++
+	s.headETag = ev.ETag
+	sz := ev.size()
+	s.entries = append(s.entries, Entry{Seq: s.headSeq, Event: ev})
+	s.bytes += sz
+	b.bytes += sz
+	b.trim(s)
+	for b.bytes > b.cfg.MaxBytes && b.lru.Len() > 1 {
+		victim := b.lru.Back().Value.(*memStream)
+		if victim == s {
+			break
+		}
+		b.drop(victim)
+	}
+	if b.bytes > b.cfg.MaxBytes { // one stream alone over the cap: keep its newest
+		for len(s.entries) > 1 && b.bytes > b.cfg.MaxBytes {
+			b.shift(s)
+		}
+	}
+	return s.headSeq, nil
+}
+
+// trim drops entries over the count and age bounds.
+func (b *MemoryBuffer) trim(s *memStream) {
+	for len(s.entries) > b.cfg.Size {
+		b.shift(s)
+	}
+	cutoff := b.cfg.Now().Add(-b.cfg.MaxAge)
+	for len(s.entries) > 0 && s.entries[0].Event.Time.Before(cutoff) {
+		b.shift(s)
+	}
+}
+
+func (b *MemoryBuffer) shift(s *memStream) {
+	sz := s.entries[0].Event.size()
+	s.entries[0] = Entry{}
+	s.entries = s.entries[1:]
+	s.bytes -= sz
+	b.bytes -= sz
+	if len(s.entries) == 0 {
+		s.entries = nil
+	}
+}
+
+func (b *MemoryBuffer) drop(s *memStream) {
+	b.bytes -= s.bytes
+	b.lru.Remove(s.elem)
+	delete(b.streams, s.key)
+}
+
+// Since implements Buffer. A resume point found more than once (a record
+// that went back to an earlier version) is ambiguous and reported unknown,
+// unless it is the newest event.
+func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (Lookup, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.streams[key]
+	if s == nil {
+		return Lookup{Status: LookupUnknown}, nil
+	}
+	b.lru.MoveToFront(s.elem)
+	b.trim(s)
+	if lastID == "" {
+		return Lookup{Status: LookupUnknown, Seq: s.headSeq}, nil
+	}
+	if key.ID != "" && lastID == s.headETag {
+		return Lookup{Status: LookupUpToDate, Seq: s.headSeq}, nil
+	}
+	at := -1
+	for i := len(s.entries) - 1; i >= 0; i-- {
+		if s.entries[i].Event.ETag == lastID {
+			if at >= 0 {
+				return Lookup{Status: LookupUnknown}, nil // ambiguous
+			}
+			at = i
+		}
+	}
+	if at < 0 {
+		return Lookup{Status: LookupUnknown}, nil
+	}
+	if at == len(s.entries)-1 {
+		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq}, nil
+	}
+	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
+}
+
+// Invalidate implements Buffer.
+func (b *MemoryBuffer) Invalidate(_ context.Context, tenant, collection string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, s := range b.streams {
+		if k.Tenant == tenant && k.Collection == collection {
+			b.drop(s)
+		}
+	}
+	return nil
+}
+
+// Stats reports the buffer's streams and estimated bytes.
+func (b *MemoryBuffer) Stats() (streams int, bytes int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.streams), b.bytes
+}

@@ -1,0 +1,199 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// RecordLoader loads the current version of a record for snapshots and for
+// resync. It returns ErrNotFound (possibly wrapped) when the record is absent.
+// The returned value is marshalled with encoding/json; a json.RawMessage or
+// []byte is taken as the record's JSON as is.
+type RecordLoader func(ctx context.Context, ref Ref) (any, error)
+
+// Authorizer decides whether an identity may see a record or a collection.
+// It returns nil to allow, ErrForbidden to refuse (403) or ErrNotFound to hide
+// the record (404). It is called at subscribe time and again before every
+// event frame (with Access.Event and Access.Record set), on the plugin's
+// writer goroutines: it must be fast and must not block.
+type Authorizer func(ctx context.Context, a Access) error
+
+// Access is what an Authorizer decides on.
+type Access struct {
+	// Identity is the subscriber's verified token.
+	Identity *Identity
+	// Ref names the record; Ref.ID is empty for a collection subscription.
+	Ref Ref
+	// Event is empty at subscribe time, else the type of the event about to be sent.
+	Event string
+	// Record is the record's JSON when known: the loaded record at subscribe
+	// time, the event's data before a frame. It is nil when the record is absent
+	// or no loader is configured.
+	Record json.RawMessage
+}
+
+// ETagFunc computes the ETag of a record version from its collection, id and
+// JSON. It must return a valid HTTP entity tag, quotes included.
+type ETagFunc func(collection, id string, recordJSON []byte) string
+
+// Config configures a Plugin. The zero value of every field means its default;
+// only a JWT key (JWTSecret or JWTKeyfunc) is required.
+type Config struct {
+	// JWTSecret is the HMAC key for HS256 tokens. Required unless JWTKeyfunc is set.
+	JWTSecret []byte
+	// JWTKeyfunc supplies verification keys for other algorithms (RS256, ES256,
+	// EdDSA, key rotation). Default: nil, HS256 with JWTSecret.
+	JWTKeyfunc jwt.Keyfunc
+	// JWTAlgorithms is the allow-list of signing algorithms. Default: ["HS256"]
+	// with JWTSecret; with JWTKeyfunc it must be set.
+	JWTAlgorithms []string
+	// JWTLeeway is the clock skew tolerated on exp, nbf and iat. Default: 5s.
+	JWTLeeway time.Duration
+	// JWTIssuer, when set, is required in the iss claim. Default: not checked.
+	JWTIssuer string
+	// JWTAudience, when set, is required in the aud claim. Default: not checked.
+	JWTAudience string
+	// TokenCookie is the name of the cookie a token may be read from. Default: "realtime_token".
+	TokenCookie string
+	// DisableQueryToken turns off the ?token= query parameter. Default: false (allowed).
+	DisableQueryToken bool
+
+	// Loader loads records for snapshots and resync. Default: nil, no snapshots
+	// (subscribers get nothing until the next event; a miss gives resync only).
+	Loader RecordLoader
+	// Authorize is checked at subscribe time and before each frame. Default: nil,
+	// every identity may see every record of its own tenant.
+	Authorize Authorizer
+	// ETag computes record ETags. Default: DefaultETag. A record value that
+	// implements ETagger supplies its own ETag instead.
+	ETag ETagFunc
+
+	// Buffer stores the recent events of every record and collection. Default:
+	// an in-memory buffer bounded by BufferSize, BufferMaxAge and BufferMemory.
+	Buffer Buffer
+	// BufferSize is the number of events kept per record and per collection. Default: 100.
+	BufferSize int
+	// BufferMaxAge is how long an event is kept. Default: 1h.
+	BufferMaxAge time.Duration
+	// BufferMemory caps the in-memory buffer's total size in bytes; the least
+	// recently active records are evicted first. Default: 64 MiB.
+	BufferMemory int64
+
+	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
+	Retry time.Duration
+	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
+	Heartbeat time.Duration
+	// QueueSize bounds the frames waiting for one subscriber; when it is full
+	// the subscriber is disconnected and resumes on reconnect. Default: 512.
+	QueueSize int
+	// WriteTimeout bounds one write to a subscriber; a subscriber that cannot
+	// take a write in that time is disconnected. Default: 10s.
+	WriteTimeout time.Duration
+	// Writers is the number of goroutines that write to SSE connections.
+	// Default: 4 × GOMAXPROCS.
+	Writers int
+	// DisableHijack keeps every SSE stream on its handler goroutine instead of
+	// taking HTTP/1.1 connections over (use it when a middleware must see the
+	// response body). HTTP/2 streams always stay on their handler. Default: false.
+	DisableHijack bool
+
+	// PollTimeout is the default wait of a long poll. Default: 25s.
+	PollTimeout time.Duration
+	// PollMaxTimeout caps the timeout a long poll may ask for. Default: 60s.
+	PollMaxTimeout time.Duration
+	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
+	MaxBodyBytes int64
+
+	// Logger receives the plugin's logs. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with every zero field set to its default,
+// or an error wrapping ErrInvalidConfig.
+func (c Config) withDefaults() (Config, error) {
+	if len(c.JWTSecret) == 0 && c.JWTKeyfunc == nil {
+		return c, fmt.Errorf("%w: JWTSecret or JWTKeyfunc is required", ErrInvalidConfig)
+	}
+	if len(c.JWTAlgorithms) == 0 {
+		if c.JWTKeyfunc != nil {
+			return c, fmt.Errorf("%w: JWTAlgorithms must list the algorithms JWTKeyfunc serves", ErrInvalidConfig)
+		}
+		c.JWTAlgorithms = []string{"HS256"}
+	}
+	for _, a := range c.JWTAlgorithms {
+		if a == "" || a == "none" || jwt.GetSigningMethod(a) == nil {
+			return c, fmt.Errorf("%w: unknown or unsafe JWT algorithm %q", ErrInvalidConfig, a)
+		}
+	}
+	type dur struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}
+	for _, d := range []dur{
+		{"JWTLeeway", &c.JWTLeeway, 5 * time.Second},
+		{"BufferMaxAge", &c.BufferMaxAge, time.Hour},
+		{"Retry", &c.Retry, 2 * time.Second},
+		{"Heartbeat", &c.Heartbeat, 30 * time.Second},
+		{"WriteTimeout", &c.WriteTimeout, 10 * time.Second},
+		{"PollTimeout", &c.PollTimeout, 25 * time.Second},
+		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
+	} {
+		if *d.v < 0 {
+			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, d.name)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.PollTimeout > c.PollMaxTimeout {
+		return c, fmt.Errorf("%w: PollTimeout exceeds PollMaxTimeout", ErrInvalidConfig)
+	}
+	type num struct {
+		name string
+		v    *int
+		def  int
+	}
+	for _, n := range []num{
+		{"BufferSize", &c.BufferSize, 100},
+		{"QueueSize", &c.QueueSize, 512},
+		{"Writers", &c.Writers, 4 * runtime.GOMAXPROCS(0)},
+	} {
+		if *n.v < 0 {
+			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)
+		}
+		if *n.v == 0 {
+			*n.v = n.def
+		}
+	}
+	if c.BufferMemory < 0 || c.MaxBodyBytes < 0 {
+		return c, fmt.Errorf("%w: BufferMemory and MaxBodyBytes must not be negative", ErrInvalidConfig)
+	}
+	if c.BufferMemory == 0 {
+		c.BufferMemory = 64 << 20
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.TokenCookie == "" {
+		c.TokenCookie = "realtime_token"
+	}
+	if c.ETag == nil {
+		c.ETag = DefaultETag
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Buffer == nil {
+		c.Buffer = NewMemoryBuffer(MemoryBufferConfig{
+			Size: c.BufferSize, MaxAge: c.BufferMaxAge, MaxBytes: c.BufferMemory,
+		})
+	}
+	return c, nil
+}

@@ -1,0 +1,34 @@
+// Package realtime is a gin plugin that makes an app's records live.
+//
+// Writes become record events (snapshot, changed, deleted) keyed by the
+// record's ETag, the same string the app's REST handlers send in their ETag
+// header. Browsers follow a record with a plain EventSource on
+// GET {base}/:collection/:id/subscribe and resume after any disconnect from
+// Last-Event-ID: they get every event they missed, or a resync frame and the
+// fresh record when their place fell out of the buffer. Never a silent gap.
+//
+// # Concurrency contract
+//
+//   - Publishing never waits for a subscriber. Publish appends the event to
+//     the record's and the collection's buffers and hands it to each
+//     subscriber's queue under a per-stream lock, so every subscriber of a
+//     stream sees its events in publish order, without duplicates.
+//   - Every subscriber queue is bounded (Config.QueueSize). When it is full
+//     the subscriber is disconnected (overflow policy: disconnect, never
+//     drop); its client reconnects and resumes from its Last-Event-ID.
+//   - Each event is encoded once; every subscriber's connection is written
+//     the same bytes. HTTP/1.1 streams are taken over from net/http and
+//     written by a fixed pool of Config.Writers goroutines that coalesce all
+//     frames queued for a connection into one write; each such connection
+//     has one goroutine of its own, a reader that notices the client
+//     leaving. HTTP/2 streams (and all streams with DisableHijack) are
+//     written by their handler goroutine.
+//   - One ticker sends every stream its heartbeat; there is no timer per
+//     connection.
+//   - The Authorizer and RecordLoader are called from handler goroutines and,
+//     for the per-frame check, from the writer goroutines: they must be safe
+//     for concurrent use and should not block.
+//   - The plugin stops what it starts: Close ends every stream cleanly (a
+//     final empty chunk), ends every long poll, and waits for every
+//     goroutine before it returns.
+package realtime

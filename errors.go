@@ -1,0 +1,27 @@
+package realtime
+
+import "errors"
+
+// Sentinel errors. Every error the package returns wraps one of these with the
+// operation that failed, so callers test them with errors.Is.
+var (
+	// ErrInvalidConfig reports a Config that New cannot use.
+	ErrInvalidConfig = errors.New("realtime: invalid config")
+	// ErrUnauthorized reports a missing, malformed, expired or otherwise invalid token.
+	ErrUnauthorized = errors.New("realtime: unauthorized")
+	// ErrForbidden is returned by an Authorizer (or the plugin) to refuse access.
+	ErrForbidden = errors.New("realtime: forbidden")
+	// ErrNotFound is returned by a RecordLoader for an absent record, and by an
+	// Authorizer that wants to hide a record's existence.
+	ErrNotFound = errors.New("realtime: not found")
+	// ErrBadRequest reports input the plugin rejects (bad event, bad ETag, bad JSON).
+	ErrBadRequest = errors.New("realtime: bad request")
+	// ErrTooLarge reports a request body over the configured cap.
+	ErrTooLarge = errors.New("realtime: too large")
+	// ErrClosed is returned once Close has been called.
+	ErrClosed = errors.New("realtime: closed")
+	// ErrUnavailable reports a backend (buffer, broker) that cannot be reached.
+	ErrUnavailable = errors.New("realtime: unavailable")
+	// ErrSlowSubscriber is the reason a subscriber whose queue overflowed was disconnected.
+	ErrSlowSubscriber = errors.New("realtime: subscriber too slow")
+)

@@ -1,0 +1,77 @@
+package realtime
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+)
+
+// Event types of the wire contract.
+const (
+	EventSnapshot = "snapshot"
+	EventChanged  = "changed"
+	EventDeleted  = "deleted"
+	EventResync   = "resync"
+)
+
+// Ref addresses a record: tenants never see each other's records.
+type Ref struct {
+	Tenant     string
+	Collection string
+	ID         string
+}
+
+// StreamKey names one ordered stream of events: a record's (ID set) or a
+// collection's (ID empty).
+type StreamKey = Ref
+
+// collectionKey is the key of the collection stream a record belongs to.
+func (r Ref) collectionKey() Ref { return Ref{Tenant: r.Tenant, Collection: r.Collection} }
+
+// Event is one record event. Its fields are immutable once published; the
+// encoded frames are computed once and shared by every subscriber.
+type Event struct {
+	// Type is EventSnapshot, EventChanged, EventDeleted or EventResync.
+	Type string
+	// Ref is the record the event is about.
+	Ref Ref
+	// ETag is the record version's ETag (the tombstone's for deleted); empty for resync.
+	ETag string
+	// Data is the event's compact JSON.
+	Data json.RawMessage
+	// Time is when the event was published.
+	Time time.Time
+
+	sseOnce sync.Once
+	sse     []byte
+}
+
+// SSEFrame returns the event's SSE frame, encoded once.
+func (e *Event) SSEFrame() []byte {
+	e.sseOnce.Do(func() {
+		// Type and ETag were validated at publish time; an invalid one yields
+		// no frame rather than a broken stream.
+		e.sse, _ = AppendSSEFrame(make([]byte, 0, len(e.Data)+len(e.ETag)+32), e.Type, e.ETag, e.Data)
+	})
+	return e.sse
+}
+
+// size estimates the event's memory for the buffer's cap.
+func (e *Event) size() int64 {
+	return int64(2*len(e.Data) + 2*len(e.ETag) + len(e.Ref.Tenant) + len(e.Ref.Collection) + len(e.Ref.ID) + 200)
+}
+
+// resyncEvent is the frame sent when a resume point cannot be served.
+var resyncEvent = &Event{Type: EventResync, Data: json.RawMessage(`{"reason":"buffer-miss"}`)}
+
+// keepaliveEvent marks a heartbeat in a subscriber's queue.
+var keepaliveEvent = &Event{Type: "keepalive", sse: keepaliveFrame}
+
+func init() { keepaliveEvent.sseOnce.Do(func() {}) }
+
+// pollEvent is an event in a long-poll answer.
+type pollEvent struct {
+	Event string          `json:"event"`
+	ID    string          `json:"id,omitempty"`
+	Data  json.RawMessage `json:"data"`
+}

@@ -1,0 +1,197 @@
+package realtime
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+)
+
+// Plugin serves live records on a gin router. Create it with New, mount it
+// with Register or RegisterCollection, publish with Publish (or the GORM
+// hook), and stop it with Close.
+type Plugin struct {
+	cfg     Config
+	log     *slog.Logger
+	auth    *authenticator
+	hub     *hub
+	writers *writerPool
+	retry   []byte
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+	closed  atomic.Bool
+	stop    chan struct{}
+	wg      sync.WaitGroup // one per tracked subscriber: its reader goroutine or handler
+	bg      sync.WaitGroup // heartbeat loop
+
+	liveMu sync.Mutex
+	live   map[*subscriber]struct{}
+}
+
+// New validates cfg, applies its defaults and starts the plugin's writer
+// goroutines and heartbeat loop.
+func New(cfg Config) (*Plugin, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Plugin{
+		cfg:     c,
+		log:     c.Logger,
+		auth:    newAuthenticator(&c),
+		hub:     newHub(),
+		retry:   retryFrame(c.Retry),
+		baseCtx: ctx,
+		cancel:  cancel,
+		stop:    make(chan struct{}),
+		live:    make(map[*subscriber]struct{}),
+	}
+	p.writers = newWriterPool(p, c.Writers)
+	p.bg.Add(1)
+	go p.heartbeats()
+	return p, nil
+}
+
+// Register mounts the generic routes on rg, for every collection:
+//
+//	GET  /:collection/subscribe       collection stream (SSE)
+//	GET  /:collection/:id/subscribe   record stream (SSE)
+//	GET  /:collection/:id/poll        long poll
+//	POST /:collection/:id/events      publish (publish scope)
+//
+// gin's router does not backtrack: when the app has its own routes under rg
+// such as GET /posts/:id, use RegisterCollection for those collections.
+func (p *Plugin) Register(rg gin.IRoutes) {
+	rg.GET("/:collection/subscribe", p.handleSubscribe("", false))
+	rg.GET("/:collection/:id/subscribe", p.handleSubscribe("", true))
+	rg.GET("/:collection/:id/poll", p.handlePoll(""))
+	rg.POST("/:collection/:id/events", p.handlePublish(""))
+}
+
+// RegisterCollection mounts the routes of Register for the named
+// collections, next to the app's own routes (GET /posts/:id coexists with
+// GET /posts/:id/subscribe).
+func (p *Plugin) RegisterCollection(rg gin.IRoutes, collections ...string) {
+	for _, name := range collections {
+		base := "/" + name
+		rg.GET(base+"/subscribe", p.handleSubscribe(name, false))
+		rg.GET(base+"/:id/subscribe", p.handleSubscribe(name, true))
+		rg.GET(base+"/:id/poll", p.handlePoll(name))
+		rg.POST(base+"/:id/events", p.handlePublish(name))
+	}
+}
+
+// track registers a live subscriber, counted in p.wg until untrack; false
+// once the plugin is closed. Every successful track is matched by exactly
+// one untrack.
+func (p *Plugin) track(s *subscriber) bool {
+	p.liveMu.Lock()
+	defer p.liveMu.Unlock()
+	if p.closed.Load() {
+		return false
+	}
+	p.live[s] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+func (p *Plugin) untrack(s *subscriber) {
+	p.liveMu.Lock()
+	delete(p.live, s)
+	p.liveMu.Unlock()
+	p.wg.Done()
+}
+
+func (p *Plugin) liveSubscribers() []*subscriber {
+	p.liveMu.Lock()
+	defer p.liveMu.Unlock()
+	out := make([]*subscriber, 0, len(p.live))
+	for s := range p.live {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Subscribers returns the number of open streams and long polls.
+func (p *Plugin) Subscribers() int {
+	p.liveMu.Lock()
+	defer p.liveMu.Unlock()
+	return len(p.live)
+}
+
+// heartbeats sends keepalive comments to every stream at the configured
+// interval (one ticker for all), and ends streams whose token has expired.
+func (p *Plugin) heartbeats() {
+	defer p.bg.Done()
+	t := time.NewTicker(p.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			p.beat(now)
+		}
+	}
+}
+
+func (p *Plugin) beat(now time.Time) {
+	var sched []*subscriber
+	for _, s := range p.liveSubscribers() {
+		if s.poll {
+			continue
+		}
+		if s.expired(now) {
+			s.end()
+			continue
+		}
+		if !s.push(item{ev: keepaliveEvent}) {
+			continue
+		}
+		if s.transport == viaPool {
+			sched = append(sched, s)
+		} else {
+			s.schedule()
+		}
+	}
+	p.writers.addMany(sched)
+}
+
+// Close ends every stream and long poll cleanly, refuses new ones and
+// publishes, and waits for every goroutine the plugin started. When ctx
+// ends first, the remaining connections are closed at once and Close
+// returns ctx's error after they are gone.
+func (p *Plugin) Close(ctx context.Context) error {
+	p.liveMu.Lock()
+	already := p.closed.Swap(true)
+	p.liveMu.Unlock()
+	if already {
+		return nil
+	}
+	close(p.stop)
+	p.bg.Wait()
+	for _, s := range p.liveSubscribers() {
+		s.end()
+	}
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("realtime: close: %w", ctx.Err())
+		for _, s := range p.liveSubscribers() {
+			s.close(ErrClosed)
+		}
+		<-done
+	}
+	p.cancel()
+	p.writers.close()
+	return err
+}

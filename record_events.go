@@ -1,0 +1,178 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Publication is a record event to publish.
+type Publication struct {
+	// Tenant owns the record. Default: the tenant of the context (WithTenant),
+	// else DefaultTenant.
+	Tenant string
+	// Collection and ID address the record. Required.
+	Collection string
+	ID         string
+	// Event is EventSnapshot, EventChanged or EventDeleted. Required.
+	Event string
+	// Record is the whole record after the write (snapshot, changed); it is
+	// marshalled with encoding/json. Ignored when Data is set, and for deleted.
+	Record any
+	// Data is the record's JSON, used instead of Record.
+	Data json.RawMessage
+	// ETag is the version's ETag. Default: computed like Plugin.ETag (for
+	// deleted: TombstoneETag).
+	ETag string
+}
+
+// Publish publishes a record event to every subscriber of the record and of
+// its collection, after storing it in their buffers. It returns the event's
+// ETag. It never waits for a subscriber.
+func (p *Plugin) Publish(ctx context.Context, pub Publication) (string, error) {
+	ev, err := p.newEvent(ctx, pub)
+	if err != nil {
+		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
+	}
+	if err := p.publish(ctx, ev); err != nil {
+		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
+	}
+	return ev.ETag, nil
+}
+
+// Snapshot publishes a record's creation (or a full refresh).
+func (p *Plugin) Snapshot(ctx context.Context, collection, id string, record any) (string, error) {
+	return p.Publish(ctx, Publication{Collection: collection, ID: id, Event: EventSnapshot, Record: record})
+}
+
+// Changed publishes a record's new version after an update.
+func (p *Plugin) Changed(ctx context.Context, collection, id string, record any) (string, error) {
+	return p.Publish(ctx, Publication{Collection: collection, ID: id, Event: EventChanged, Record: record})
+}
+
+// Deleted publishes a record's deletion.
+func (p *Plugin) Deleted(ctx context.Context, collection, id string) (string, error) {
+	return p.Publish(ctx, Publication{Collection: collection, ID: id, Event: EventDeleted})
+}
+
+// Resync tells every subscriber of a collection (of the context's tenant,
+// or DefaultTenant) that events may have been missed: a write changed
+// records it cannot name (a bulk update by condition). The collection's and
+// its records' buffers are forgotten; collection streams get a resync frame
+// and record streams end, so their clients resume and are resynced against
+// the stored record.
+func (p *Plugin) Resync(ctx context.Context, collection string) error {
+	tenant := TenantFrom(ctx)
+	if err := validName("collection", collection); err != nil {
+		return fmt.Errorf("realtime: resync %s: %w", collection, err)
+	}
+	if p.closed.Load() {
+		return fmt.Errorf("realtime: resync %s: %w", collection, ErrClosed)
+	}
+	ev := &Event{Type: EventResync, Ref: Ref{Tenant: tenant, Collection: collection},
+		Data: json.RawMessage(`{"reason":"bulk-write"}`), Time: time.Now()}
+	subs := p.hub.collect(tenant, collection)
+	if err := p.cfg.Buffer.Invalidate(ctx, tenant, collection); err != nil {
+		return fmt.Errorf("realtime: resync %s: %w: %w", collection, ErrUnavailable, err)
+	}
+	var sched []*subscriber
+	for _, s := range subs {
+		if s.key.ID != "" {
+			s.end()
+			continue
+		}
+		if !s.push(item{ev: ev}) {
+			continue
+		}
+		if s.transport == viaPool {
+			sched = append(sched, s)
+		} else {
+			s.schedule()
+		}
+	}
+	p.writers.addMany(sched)
+	return nil
+}
+
+// newEvent validates a publication and builds its event.
+func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) {
+	if pub.Tenant == "" {
+		pub.Tenant = TenantFrom(ctx)
+	}
+	for _, f := range [][2]string{{"tenant", pub.Tenant}, {"collection", pub.Collection}, {"id", pub.ID}} {
+		if err := validName(f[0], f[1]); err != nil {
+			return nil, err
+		}
+	}
+	ref := Ref{Tenant: pub.Tenant, Collection: pub.Collection, ID: pub.ID}
+	ev := &Event{Type: pub.Event, Ref: ref, Time: time.Now()}
+	switch pub.Event {
+	case EventSnapshot, EventChanged:
+		var err error
+		if pub.Data != nil {
+			ev.Data, err = compactJSON(pub.Data)
+		} else {
+			ev.Data, err = recordJSON(pub.Record)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if string(ev.Data) == "null" {
+			return nil, badRequest("data is required")
+		}
+		ev.ETag = pub.ETag
+		if ev.ETag == "" {
+			ev.ETag = p.etagOf(ref.Collection, ref.ID, pub.Record, ev.Data)
+		}
+	case EventDeleted:
+		ev.Data, _ = json.Marshal(map[string]string{"id": pub.ID})
+		ev.ETag = pub.ETag
+		if ev.ETag == "" {
+			ev.ETag = TombstoneETag(ref.Collection, ref.ID)
+		}
+	default:
+		return nil, badRequest(fmt.Sprintf("unknown event %q (want snapshot, changed or deleted)", pub.Event))
+	}
+	if !validETag(ev.ETag) {
+		return nil, badRequest("etag must be non-empty without CR, LF or NUL")
+	}
+	return ev, nil
+}
+
+var schedPool = sync.Pool{New: func() any { s := make([]*subscriber, 0, 256); return &s }}
+
+// publish appends ev to the record's and the collection's streams and hands
+// it to their subscribers, under each stream's stripe lock.
+func (p *Plugin) publish(ctx context.Context, ev *Event) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	sp := schedPool.Get().(*[]*subscriber)
+	defer func() { clear(*sp); *sp = (*sp)[:0]; schedPool.Put(sp) }()
+	for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+		sched := (*sp)[:0]
+		mu := p.hub.stripe(key)
+		mu.Lock()
+		seq, err := p.cfg.Buffer.Append(ctx, key, ev)
+		if err != nil {
+			mu.Unlock()
+			return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
+		}
+		for _, s := range p.hub.subscribersLocked(key) {
+			if !s.push(item{ev: ev, seq: seq}) {
+				continue
+			}
+			if s.transport == viaPool {
+				sched = append(sched, s)
+			} else {
+				s.schedule()
+			}
+		}
+		mu.Unlock()
+		p.writers.addMany(sched)
+		*sp = sched
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package realtime
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// writerPool is the fixed set of goroutines that write to hijacked SSE
+// connections. A subscriber with frames queued sits at most once in ready;
+// a worker takes it, writes everything it has queued in one write (frames
+// queued meanwhile coalesce into the next), and puts it back if more came.
+// No connection owns a timer or a writing goroutine.
+type writerPool struct {
+	p *Plugin
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	ready  []*subscriber
+	idle   int
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newWriterPool(p *Plugin, n int) *writerPool {
+	w := &writerPool{p: p}
+	w.cond.L = &w.mu
+	w.wg.Add(n)
+	for range n {
+		go w.run()
+	}
+	return w
+}
+
+func (w *writerPool) add(s *subscriber) {
+	w.mu.Lock()
+	w.ready = append(w.ready, s)
+	wake := w.idle > 0
+	w.mu.Unlock()
+	if wake {
+		w.cond.Signal()
+	}
+}
+
+// addMany schedules a publish's subscribers with one lock.
+func (w *writerPool) addMany(list []*subscriber) {
+	if len(list) == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.ready = append(w.ready, list...)
+	n := min(len(list), w.idle)
+	w.mu.Unlock()
+	if n >= 2 {
+		w.cond.Broadcast()
+	} else if n == 1 {
+		w.cond.Signal()
+	}
+}
+
+func (w *writerPool) next() *subscriber {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.ready) == 0 && !w.closed {
+		w.idle++
+		w.cond.Wait()
+		w.idle--
+	}
+	if len(w.ready) == 0 {
+		return nil
+	}
+	s := w.ready[0]
+	w.ready[0] = nil
+	w.ready = w.ready[1:]
+	return s
+}
+
+// close stops the workers once nothing is ready, and waits for them.
+func (w *writerPool) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.cond.Broadcast()
+	w.wg.Wait()
+}
+
+const (
+	chunkRoom   = 16        // bytes kept before a batch for its chunk-size line
+	maxScratch  = 256 << 10 // a worker keeps at most this much write buffer
+	roundsBatch = 8         // rounds one subscriber may take before yielding
+)
+
+func (w *writerPool) run() {
+	defer w.wg.Done()
+	var (
+		buf []byte
+		evs []*Event
+	)
+	for {
+		s := w.next()
+		if s == nil {
+			return
+		}
+		buf, evs = w.flush(s, buf, evs)
+		if cap(buf) > maxScratch {
+			buf = nil
+		}
+	}
+}
+
+// flush writes what s has queued as HTTP/1.1 chunks.
+func (w *writerPool) flush(s *subscriber, buf []byte, evs []*Event) ([]byte, []*Event) {
+	ctx := w.p.baseCtx
+	for round := 0; ; round++ {
+		batch, state := s.take()
+		if state == subClosed {
+			s.settle(batch)
+			return buf, evs
+		}
+		var end bool
+		evs, end = s.filter(ctx, batch, evs[:0])
+		buf = append(buf[:0], make([]byte, chunkRoom)...)
+		for _, ev := range evs {
+			buf = append(buf, ev.SSEFrame()...)
+		}
+		clear(evs)
+		start := chunkRoom
+		if n := len(buf) - chunkRoom; n > 0 {
+			hdr := strconv.AppendInt(make([]byte, 0, 12), int64(n), 16)
+			hdr = append(hdr, '\r', '\n')
+			start = chunkRoom - len(hdr)
+			copy(buf[start:], hdr)
+			buf = append(buf, '\r', '\n')
+		}
+		finish := end || state == subEnding
+		if finish {
+			buf = append(buf, "0\r\n\r\n"...)
+		}
+		if len(buf) > start {
+			_ = s.conn.SetWriteDeadline(time.Now().Add(w.p.cfg.WriteTimeout))
+			if _, err := s.conn.Write(buf[start:]); err != nil {
+				s.close(err)
+				s.settle(batch)
+				return buf, evs
+			}
+		}
+		if finish {
+			if end {
+				s.close(ErrForbidden)
+			} else {
+				s.close(ErrClosed)
+			}
+			s.settle(batch)
+			return buf, evs
+		}
+		if !s.settle(batch) {
+			return buf, evs
+		}
+		if round >= roundsBatch {
+			w.add(s) // still scheduled: let others have a turn
+			return buf, evs
+		}
+	}
+}
+
+// flushHandler writes what s has queued through its handler's writer
+// (HTTP/2, or HTTP/1.1 without hijack). It reports whether the stream is over.
+func flushHandler(ctx context.Context, s *subscriber, write func([]byte) error) bool {
+	var evs []*Event
+	for {
+		batch, state := s.take()
+		if state == subClosed {
+			s.settle(batch)
+			return true
+		}
+		var end bool
+		evs, end = s.filter(ctx, batch, evs[:0])
+		var buf []byte
+		for _, ev := range evs {
+			buf = append(buf, ev.SSEFrame()...)
+		}
+		if len(buf) > 0 {
+			if err := write(buf); err != nil {
+				s.close(err)
+				s.settle(batch)
+				return true
+			}
+		}
+		if end || state == subEnding {
+			s.close(ErrClosed)
+			s.settle(batch)
+			return true
+		}
+		if !s.settle(batch) {
+			return false
+		}
+	}
+}
