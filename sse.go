@@ -132,7 +132,13 @@ func (p *Plugin) serveHijacked(c *gin.Context, s *subscriber, first []item, base
 		p.untrack(s)
 		return true
 	}
+	s.mu.Lock()
 	s.conn = conn
+	gone := s.state == subClosed // overflowed while holding: close what close could not
+	s.mu.Unlock()
+	if gone {
+		_ = conn.Close()
+	}
 	go func() { // the connection's only goroutine; counted by track
 		var b [16]byte
 		for {
