@@ -126,13 +126,15 @@ func (s *subscriber) release(first []item, base uint64, skip string) {
 		if it.seq != 0 && it.seq <= s.lastSeq {
 			continue
 		}
-		if s.skipETag != "" {
+		if s.skipETag != "" && it.ev != keepaliveEvent {
 			if it.ev.ETag == s.skipETag {
 				continue
 			}
 			s.skipETag = ""
 		}
-		s.lastSeq = it.seq
+		if it.seq != 0 {
+			s.lastSeq = it.seq
+		}
 		q = append(q, it)
 	}
 	s.held = nil
