@@ -33,7 +33,10 @@ func (s LookupStatus) String() string {
 
 // Entry is a buffered event with its position in its stream.
 type Entry struct {
-	// Seq is the event's position in its stream, from 1, assigned by Append.
+	// Seq is the event's position in its stream, assigned by Append: it
+	// strictly increases within a stream and is never reused, even after
+	// the stream was evicted or invalidated and started again (subscribers
+	// drop positions they have passed).
 	Seq   uint64
 	Event *Event
 }
@@ -82,6 +85,7 @@ type MemoryBuffer struct {
 	streams map[StreamKey]*memStream
 	lru     list.List // of *memStream, front = most recently active
 	bytes   int64
+	seq     uint64 // last position handed out, shared by all streams
 }
 
 var _ Buffer = (*MemoryBuffer)(nil)
@@ -127,7 +131,8 @@ func (b *MemoryBuffer) Append(_ context.Context, key StreamKey, ev *Event) (uint
 	} else {
 		b.lru.MoveToFront(s.elem)
 	}
-	s.headSeq++
+	b.seq++ // one counter for all streams: a dropped stream never restarts at 1
+	s.headSeq = b.seq
 	s.headETag = ev.ETag
 	sz := ev.size()
 	s.entries = append(s.entries, Entry{Seq: s.headSeq, Event: ev})

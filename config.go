@@ -51,7 +51,8 @@ type Config struct {
 	// EdDSA, key rotation). Default: nil, HS256 with JWTSecret.
 	JWTKeyfunc jwt.Keyfunc
 	// JWTAlgorithms is the allow-list of signing algorithms. Default: ["HS256"]
-	// with JWTSecret; with JWTKeyfunc it must be set.
+	// with JWTSecret (which verifies HS256/HS384/HS512 only); with JWTKeyfunc
+	// it must be set.
 	JWTAlgorithms []string
 	// JWTLeeway is the clock skew tolerated on exp, nbf and iat. Default: 5s.
 	JWTLeeway time.Duration
@@ -129,6 +130,10 @@ func (c Config) withDefaults() (Config, error) {
 	for _, a := range c.JWTAlgorithms {
 		if a == "" || a == "none" || jwt.GetSigningMethod(a) == nil {
 			return c, fmt.Errorf("%w: unknown or unsafe JWT algorithm %q", ErrInvalidConfig, a)
+		}
+		if _, hmac := jwt.GetSigningMethod(a).(*jwt.SigningMethodHMAC); c.JWTKeyfunc == nil && !hmac {
+			// JWTSecret verifies HMAC only: every such token would be refused.
+			return c, fmt.Errorf("%w: JWT algorithm %q needs JWTKeyfunc", ErrInvalidConfig, a)
 		}
 	}
 	type dur struct {

@@ -163,6 +163,32 @@ func getWith(t testing.TB, url, tok string, hdr http.Header) *http.Response {
 	return resp
 }
 
+// postJSON sends POST url with body as JSON and a Bearer token (none when
+// tok is ""). Cleanup closes the response body.
+func postJSON(t testing.TB, url, tok, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// timeGuard closes body after hangGuard, unblocking a read that would hang;
+// Stop it when the read is done.
+func timeGuard(body io.Closer) *time.Timer {
+	return time.AfterFunc(hangGuard, func() { body.Close() })
+}
+
 // sseFrame is one block of an SSE stream (the lines up to a blank line),
 // parsed with the WHATWG field rules but without an EventSource's state: ID
 // is this block's id field only.
@@ -262,7 +288,7 @@ func (r *frameReader) next() (sseFrame, error) {
 // error or end of stream before that, and after hangGuard (closing the body).
 func readFrames(t testing.TB, r *frameReader, n int) []sseFrame {
 	t.Helper()
-	guard := time.AfterFunc(hangGuard, func() { r.body.Close() })
+	guard := timeGuard(r.body)
 	defer guard.Stop()
 	out := make([]sseFrame, 0, n)
 	for len(out) < n {
@@ -281,7 +307,7 @@ func readFrames(t testing.TB, r *frameReader, n int) []sseFrame {
 // them. It fails t on a read error and after hangGuard (closing the body).
 func readToEnd(t testing.TB, r *frameReader) []sseFrame {
 	t.Helper()
-	guard := time.AfterFunc(hangGuard, func() { r.body.Close() })
+	guard := timeGuard(r.body)
 	defer guard.Stop()
 	var out []sseFrame
 	for {

@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,11 +31,16 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		wait := p.cfg.PollTimeout
 		if v := c.Query("timeout"); v != "" {
 			secs, err := strconv.ParseFloat(v, 64)
-			if err != nil || secs < 0 || secs != secs {
+			if err != nil || secs < 0 || math.IsNaN(secs) || math.IsInf(secs, 0) {
 				writeError(c, badRequest("timeout must be a number of seconds"))
 				return
 			}
-			wait = min(time.Duration(secs*float64(time.Second)), p.cfg.PollMaxTimeout)
+			// Cap before converting: a float beyond int64 nanoseconds
+			// converts to a negative Duration (no wait at all).
+			wait = p.cfg.PollMaxTimeout
+			if secs < wait.Seconds() {
+				wait = time.Duration(secs * float64(time.Second))
+			}
 		}
 		lastID := c.GetHeader("Last-Event-ID")
 		if lastID == "" {

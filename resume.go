@@ -132,6 +132,9 @@ func (p *Plugin) loadCurrent(ctx context.Context, key StreamKey) (*Event, error)
 	if err != nil {
 		return nil, fmt.Errorf("load %s/%s: %w", key.Collection, key.ID, err)
 	}
+	if string(data) == "null" { // a typed nil pointer: absent
+		return nil, nil
+	}
 	etag := p.etagOf(key.Collection, key.ID, rec, data)
 	if !validETag(etag) {
 		return nil, fmt.Errorf("load %s/%s: invalid ETag %q", key.Collection, key.ID, etag)

@@ -91,8 +91,7 @@ func (p *Plugin) serveStream(c *gin.Context, key StreamKey, ident *Identity, las
 func (p *Plugin) prepare(ctx context.Context, s *subscriber, lastID string) ([]item, uint64, string, error) {
 	mu := p.hub.stripe(s.key)
 	mu.Lock()
-	s.holding = true
-	p.hub.attachLocked(s)
+	p.hub.attachLocked(s) // s holds since newSubscriber
 	mu.Unlock()
 	first, base, skip, err := p.firstFrames(ctx, s.key, s.ident, lastID)
 	if err != nil {

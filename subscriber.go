@@ -62,7 +62,10 @@ type subscriber struct {
 }
 
 func newSubscriber(p *Plugin, key StreamKey, ident *Identity, t transport) *subscriber {
-	s := &subscriber{p: p, key: key, ident: ident, idx: -1, transport: t, done: make(chan struct{})}
+	// A subscriber holds from the start: anything pushed before release
+	// (a heartbeat once it is tracked, an event once it is attached) waits
+	// in held, so nothing is scheduled before its connection is ready.
+	s := &subscriber{p: p, key: key, ident: ident, idx: -1, transport: t, holding: true, done: make(chan struct{})}
 	if t == viaHandler {
 		s.wake = make(chan struct{}, 1)
 	}
@@ -78,6 +81,9 @@ func (s *subscriber) push(it item) bool {
 		return false
 	}
 	if s.holding {
+		if it.ev == keepaliveEvent {
+			return false // its first frames are about to be written
+		}
 		if len(s.held) >= s.p.cfg.QueueSize {
 			s.closeLocked(ErrSlowSubscriber)
 			return false
@@ -122,7 +128,20 @@ func (s *subscriber) release(first []item, base uint64, skip string) {
 			s.lastSeq = it.seq
 		}
 	}
-	for _, it := range s.held {
+	held := s.held
+	if skip != "" {
+		// The version of the snapshot was published while s held: the
+		// events held before it are older than the snapshot, and it is the
+		// snapshot's own.
+		for i, it := range held {
+			if it.seq != 0 && it.ev.ETag == skip {
+				held = held[i+1:]
+				s.skipETag = ""
+				break
+			}
+		}
+	}
+	for _, it := range held {
 		if it.seq != 0 && it.seq <= s.lastSeq {
 			continue
 		}
@@ -140,7 +159,7 @@ func (s *subscriber) release(first []item, base uint64, skip string) {
 	s.held = nil
 	s.queue = q
 	need := false
-	if s.state != subClosed && len(q) > 0 && !s.scheduled {
+	if s.state != subClosed && (len(q) > 0 || s.state == subEnding) && !s.scheduled {
 		s.scheduled = true
 		need = true
 	}
@@ -178,14 +197,17 @@ func (s *subscriber) settle(batch []item) (again bool) {
 	clear(batch)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cap(batch) <= 64 && s.spare == nil {
+	// Keep the drained slice for the next batch when it is small, or when it
+	// was well used (a busy subscriber): no allocation per batch under load.
+	// A big slice is let go as soon as one batch uses less than an eighth of it.
+	if s.spare == nil && (cap(batch) <= 64 || 8*len(batch) >= cap(batch)) {
 		s.spare = batch[:0]
 	}
 	if s.state == subClosed {
 		s.scheduled = false
 		return false
 	}
-	if len(s.queue) > 0 {
+	if len(s.queue) > 0 || s.state == subEnding { // end() came during the round: write the end
 		return true
 	}
 	s.scheduled = false
@@ -200,6 +222,10 @@ func (s *subscriber) end() {
 		return
 	}
 	s.state = subEnding
+	if s.holding { // not writable yet: release schedules the end
+		s.mu.Unlock()
+		return
+	}
 	need := !s.scheduled
 	s.scheduled = true
 	s.mu.Unlock()

@@ -1,0 +1,404 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// clientStats is a clients process's answer to "stats" (and its ready line).
+type clientStats struct {
+	Type     string      `json:"type"`
+	Opened   int64       `json:"opened"`   // connections that got a 200 stream
+	Failed   int64       `json:"failed"`   // dial or response failures
+	Closed   int64       `json:"closed"`   // streams that ended after opening
+	Events   int64       `json:"events"`   // SSE events with data received since the last reset
+	Bytes    int64       `json:"bytes"`    // bytes read since the last reset
+	FirstNs  int64       `json:"first_ns"` // receive time of the first event since the reset
+	LastNs   int64       `json:"last_ns"`  // receive time of the last event since the reset
+	FirstErr string      `json:"first_err,omitempty"`
+	Hist     [][2]uint64 `json:"hist,omitempty"` // latency histogram (see hist)
+}
+
+// clientConn is one raw SSE connection. Its reader goroutine parses HTTP/1.1
+// chunked framing and SSE lines by hand and records, for every event, the
+// delay since the send time "t" in its data.
+type clientConn struct {
+	conn net.Conn
+
+	// reader state, touched by the reader goroutine only
+	chunked bool
+	cstate  int   // 0 size line, 1 data, 2 CRLF after data, 3 ended
+	csize   int64 // size being parsed / data remaining
+	pend    []byte
+	hasData bool
+	t       int64
+
+	mu      sync.Mutex // guards the counters below (the reader, stats and reset)
+	events  int64
+	bytes   int64
+	firstNs int64
+	lastNs  int64
+	lat     *hist
+}
+
+type clientSet struct {
+	mu       sync.Mutex
+	conns    []*clientConn
+	opened   atomic.Int64
+	failed   atomic.Int64
+	closed   atomic.Int64
+	errOnce  sync.Once
+	firstErr atomic.Value
+	bufSize  int
+}
+
+func clientsMain(args []string) error {
+	fs := flag.NewFlagSet("clients", flag.ExitOnError)
+	n := fs.Int("n", 1000, "connections to open")
+	urls := fs.String("url", "", "comma-separated stream URLs; {id} is replaced by the record id")
+	ids := fs.String("ids", "same", "record ids: same (every connection follows record 1) or distinct (base+index)")
+	base := fs.Int("base", 0, "first record id for -ids distinct")
+	conc := fs.Int("conc", 64, "concurrent connection attempts")
+	bufSize := fs.Int("buf", 32<<10, "read buffer per connection (bytes)")
+	_ = fs.Parse(args)
+	if *urls == "" || *n <= 0 {
+		return errors.New("clients: -url and -n > 0 are required")
+	}
+	var targets []*url.URL
+	for _, u := range strings.Split(*urls, ",") {
+		pu, err := url.Parse(strings.TrimSpace(u))
+		if err != nil || pu.Host == "" {
+			return fmt.Errorf("clients: bad url %q", u)
+		}
+		targets = append(targets, pu)
+	}
+	cs := &clientSet{bufSize: *bufSize}
+	sem := make(chan struct{}, max(*conc, 1))
+	var wg sync.WaitGroup
+	for i := range *n {
+		id := "1"
+		if *ids == "distinct" {
+			id = strconv.Itoa(*base + i)
+		}
+		u := targets[i%len(targets)]
+		path := strings.ReplaceAll(u.RequestURI(), "%7Bid%7D", id)
+		path = strings.ReplaceAll(path, "{id}", id)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, body, err := cs.open(u.Host, path)
+			<-sem
+			if err != nil {
+				cs.failed.Add(1)
+				cs.errOnce.Do(func() { cs.firstErr.Store(err.Error()) })
+				return
+			}
+			cs.opened.Add(1)
+			cs.read(c, body)
+		}()
+	}
+	// Every attempt has either opened or failed once the semaphore drains.
+	for range cap(sem) {
+		sem <- struct{}{}
+	}
+	out := bufio.NewWriter(os.Stdout)
+	emit := func(v any) {
+		b, _ := json.Marshal(v)
+		out.Write(b)
+		out.WriteByte('\n')
+		out.Flush()
+	}
+	st := cs.stats(false)
+	st.Type = "ready"
+	emit(st)
+
+	var prof *os.File
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd, arg, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+		switch cmd {
+		case "profile-start": // arg: path prefix; the file is <prefix>-<pid>.pprof
+			var err error
+			if prof, err = os.Create(fmt.Sprintf("%s-%d.pprof", arg, os.Getpid())); err == nil {
+				err = pprof.StartCPUProfile(prof)
+			}
+			res := map[string]string{"type": "profile"}
+			if err != nil {
+				res["error"] = err.Error()
+			}
+			emit(res)
+		case "profile-stop":
+			if prof != nil {
+				pprof.StopCPUProfile()
+				prof.Close()
+				prof = nil
+			}
+			emit(map[string]string{"type": "profile"})
+		case "stats":
+			st := cs.stats(true)
+			st.Type = "stats"
+			emit(st)
+		case "reset":
+			cs.reset()
+			emit(map[string]string{"type": "reset"})
+		case "quit":
+			cs.closeAll()
+			return nil
+		}
+	}
+	cs.closeAll() // stdin closed: the parent is gone
+	return nil
+}
+
+// open dials host, sends the request and reads the response head; it
+// returns the bytes read past the head.
+func (cs *clientSet) open(host, path string) (*clientConn, []byte, error) {
+	conn, err := net.DialTimeout("tcp", host, 10*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // close with RST: no TIME_WAIT left on the client ports
+	}
+	c := &clientConn{conn: conn}
+	cs.mu.Lock()
+	cs.conns = append(cs.conns, c)
+	cs.mu.Unlock()
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nAccept: text/event-stream\r\nUser-Agent: rtbench\r\n\r\n"
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := conn.Write([]byte(req)); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	buf := make([]byte, 0, 1024)
+	for {
+		if len(buf) == cap(buf) {
+			conn.Close()
+			return nil, nil, errors.New("response head too large")
+		}
+		m, err := conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+			head := string(buf[:i])
+			if !strings.HasPrefix(head, "HTTP/1.1 200") {
+				conn.Close()
+				line, _, _ := strings.Cut(head, "\r\n")
+				return nil, nil, fmt.Errorf("status %q", line)
+			}
+			c.chunked = strings.Contains(strings.ToLower(head), "\r\ntransfer-encoding: chunked")
+			_ = conn.SetDeadline(time.Time{})
+			return c, append([]byte(nil), buf[i+4:]...), nil
+		}
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+	}
+}
+
+func (cs *clientSet) read(c *clientConn, first []byte) {
+	if len(first) > 0 {
+		now := time.Now().UnixNano()
+		c.mu.Lock()
+		c.body(first, now)
+		c.mu.Unlock()
+	}
+	buf := make([]byte, cs.bufSize)
+	for {
+		n, err := c.conn.Read(buf)
+		if n > 0 {
+			now := time.Now().UnixNano()
+			c.mu.Lock()
+			c.body(buf[:n], now)
+			c.mu.Unlock()
+		}
+		if err != nil || c.cstate == 3 {
+			cs.closed.Add(1)
+			c.conn.Close()
+			return
+		}
+	}
+}
+
+// body decodes the chunked framing of p and feeds the payload to the SSE
+// parser. The caller holds c.mu.
+func (c *clientConn) body(p []byte, now int64) {
+	c.bytes += int64(len(p))
+	if !c.chunked {
+		c.feed(p, now)
+		return
+	}
+	for len(p) > 0 {
+		switch c.cstate {
+		case 0: // chunk-size [; ext] CRLF
+			i := bytes.IndexByte(p, '\n')
+			seg := p
+			if i >= 0 {
+				seg = p[:i]
+			}
+			for _, b := range seg {
+				switch {
+				case b >= '0' && b <= '9':
+					c.csize = c.csize<<4 | int64(b-'0')
+				case b >= 'a' && b <= 'f':
+					c.csize = c.csize<<4 | int64(b-'a'+10)
+				case b >= 'A' && b <= 'F':
+					c.csize = c.csize<<4 | int64(b-'A'+10)
+				}
+			}
+			if i < 0 {
+				return
+			}
+			p = p[i+1:]
+			if c.csize == 0 {
+				c.cstate = 3
+				return
+			}
+			c.cstate = 1
+		case 1:
+			k := min(int64(len(p)), c.csize)
+			c.feed(p[:k], now)
+			p = p[k:]
+			c.csize -= k
+			if c.csize == 0 {
+				c.cstate = 2
+			}
+		case 2: // the CRLF after the data
+			i := bytes.IndexByte(p, '\n')
+			if i < 0 {
+				return
+			}
+			p = p[i+1:]
+			c.cstate = 0
+		case 3:
+			return
+		}
+	}
+}
+
+// feed splits payload into lines, keeping a partial last line for later.
+func (c *clientConn) feed(p []byte, now int64) {
+	if len(c.pend) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			c.pend = append(c.pend, p...)
+			return
+		}
+		c.pend = append(c.pend, p[:i]...)
+		c.line(c.pend, now)
+		c.pend = c.pend[:0]
+		p = p[i+1:]
+	}
+	for {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			break
+		}
+		c.line(p[:i], now)
+		p = p[i+1:]
+	}
+	if len(p) > 0 {
+		c.pend = append(c.pend, p...)
+	}
+}
+
+var tKey = []byte(`"t":`)
+
+func (c *clientConn) line(l []byte, now int64) {
+	if n := len(l); n > 0 && l[n-1] == '\r' {
+		l = l[:n-1]
+	}
+	if len(l) == 0 { // end of an event
+		if c.hasData {
+			c.events++
+			if c.firstNs == 0 {
+				c.firstNs = now
+			}
+			c.lastNs = now
+			if c.t > 0 {
+				if c.lat == nil {
+					c.lat = new(hist)
+				}
+				c.lat.add(time.Duration(now - c.t))
+			}
+		}
+		c.hasData, c.t = false, 0
+		return
+	}
+	if !bytes.HasPrefix(l, []byte("data:")) {
+		return // event:, id:, retry:, comments
+	}
+	c.hasData = true
+	if i := bytes.Index(l, tKey); i >= 0 && c.t == 0 {
+		var t int64
+		for _, b := range l[i+len(tKey):] {
+			if b < '0' || b > '9' {
+				break
+			}
+			t = t*10 + int64(b-'0')
+		}
+		c.t = t
+	}
+}
+
+func (cs *clientSet) list() []*clientConn {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return append([]*clientConn(nil), cs.conns...)
+}
+
+func (cs *clientSet) stats(withHist bool) clientStats {
+	st := clientStats{Opened: cs.opened.Load(), Failed: cs.failed.Load(), Closed: cs.closed.Load()}
+	if e, ok := cs.firstErr.Load().(string); ok {
+		st.FirstErr = e
+	}
+	var h hist
+	for _, c := range cs.list() {
+		c.mu.Lock()
+		st.Events += c.events
+		st.Bytes += c.bytes
+		if c.firstNs != 0 && (st.FirstNs == 0 || c.firstNs < st.FirstNs) {
+			st.FirstNs = c.firstNs
+		}
+		st.LastNs = max(st.LastNs, c.lastNs)
+		if withHist && c.lat != nil {
+			h.merge(c.lat)
+		}
+		c.mu.Unlock()
+	}
+	if withHist {
+		st.Hist = h.sparse()
+	}
+	return st
+}
+
+func (cs *clientSet) reset() {
+	for _, c := range cs.list() {
+		c.mu.Lock()
+		c.events, c.bytes, c.firstNs, c.lastNs = 0, 0, 0, 0
+		if c.lat != nil {
+			*c.lat = hist{}
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (cs *clientSet) closeAll() {
+	for _, c := range cs.list() {
+		_ = c.conn.Close()
+	}
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/ginrealtime/realtime"
+	"github.com/ginrealtime/realtime/hooks/gormhook"
+	"github.com/glebarez/sqlite"
+	"gorm.io/gorm"
+	gormlogger "gorm.io/gorm/logger"
+)
+
+//go:embed index.html
+var indexHTML []byte
+
+// appConfig is what newApp needs; main reads it from the environment.
+type appConfig struct {
+	// JWTSecret is the HS256 key of the tokens. Required.
+	JWTSecret []byte
+	// DBPath is the SQLite database file.
+	DBPath string
+	// Logger receives every log line of the app and the plugin. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// app is the CMS: a gin engine with the posts API, the realtime plugin
+// mounted next to it, and the GORM hook turning writes into events.
+type app struct {
+	engine  *gin.Engine      // every route
+	rt      *realtime.Plugin // the realtime plugin
+	db      *gorm.DB
+	log     *slog.Logger
+	gone    *goneIndex
+	writeMu sync.Mutex // PATCH and DELETE compare and write under it
+	ready   atomic.Bool
+	closed  sync.Once
+}
+
+// bufferMaxAge is how long the plugin keeps events (its default, made explicit
+// because the app's memory of deleted private posts must outlive it).
+const bufferMaxAge = time.Hour
+
+// newApp opens the database, migrates it and builds the routes. It listens
+// on nothing: serve a.engine, and call Close when done.
+func newApp(cfg appConfig) (*app, error) {
+	if len(cfg.JWTSecret) == 0 {
+		return nil, errors.New("cms: a JWT secret is required")
+	}
+	if cfg.DBPath == "" {
+		return nil, errors.New("cms: a database path is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &app{log: log, gone: newGoneIndex(2 * bufferMaxAge)}
+
+	db, err := gorm.Open(sqlite.Open(sqliteDSN(cfg.DBPath)), &gorm.Config{
+		NowFunc: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
+		Logger: gormlogger.NewSlogLogger(log, gormlogger.Config{
+			LogLevel:                  gormlogger.Warn,
+			SlowThreshold:             500 * time.Millisecond,
+			IgnoreRecordNotFoundError: true,
+			ParameterizedQueries:      true, // never log what users wrote
+		}),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cms: open database %s: %w", cfg.DBPath, err)
+	}
+	a.db = db
+	closeDB := func() {
+		if sqlDB, err := db.DB(); err == nil {
+			_ = sqlDB.Close()
+		}
+	}
+	rt, err := realtime.New(realtime.Config{
+		JWTSecret:    cfg.JWTSecret,
+		Loader:       a.loadRecord,
+		Authorize:    a.authorize,
+		BufferMaxAge: bufferMaxAge,
+		Logger:       log,
+	})
+	if err != nil {
+		closeDB()
+		return nil, fmt.Errorf("cms: realtime: %w", err)
+	}
+	a.rt = rt
+
+	// Every committed write to posts becomes a record event, published after
+	// commit with the record reloaded from the database. The hook goes on
+	// the root *gorm.DB before anything else uses it.
+	if err := db.Use(gormhook.New(rt, gormhook.Watch(&Post{}, collection))); err != nil {
+		_ = rt.Close(context.Background())
+		closeDB()
+		return nil, fmt.Errorf("cms: gorm hook: %w", err)
+	}
+	if err := db.AutoMigrate(&Post{}); err != nil {
+		_ = rt.Close(context.Background())
+		closeDB()
+		return nil, fmt.Errorf("cms: migrate: %w", err)
+	}
+
+	a.engine = a.routes()
+	a.ready.Store(true)
+	return a, nil
+}
+
+// sqliteDSN adds the connection settings to a database path: WAL so that
+// readers never wait for the writer, a busy timeout, and transactions that
+// take the write lock up front (no upgrade deadlocks).
+func sqliteDSN(path string) string {
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&" // the path already carries driver parameters
+	}
+	return path + sep + "_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+func (a *app) routes() *gin.Engine {
+	r := gin.New()
+	_ = r.SetTrustedProxies(nil)
+	r.Use(a.recoverer(), a.accessLog())
+	r.NoRoute(notFound)
+
+	r.GET("/healthz", a.healthz)
+	r.HEAD("/healthz", a.healthz)
+	r.GET("/", func(c *gin.Context) {
+		c.Header("Cache-Control", "no-cache")
+		c.Data(http.StatusOK, "text/html; charset=utf-8", indexHTML)
+	})
+
+	api := r.Group("/api/v1", a.rt.Authenticate())
+	api.GET("/posts", a.listPosts)
+	api.POST("/posts", a.createPost)
+	api.GET("/posts/:id", a.getPost)
+	api.PATCH("/posts/:id", a.updatePost)
+	api.DELETE("/posts/:id", a.deletePost)
+	// GET /posts/subscribe, /posts/:id/subscribe, /posts/:id/poll and
+	// POST /posts/:id/events, next to the app's own /posts/:id (gin's router
+	// does not backtrack, so the generic rt.Register would not reach them).
+	a.rt.RegisterCollection(api, collection)
+	return r
+}
+
+// healthz answers 200 while the app is ready (its database reachable), 503
+// once it is shutting down.
+func (a *app) healthz(c *gin.Context) {
+	if !a.ready.Load() {
+		errorJSON(c, http.StatusServiceUnavailable, "unavailable", "shutting down")
+		return
+	}
+	sqlDB, err := a.db.DB()
+	if err == nil {
+		ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+		err = sqlDB.PingContext(ctx)
+		cancel()
+	}
+	if err != nil {
+		a.log.Warn("cms: health check failed", "err", err)
+		errorJSON(c, http.StatusServiceUnavailable, "unavailable", "database unavailable")
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+}
+
+// Close ends every realtime stream and closes the database. It is safe to
+// call more than once; the first call's outcome is returned only then.
+func (a *app) Close(ctx context.Context) error {
+	var err error
+	a.closed.Do(func() {
+		a.ready.Store(false)
+		err = a.rt.Close(ctx)
+		if sqlDB, dbErr := a.db.DB(); dbErr == nil {
+			err = errors.Join(err, sqlDB.Close())
+		}
+	})
+	return err
+}
+
+// accessLog logs each request through slog. Only the path is logged, never
+// the query: browsers' EventSource carries its token in ?token=.
+func (a *app) accessLog() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		level := slog.LevelInfo
+		if c.Request.URL.Path == "/healthz" {
+			level = slog.LevelDebug
+		}
+		a.log.Log(c.Request.Context(), level, "request",
+			"method", c.Request.Method,
+			"path", c.Request.URL.Path,
+			"status", c.Writer.Status(),
+			"duration", time.Since(start),
+			"remote", c.ClientIP(),
+		)
+	}
+}
+
+// recoverer turns a panic into a logged 500 (gin's own Recovery would dump
+// the request line, token included).
+func (a *app) recoverer() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			a.log.Error("cms: panic", "path", c.Request.URL.Path, "panic", v, "stack", string(debug.Stack()))
+			if c.Writer.Written() {
+				c.Abort()
+				return
+			}
+			errorJSON(c, http.StatusInternalServerError, "internal", "internal error")
+		}()
+		c.Next()
+	}
+}

@@ -1,0 +1,471 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+	"github.com/ginrealtime/realtime"
+	"gorm.io/gorm"
+)
+
+// collection is the name of the posts collection, on the REST routes, in
+// ETags and on the realtime streams.
+const collection = "posts"
+
+// Post is the app's one model. Tenant is never serialized: tenants are kept
+// apart by the queries and by the realtime plugin, not by the client.
+type Post struct {
+	ID        string    `json:"id" gorm:"primaryKey;size:40"`
+	Tenant    string    `json:"-" gorm:"not null;index:idx_posts_tenant_created,priority:1"`
+	Title     string    `json:"title" gorm:"not null"`
+	Body      string    `json:"body" gorm:"not null"`
+	Private   bool      `json:"private" gorm:"not null"`
+	Author    string    `json:"author" gorm:"not null"`
+	CreatedAt time.Time `json:"created_at" gorm:"index:idx_posts_tenant_created,priority:2"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Limits on what a client may write.
+const (
+	maxBodyBytes = 1 << 20
+	maxTitle     = 300
+	maxListed    = 500
+)
+
+// newID returns a random post id (26 characters of base32, 130 bits).
+func newID() string { return strings.ToLower(rand.Text()) }
+
+// createInput is the body of POST /posts.
+type createInput struct {
+	Title   string `json:"title"`
+	Body    string `json:"body"`
+	Private bool   `json:"private"`
+}
+
+// patchInput is the body of PATCH /posts/:id: absent (or null) fields are kept.
+type patchInput struct {
+	Title   *string `json:"title"`
+	Body    *string `json:"body"`
+	Private *bool   `json:"private"`
+}
+
+// errorJSON answers with the wire contract's error shape.
+func errorJSON(c *gin.Context, status int, code, msg string) {
+	c.AbortWithStatusJSON(status, gin.H{"error": gin.H{"code": code, "message": msg}})
+}
+
+func notFound(c *gin.Context) { errorJSON(c, http.StatusNotFound, "not_found", "not found") }
+
+// internalError logs err and answers 500 without details.
+func (a *app) internalError(c *gin.Context, op string, err error) {
+	a.log.ErrorContext(c.Request.Context(), "cms: "+op+" failed", "path", c.Request.URL.Path, "err", err)
+	errorJSON(c, http.StatusInternalServerError, "internal", "internal error")
+}
+
+// readJSON decodes the request body into v: one JSON value, at most
+// maxBodyBytes. It answers 400 or 413 itself and reports false on failure.
+func readJSON(c *gin.Context, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(c.Writer, c.Request.Body, maxBodyBytes))
+	err := dec.Decode(v)
+	if err == nil {
+		if _, extra := dec.Token(); extra != io.EOF {
+			err = errors.New("trailing data after the JSON value")
+		}
+	}
+	if err == nil {
+		return true
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		errorJSON(c, http.StatusRequestEntityTooLarge, "too_large", "request body too large")
+		return false
+	}
+	var typeErr *json.UnmarshalTypeError
+	msg := "body must be a JSON object"
+	if errors.As(err, &typeErr) && typeErr.Field != "" {
+		msg = fmt.Sprintf("field %q must be a JSON %s", typeErr.Field, jsonKind(typeErr.Type.Kind().String()))
+	}
+	errorJSON(c, http.StatusBadRequest, "bad_request", msg)
+	return false
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "bool":
+		return "boolean"
+	case "string":
+		return "string"
+	}
+	return "value"
+}
+
+func validTitle(s string) string {
+	switch {
+	case strings.TrimSpace(s) == "":
+		return "title is required"
+	case utf8.RuneCountInString(s) > maxTitle:
+		return fmt.Sprintf("title is longer than %d characters", maxTitle)
+	}
+	return ""
+}
+
+// visible reports whether the identity may see p: its own tenant, and a
+// private post only when it wrote it.
+func visible(p *Post, id *realtime.Identity) bool {
+	return p.Tenant == id.Tenant && (!p.Private || p.Author == id.User)
+}
+
+// writeCtx is the context of a write: the realtime GORM hook reads the
+// tenant of the events it publishes from it.
+func writeCtx(c *gin.Context, id *realtime.Identity) context.Context {
+	return realtime.WithTenant(c.Request.Context(), id.Tenant)
+}
+
+// find loads the post (tenant, id); gorm.ErrRecordNotFound when absent.
+func (a *app) find(ctx context.Context, tenant, id string) (*Post, error) {
+	var p Post
+	if err := a.db.WithContext(ctx).Where("tenant = ? AND id = ?", tenant, id).Take(&p).Error; err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// findVisible loads the post of the request's :id that the caller may see,
+// answering 404 (or 500) itself when there is none.
+func (a *app) findVisible(c *gin.Context, ident *realtime.Identity) (*Post, bool) {
+	p, err := a.find(c.Request.Context(), ident.Tenant, c.Param("id"))
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		notFound(c)
+		return nil, false
+	}
+	if err != nil {
+		a.internalError(c, "load post", err)
+		return nil, false
+	}
+	if !visible(p, ident) {
+		notFound(c) // never say that a private post exists
+		return nil, false
+	}
+	return p, true
+}
+
+// etag is the ETag of a post as read from the database: the realtime plugin
+// computes the same string for the events the GORM hook publishes (it
+// reloads the record too), so REST caching and SSE resume points agree.
+func (a *app) etag(p *Post) (string, error) {
+	return a.rt.ETag(collection, p.ID, p)
+}
+
+// respond sends p with its ETag.
+func (a *app) respond(c *gin.Context, status int, p *Post) {
+	tag, err := a.etag(p)
+	if err != nil {
+		a.internalError(c, "etag", err)
+		return
+	}
+	c.Header("ETag", tag)
+	c.Header("Cache-Control", "private, no-cache")
+	c.JSON(status, p)
+}
+
+// identity is the caller, set by rt.Authenticate on the API group.
+func identity(c *gin.Context) *realtime.Identity {
+	id, ok := realtime.IdentityFrom(c)
+	if !ok {
+		panic("cms: route without rt.Authenticate")
+	}
+	return id
+}
+
+// listPosts serves GET /posts: the caller's tenant's posts it may see, newest first.
+func (a *app) listPosts(c *gin.Context) {
+	ident := identity(c)
+	posts := []Post{}
+	err := a.db.WithContext(c.Request.Context()).
+		Where("tenant = ? AND (private = ? OR author = ?)", ident.Tenant, false, ident.User).
+		Order("created_at DESC, id").Limit(maxListed).Find(&posts).Error
+	if err != nil {
+		a.internalError(c, "list posts", err)
+		return
+	}
+	c.Header("Cache-Control", "private, no-cache")
+	c.JSON(http.StatusOK, posts)
+}
+
+// createPost serves POST /posts.
+func (a *app) createPost(c *gin.Context) {
+	ident := identity(c)
+	var in createInput
+	if !readJSON(c, &in) {
+		return
+	}
+	if msg := validTitle(in.Title); msg != "" {
+		errorJSON(c, http.StatusBadRequest, "bad_request", msg)
+		return
+	}
+	p := Post{ID: newID(), Tenant: ident.Tenant, Title: in.Title, Body: in.Body, Private: in.Private, Author: ident.User}
+	ctx := writeCtx(c, ident)
+	if err := a.db.WithContext(ctx).Create(&p).Error; err != nil {
+		a.internalError(c, "create post", err)
+		return
+	}
+	saved, err := a.find(ctx, ident.Tenant, p.ID) // the version the hook published
+	if err != nil {
+		a.internalError(c, "reload post", err)
+		return
+	}
+	c.Header("Location", c.Request.URL.Path+"/"+saved.ID)
+	a.respond(c, http.StatusCreated, saved)
+}
+
+// getPost serves GET /posts/:id, answering 304 to a matching If-None-Match.
+func (a *app) getPost(c *gin.Context) {
+	p, ok := a.findVisible(c, identity(c))
+	if !ok {
+		return
+	}
+	tag, err := a.etag(p)
+	if err != nil {
+		a.internalError(c, "etag", err)
+		return
+	}
+	if inm := c.GetHeader("If-None-Match"); inm != "" && etagListMatches(inm, tag, false) {
+		c.Header("ETag", tag)
+		c.Header("Cache-Control", "private, no-cache")
+		c.Status(http.StatusNotModified)
+		return
+	}
+	a.respond(c, http.StatusOK, p)
+}
+
+// updatePost serves PATCH /posts/:id: the fields present are changed; a
+// stale If-Match is answered 412 and changes nothing.
+func (a *app) updatePost(c *gin.Context) {
+	ident := identity(c)
+	var in patchInput
+	if !readJSON(c, &in) {
+		return
+	}
+	changes := map[string]any{}
+	if in.Title != nil {
+		if msg := validTitle(*in.Title); msg != "" {
+			errorJSON(c, http.StatusBadRequest, "bad_request", msg)
+			return
+		}
+		changes["title"] = *in.Title
+	}
+	if in.Body != nil {
+		changes["body"] = *in.Body
+	}
+	if in.Private != nil {
+		changes["private"] = *in.Private
+	}
+
+	// Check and write under one lock, so If-Match compares against the
+	// version the update replaces and the answer carries the version it wrote.
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	p, ok := a.findVisible(c, ident)
+	if !ok || !a.preconditionHolds(c, p) {
+		return
+	}
+	if len(changes) == 0 {
+		a.respond(c, http.StatusOK, p)
+		return
+	}
+	ctx := writeCtx(c, ident)
+	if err := a.db.WithContext(ctx).Model(p).Updates(changes).Error; err != nil {
+		a.internalError(c, "update post", err)
+		return
+	}
+	saved, err := a.find(ctx, ident.Tenant, p.ID)
+	if err != nil {
+		a.internalError(c, "reload post", err)
+		return
+	}
+	a.respond(c, http.StatusOK, saved)
+}
+
+// deletePost serves DELETE /posts/:id (If-Match is honoured too).
+func (a *app) deletePost(c *gin.Context) {
+	ident := identity(c)
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	p, ok := a.findVisible(c, ident)
+	if !ok || !a.preconditionHolds(c, p) {
+		return
+	}
+	if p.Private {
+		// The deleted event carries only the id: remember whose it was, so
+		// that Authorize keeps it from other users' collection streams.
+		a.gone.add(p.Tenant, p.ID, p.Author)
+	}
+	if err := a.db.WithContext(writeCtx(c, ident)).Delete(p).Error; err != nil {
+		a.internalError(c, "delete post", err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+// preconditionHolds checks If-Match against p's ETag, answering 412 when it
+// is present and does not match.
+func (a *app) preconditionHolds(c *gin.Context, p *Post) bool {
+	im := c.GetHeader("If-Match")
+	if im == "" {
+		return true
+	}
+	tag, err := a.etag(p)
+	if err != nil {
+		a.internalError(c, "etag", err)
+		return false
+	}
+	if etagListMatches(im, tag, true) {
+		return true
+	}
+	c.Header("ETag", tag)
+	errorJSON(c, http.StatusPreconditionFailed, "precondition_failed", "the post has changed since that version (If-Match)")
+	return false
+}
+
+// etagListMatches reports whether the If-Match / If-None-Match header value
+// (a comma-separated list of entity tags, or *) matches tag. If-Match uses
+// the strong comparison (a weak tag never matches), If-None-Match the weak one.
+func etagListMatches(header, tag string, strong bool) bool {
+	if strings.TrimSpace(header) == "*" {
+		return true
+	}
+	for _, t := range splitETags(header) {
+		weak := strings.HasPrefix(t, "W/")
+		if strong && weak {
+			continue
+		}
+		if strings.TrimPrefix(t, "W/") == strings.TrimPrefix(tag, "W/") {
+			return true
+		}
+	}
+	return false
+}
+
+// splitETags splits a list of entity tags; commas inside quotes are kept.
+func splitETags(h string) []string {
+	var out []string
+	for {
+		h = strings.TrimLeft(h, " \t,")
+		if h == "" {
+			return out
+		}
+		start := 0
+		if strings.HasPrefix(h, "W/") {
+			start = 2
+		}
+		end := len(h)
+		if start < len(h) && h[start] == '"' {
+			if i := strings.IndexByte(h[start+1:], '"'); i >= 0 {
+				end = start + 1 + i + 1
+			}
+		} else if i := strings.IndexByte(h, ','); i >= 0 {
+			end = i
+		}
+		out = append(out, strings.TrimSpace(h[:end]))
+		h = h[end:]
+	}
+}
+
+// loadRecord is the plugin's Config.Loader: the post (tenant, id), or
+// realtime.ErrNotFound. It does not decide visibility: authorize does.
+func (a *app) loadRecord(ctx context.Context, ref realtime.Ref) (any, error) {
+	if ref.Collection != collection {
+		return nil, realtime.ErrNotFound
+	}
+	p, err := a.find(ctx, ref.Tenant, ref.ID)
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return nil, realtime.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// authorize is the plugin's Config.Authorize. Tenants are kept apart by the
+// plugin (a stream key carries the token's tenant); this hides private posts
+// from everyone but their author: 403 at subscribe time, and frames skipped
+// on the collection stream (a record stream ends).
+//
+// a.Record is the loaded post at subscribe time and the event's data before
+// a frame; a deleted event carries only {"id":…}, so deletions of private
+// posts are looked up in the app's short memory of them.
+func (a *app) authorize(_ context.Context, acc realtime.Access) error {
+	if acc.Identity == nil || acc.Ref.Tenant != acc.Identity.Tenant {
+		return realtime.ErrNotFound
+	}
+	if acc.Ref.ID == "" {
+		return nil // the collection stream: each frame is checked on its own
+	}
+	if acc.Event == realtime.EventDeleted || acc.Record == nil {
+		if author, ok := a.gone.author(acc.Ref.Tenant, acc.Ref.ID); ok && author != acc.Identity.User {
+			return realtime.ErrNotFound
+		}
+		return nil
+	}
+	var v struct {
+		Private bool   `json:"private"`
+		Author  string `json:"author"`
+	}
+	if err := json.Unmarshal(acc.Record, &v); err != nil {
+		return realtime.ErrForbidden // not a post: show nothing
+	}
+	if v.Private && v.Author != acc.Identity.User {
+		return realtime.ErrForbidden
+	}
+	return nil
+}
+
+// goneIndex remembers the authors of recently deleted private posts for as
+// long as their deleted events may still be replayed from the plugin's buffers.
+type goneIndex struct {
+	keep time.Duration
+
+	mu sync.Mutex
+	m  map[goneKey]goneEntry
+}
+
+type goneKey struct{ tenant, id string }
+
+type goneEntry struct {
+	author string
+	at     time.Time
+}
+
+func newGoneIndex(keep time.Duration) *goneIndex {
+	return &goneIndex{keep: keep, m: make(map[goneKey]goneEntry)}
+}
+
+func (g *goneIndex) add(tenant, id, author string) {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, e := range g.m {
+		if now.Sub(e.at) > g.keep {
+			delete(g.m, k)
+		}
+	}
+	g.m[goneKey{tenant, id}] = goneEntry{author: author, at: now}
+}
+
+func (g *goneIndex) author(tenant, id string) (string, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.m[goneKey{tenant, id}]
+	return e.author, ok
+}
