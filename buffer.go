@@ -183,8 +183,9 @@ func (b *MemoryBuffer) drop(s *memStream) {
 }
 
 // Since implements Buffer. A resume point found more than once (a record
-// that went back to an earlier version) is ambiguous and reported unknown,
-// unless it is the newest event.
+// that went back to an earlier version) is ambiguous and reported unknown;
+// on a record stream, the newest ETag (kept even after its entry aged out)
+// is always up to date.
 func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (Lookup, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

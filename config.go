@@ -33,8 +33,9 @@ type Access struct {
 	// Event is empty at subscribe time, else the type of the event about to be sent.
 	Event string
 	// Record is the record's JSON when known: the loaded record at subscribe
-	// time, the event's data before a frame. It is nil when the record is absent
-	// or no loader is configured.
+	// time, the event's data before a frame, and before a deleted frame the
+	// record as it was (Event.Prior), or {"id":…} when the publisher did not
+	// say. It is nil when the record is absent or no loader is configured.
 	Record json.RawMessage
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 )
 
@@ -56,13 +57,31 @@ func (p *Plugin) ETag(collection, id string, record any) (string, error) {
 }
 
 func (p *Plugin) etagOf(collection, id string, record any, data []byte) string {
-	if t, ok := record.(ETagger); ok {
+	if t, ok := asETagger(record); ok {
 		if e := t.ETag(); e != "" {
 			return e
 		}
 	}
 	return p.cfg.ETag(collection, id, data)
 }
+
+// asETagger finds ETagger on a record or, for a struct value whose method
+// has a pointer receiver, on a pointer to a copy: the app's handler passing
+// a value and the GORM hook passing a pointer get the same ETag.
+func asETagger(record any) (ETagger, bool) {
+	if t, ok := record.(ETagger); ok {
+		return t, true
+	}
+	rv := reflect.ValueOf(record)
+	if !rv.IsValid() || rv.Kind() == reflect.Pointer || !reflect.PointerTo(rv.Type()).Implements(etaggerType) {
+		return nil, false
+	}
+	pv := reflect.New(rv.Type())
+	pv.Elem().Set(rv)
+	return pv.Interface().(ETagger), true
+}
+
+var etaggerType = reflect.TypeFor[ETagger]()
 
 // recordJSON marshals a record; raw JSON is compacted and validated.
 func recordJSON(record any) ([]byte, error) {

@@ -39,6 +39,11 @@ type Event struct {
 	ETag string
 	// Data is the event's compact JSON.
 	Data json.RawMessage
+	// Prior is, for a deleted event, the record as it was before the delete
+	// when the publisher knew it. It is never sent: the Authorizer sees it as
+	// Access.Record, so a deletion is shown only to those who could see the
+	// record.
+	Prior json.RawMessage
 	// Time is when the event was published.
 	Time time.Time
 
@@ -58,7 +63,7 @@ func (e *Event) SSEFrame() []byte {
 
 // size estimates the event's memory for the buffer's cap.
 func (e *Event) size() int64 {
-	return int64(2*len(e.Data) + 2*len(e.ETag) + len(e.Ref.Tenant) + len(e.Ref.Collection) + len(e.Ref.ID) + 200)
+	return int64(2*len(e.Data) + len(e.Prior) + 2*len(e.ETag) + len(e.Ref.Tenant) + len(e.Ref.Collection) + len(e.Ref.ID) + 200)
 }
 
 // resyncEvent is the frame sent when a resume point cannot be served.

@@ -155,9 +155,9 @@ func handoverBaseSeed(t *testing.T) uint64 {
 func TestHandoverProperty(t *testing.T) {
 	base := handoverBaseSeed(t)
 	t.Logf("seed %d (reproduce: go test -race -run TestHandoverProperty -seed=%d .)", base, base)
-	iterations := 10
+	iterations := 16 // a few seconds under -race on 2 cores
 	if testing.Short() {
-		iterations = 3
+		iterations = 4
 	}
 	for i := range iterations {
 		seed := base + uint64(i)

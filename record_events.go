@@ -19,9 +19,13 @@ type Publication struct {
 	// Event is EventSnapshot, EventChanged or EventDeleted. Required.
 	Event string
 	// Record is the whole record after the write (snapshot, changed); it is
-	// marshalled with encoding/json. Ignored when Data is set, and for deleted.
+	// marshalled with encoding/json. Ignored when Data is set. For deleted it
+	// is optional: the record as it was, never sent to subscribers but shown
+	// to the Authorizer (Event.Prior), so that the deletion of a record a
+	// subscriber may not see is not shown to it either.
 	Record any
-	// Data is the record's JSON, used instead of Record.
+	// Data is the record's JSON, used instead of Record (for deleted: the
+	// record as it was, like Record).
 	Data json.RawMessage
 	// ETag is the version's ETag. Default: computed like Plugin.ETag (for
 	// deleted: TombstoneETag).
@@ -128,6 +132,19 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 		}
 	case EventDeleted:
 		ev.Data, _ = json.Marshal(map[string]string{"id": pub.ID})
+		var err error
+		switch {
+		case pub.Data != nil && string(pub.Data) != "null":
+			ev.Prior, err = compactJSON(pub.Data)
+		case pub.Record != nil:
+			ev.Prior, err = recordJSON(pub.Record)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if string(ev.Prior) == "null" {
+			ev.Prior = nil
+		}
 		ev.ETag = pub.ETag
 		if ev.ETag == "" {
 			ev.ETag = TombstoneETag(ref.Collection, ref.ID)

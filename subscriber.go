@@ -262,7 +262,11 @@ func (s *subscriber) filter(ctx context.Context, batch []item, out []*Event) ([]
 	for _, it := range batch {
 		ev := it.ev
 		if auth != nil && ev.ETag != "" {
-			if err := auth(ctx, Access{Identity: s.ident, Ref: ev.Ref, Event: ev.Type, Record: ev.Data}); err != nil {
+			rec := ev.Data
+			if ev.Prior != nil {
+				rec = ev.Prior
+			}
+			if err := auth(ctx, Access{Identity: s.ident, Ref: ev.Ref, Event: ev.Type, Record: rec}); err != nil {
 				if s.key.ID == "" {
 					continue // collection stream: skip what this subscriber may not see
 				}

@@ -41,15 +41,10 @@ type app struct {
 	rt      *realtime.Plugin // the realtime plugin
 	db      *gorm.DB
 	log     *slog.Logger
-	gone    *goneIndex
 	writeMu sync.Mutex // PATCH and DELETE compare and write under it
 	ready   atomic.Bool
 	closed  sync.Once
 }
-
-// bufferMaxAge is how long the plugin keeps events (its default, made explicit
-// because the app's memory of deleted private posts must outlive it).
-const bufferMaxAge = time.Hour
 
 // newApp opens the database, migrates it and builds the routes. It listens
 // on nothing: serve a.engine, and call Close when done.
@@ -64,7 +59,7 @@ func newApp(cfg appConfig) (*app, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &app{log: log, gone: newGoneIndex(2 * bufferMaxAge)}
+	a := &app{log: log}
 
 	db, err := gorm.Open(sqlite.Open(sqliteDSN(cfg.DBPath)), &gorm.Config{
 		NowFunc: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
@@ -85,11 +80,10 @@ func newApp(cfg appConfig) (*app, error) {
 		}
 	}
 	rt, err := realtime.New(realtime.Config{
-		JWTSecret:    cfg.JWTSecret,
-		Loader:       a.loadRecord,
-		Authorize:    a.authorize,
-		BufferMaxAge: bufferMaxAge,
-		Logger:       log,
+		JWTSecret: cfg.JWTSecret,
+		Loader:    a.loadRecord,
+		Authorize: a.authorize,
+		Logger:    log,
 	})
 	if err != nil {
 		closeDB()

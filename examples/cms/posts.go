@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -305,11 +304,6 @@ func (a *app) deletePost(c *gin.Context) {
 	if !ok || !a.preconditionHolds(c, p) {
 		return
 	}
-	if p.Private {
-		// The deleted event carries only the id: remember whose it was, so
-		// that Authorize keeps it from other users' collection streams.
-		a.gone.add(p.Tenant, p.ID, p.Author)
-	}
 	if err := a.db.WithContext(writeCtx(c, ident)).Delete(p).Error; err != nil {
 		a.internalError(c, "delete post", err)
 		return
@@ -403,8 +397,9 @@ func (a *app) loadRecord(ctx context.Context, ref realtime.Ref) (any, error) {
 // on the collection stream (a record stream ends).
 //
 // a.Record is the loaded post at subscribe time and the event's data before
-// a frame; a deleted event carries only {"id":…}, so deletions of private
-// posts are looked up in the app's short memory of them.
+// a frame; before a deleted frame it is the post as it was before the delete
+// (the GORM hook publishes it as the event's Prior; subscribers only ever
+// receive {"id":…}), so the deletion of a private post stays private too.
 func (a *app) authorize(_ context.Context, acc realtime.Access) error {
 	if acc.Identity == nil || acc.Ref.Tenant != acc.Identity.Tenant {
 		return realtime.ErrNotFound
@@ -412,11 +407,8 @@ func (a *app) authorize(_ context.Context, acc realtime.Access) error {
 	if acc.Ref.ID == "" {
 		return nil // the collection stream: each frame is checked on its own
 	}
-	if acc.Event == realtime.EventDeleted || acc.Record == nil {
-		if author, ok := a.gone.author(acc.Ref.Tenant, acc.Ref.ID); ok && author != acc.Identity.User {
-			return realtime.ErrNotFound
-		}
-		return nil
+	if acc.Record == nil {
+		return nil // absent: nothing to hide
 	}
 	var v struct {
 		Private bool   `json:"private"`
@@ -429,43 +421,4 @@ func (a *app) authorize(_ context.Context, acc realtime.Access) error {
 		return realtime.ErrForbidden
 	}
 	return nil
-}
-
-// goneIndex remembers the authors of recently deleted private posts for as
-// long as their deleted events may still be replayed from the plugin's buffers.
-type goneIndex struct {
-	keep time.Duration
-
-	mu sync.Mutex
-	m  map[goneKey]goneEntry
-}
-
-type goneKey struct{ tenant, id string }
-
-type goneEntry struct {
-	author string
-	at     time.Time
-}
-
-func newGoneIndex(keep time.Duration) *goneIndex {
-	return &goneIndex{keep: keep, m: make(map[goneKey]goneEntry)}
-}
-
-func (g *goneIndex) add(tenant, id, author string) {
-	now := time.Now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for k, e := range g.m {
-		if now.Sub(e.at) > g.keep {
-			delete(g.m, k)
-		}
-	}
-	g.m[goneKey{tenant, id}] = goneEntry{author: author, at: now}
-}
-
-func (g *goneIndex) author(tenant, id string) (string, bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	e, ok := g.m[goneKey{tenant, id}]
-	return e.author, ok
 }

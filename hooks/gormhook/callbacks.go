@@ -146,7 +146,7 @@ type plan struct {
 type selected struct {
 	key    []any
 	id     string
-	record any // the row before the write, when WithTenant needs it
+	record any // the row before a delete (deleted events carry it as Prior)
 }
 
 // selectAffected runs before gorm:update / gorm:delete. When the statement
@@ -189,7 +189,7 @@ func (h *Hook) plan(db *gorm.DB, w *watched, o op) *plan {
 		return &plan{resync: true}
 	}
 	conds, named := keyConds(stmt, w, o)
-	if len(where) == 0 && named && (o == opUpdate || h.tenantFn == nil) {
+	if len(where) == 0 && named && o == opUpdate {
 		return &plan{fast: true}
 	}
 	if len(where) == 0 && len(conds) == 0 && !db.AllowGlobalUpdate {
@@ -198,7 +198,9 @@ func (h *Hook) plan(db *gorm.DB, w *watched, o op) *plan {
 	if h.maxAffected < 0 {
 		return &plan{resync: true}
 	}
-	full := o == opDelete && h.tenantFn != nil
+	// A delete reads the rows it is about to remove: the deleted event carries
+	// them as Prior, so the app's Authorizer decides on the record as it was.
+	full := o == opDelete
 	rows, err := h.selectRows(db, w, append(where, conds...), full)
 	if err != nil {
 		h.log.Warn("gormhook: cannot select the records a write affects; the collection will be resynced",

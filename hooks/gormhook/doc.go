@@ -16,7 +16,11 @@
 //   - Save, Updates, Update, UpdateColumn(s): one changed per record, with
 //     the whole record after the update.
 //   - Delete, soft delete included (a soft-deleted record is gone for the
-//     app's GET handler): one deleted per record.
+//     app's GET handler): one deleted per record. The hook reads the rows
+//     before deleting them (one SELECT in the delete's transaction) and
+//     publishes each as the event's Prior: never sent to subscribers, it is
+//     what the app's Authorizer sees, so a deletion reaches only those who
+//     could see the record (a private record's deletion stays private).
 //
 // A record's ID is its primary key formatted with %v (pointers followed);
 // the fields of a composite key are joined with "," in the model's field
@@ -70,7 +74,9 @@
 //     db.Statement.ConnPool, also behind a *gorm.PreparedStmtTX).
 //   - hookTx.Commit commits the database transaction and, only when that
 //     succeeds, reloads and publishes the queued events in order, on the
-//     committing goroutine. Rollback drops them.
+//     committing goroutine. Rollback drops them. A failed COMMIT publishes
+//     no event but resyncs the collections it wrote: its outcome may be
+//     unknown (a connection lost during COMMIT).
 //   - Nested transactions are savepoints inside the outermost transaction.
 //     The hookTx sees the SAVEPOINT, ROLLBACK TO SAVEPOINT and RELEASE
 //     statements GORM's dialects execute on it, and a rollback to a savepoint

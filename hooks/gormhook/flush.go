@@ -18,7 +18,7 @@ type change struct {
 	event  string // realtime.EventSnapshot, EventChanged, EventDeleted or EventResync
 	id     string
 	key    []any // primary key values, to reload the record
-	record any   // pointer to a model struct: the in-memory copy, or for a delete the row before it
+	record any   // pointer to a model struct: the in-memory copy, or for a delete the row before it (published as Prior)
 	reload bool  // publish the record as stored after commit
 }
 
@@ -119,9 +119,7 @@ func (h *Hook) publish(c change, rec any) {
 		ID:         c.id,
 		Event:      c.event,
 	}
-	if c.event != realtime.EventDeleted {
-		pub.Record = rec
-	}
+	pub.Record = rec // for deleted: the row before the delete, shown only to the Authorizer
 	if _, err := h.pub.Publish(c.ctx, pub); err != nil {
 		h.log.Error("gormhook: publish after commit failed",
 			"collection", pub.Collection, "id", pub.ID, "event", pub.Event, "tenant", pub.Tenant, "err", err)

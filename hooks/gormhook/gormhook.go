@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"strings"
 
 	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
@@ -146,8 +147,8 @@ func (h *Hook) init(db *gorm.DB) error {
 	h.byTable = make(map[string]*watched, len(h.watch))
 	for i := range h.watch {
 		w := &h.watch[i]
-		if w.collection == "" {
-			return fmt.Errorf("%w: watch %T: empty collection", realtime.ErrInvalidConfig, w.model)
+		if w.collection == "" || len(w.collection) > 512 || strings.ContainsAny(w.collection, "\r\n\x00") {
+			return fmt.Errorf("%w: watch %T: invalid collection %q", realtime.ErrInvalidConfig, w.model, w.collection)
 		}
 		if w.model == nil {
 			return fmt.Errorf("%w: watch %q: nil model", realtime.ErrInvalidConfig, w.collection)

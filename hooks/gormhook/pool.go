@@ -3,9 +3,11 @@ package gormhook
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"strings"
 	"sync"
 
+	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
 )
 
@@ -96,10 +98,19 @@ var (
 )
 
 // Commit commits the transaction, then publishes its changes in order.
+// When the commit fails its outcome may be unknown (a connection lost during
+// COMMIT): the collections it wrote are resynced rather than left silent.
 func (t *hookTx) Commit() error {
 	err := t.Tx.Commit()
 	changes := t.take()
 	if err != nil {
+		if len(changes) > 0 && !errors.Is(err, sql.ErrTxDone) {
+			t.h.log.Warn("gormhook: commit failed; resyncing the collections it wrote", "err", err)
+			for i := range changes {
+				changes[i].event, changes[i].reload = realtime.EventResync, false
+			}
+			t.h.flush(t.pool, changes)
+		}
 		return err
 	}
 	t.h.flush(t.pool, changes)

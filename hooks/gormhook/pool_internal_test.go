@@ -1,8 +1,16 @@
 package gormhook
 
 import (
+	"context"
+	"database/sql"
+	"errors"
+	"log/slog"
 	"slices"
+	"sync"
 	"testing"
+
+	"github.com/ginrealtime/realtime"
+	"gorm.io/gorm"
 )
 
 func TestParseSavepoint(t *testing.T) {
@@ -114,5 +122,62 @@ func TestSequencer(t *testing.T) {
 	}
 	if total > 64*4*minPruneLimit {
 		t.Fatalf("%d entries kept: not pruned", total)
+	}
+}
+
+// failingTx is a gorm.Tx whose Commit fails.
+type failingTx struct {
+	gorm.Tx
+	err error
+}
+
+func (f failingTx) Commit() error   { return f.err }
+func (f failingTx) Rollback() error { return nil }
+
+type resyncRecorder struct {
+	mu       sync.Mutex
+	resyncs  []string
+	publishd int
+}
+
+func (r *resyncRecorder) Publish(context.Context, realtime.Publication) (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.publishd++
+	return `"x"`, nil
+}
+
+func (r *resyncRecorder) Resync(ctx context.Context, collection string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.resyncs = append(r.resyncs, realtime.TenantFrom(ctx)+"/"+collection)
+	return nil
+}
+
+// TestCommitFailure: a failed commit publishes no event; when its outcome may
+// be unknown the collections it wrote are resynced, once each.
+func TestCommitFailure(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want []string
+	}{
+		{errors.New("connection reset during COMMIT"), []string{"default/posts", "acme/posts", "default/tags"}},
+		{sql.ErrTxDone, nil},
+	} {
+		rec := &resyncRecorder{}
+		h := &Hook{pub: rec, log: slog.New(slog.DiscardHandler), seq: newSequencer()}
+		posts, tags := &watched{collection: "posts"}, &watched{collection: "tags"}
+		tx := &hookTx{Tx: failingTx{err: tc.err}, pool: &hookPool{h: h}, h: h}
+		acme := realtime.WithTenant(context.Background(), "acme")
+		tx.add(change{ctx: context.Background(), w: posts, event: realtime.EventSnapshot, id: "1", reload: true},
+			change{ctx: context.Background(), w: posts, event: realtime.EventDeleted, id: "2"},
+			change{ctx: acme, w: posts, event: realtime.EventChanged, id: "3", reload: true},
+			change{ctx: context.Background(), w: tags, event: realtime.EventDeleted, id: "a,b"})
+		if err := tx.Commit(); !errors.Is(err, tc.err) {
+			t.Fatalf("Commit() = %v, want %v", err, tc.err)
+		}
+		if rec.publishd != 0 || !slices.Equal(rec.resyncs, tc.want) {
+			t.Errorf("%v: %d events, resyncs %q; want none and %q", tc.err, rec.publishd, rec.resyncs, tc.want)
+		}
 	}
 }

@@ -530,6 +530,7 @@ func TestInitializeErrors(t *testing.T) {
 		{"nil publisher", gormhook.New(nil, gormhook.Watch(&Post{}, "posts"))},
 		{"typed nil publisher", gormhook.New((*realtime.Plugin)(nil), gormhook.Watch(&Post{}, "posts"))},
 		{"empty collection", gormhook.New(&recorder{}, gormhook.Watch(&Post{}, ""))},
+		{"collection with a newline", gormhook.New(&recorder{}, gormhook.Watch(&Post{}, "po\nsts"))},
 		{"nil model", gormhook.New(&recorder{}, gormhook.Watch(nil, "posts"))},
 		{"not a struct", gormhook.New(&recorder{}, gormhook.Watch(42, "posts"))},
 		{"no primary key", gormhook.New(&recorder{}, gormhook.Watch(&noKey{}, "things"))},
@@ -652,5 +653,36 @@ func TestStaleReloadNotPublished(t *testing.T) {
 	evs := rec.take()
 	if len(evs) != 1 || evs[0].JSON != getJSON(t, db, p.ID) || !strings.Contains(evs[0].JSON, `"title":"B"`) {
 		t.Fatalf("events %v: want only B's version", evs)
+	}
+}
+
+// TestDeletedCarriesPriorRecord: every form of delete publishes the row as
+// it was before the delete, so the app's Authorizer can decide on it.
+func TestDeletedCarriesPriorRecord(t *testing.T) {
+	cases := []struct {
+		name string
+		del  func(db *gorm.DB) *gorm.DB
+	}{
+		{"by struct", func(db *gorm.DB) *gorm.DB { return db.Delete(&Post{ID: 2}) }},
+		{"by primary key", func(db *gorm.DB) *gorm.DB { return db.Delete(&Post{}, 2) }},
+		{"by condition", func(db *gorm.DB) *gorm.DB { return db.Where("title = ?", "b").Delete(&Post{}) }},
+		{"hard delete", func(db *gorm.DB) *gorm.DB { return db.Unscoped().Delete(&Post{ID: 2}) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			db, rec := openDB(t)
+			ps := posts("a", "b", "c")
+			mustNoErr(t, db.Create(&ps).Error)
+			rec.take()
+			before := getJSON(t, db, 2)
+			mustNoErr(t, tc.del(db).Error)
+			got := rec.take()
+			if len(got) != 1 || got[0].Event != realtime.EventDeleted || got[0].ID != "2" {
+				t.Fatalf("published %v, want one deleted posts/2", got)
+			}
+			if got[0].JSON != before {
+				t.Fatalf("prior record\n got %s\nwant %s", got[0].JSON, before)
+			}
+		})
 	}
 }
