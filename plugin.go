@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -105,6 +106,13 @@ func (p *Plugin) untrack(s *subscriber) {
 	p.liveMu.Lock()
 	delete(p.live, s)
 	p.liveMu.Unlock()
+	s.mu.Lock()
+	cause := s.cause
+	s.mu.Unlock()
+	if errors.Is(cause, ErrSlowSubscriber) {
+		p.log.Info("realtime: disconnected a subscriber that could not keep up; it resumes on reconnect",
+			"tenant", s.key.Tenant, "collection", s.key.Collection, "id", s.key.ID, "user", s.ident.User)
+	}
 	p.wg.Done()
 }
 

@@ -39,15 +39,8 @@ func (p *Plugin) firstFrames(ctx context.Context, key StreamKey, ident *Identity
 		}
 		return p.fromSnapshot(ctx, key, cur, nil)
 	}
-	lk, err := p.cfg.Buffer.Since(ctx, key, lastID)
-	if err != nil {
-		return nil, 0, "", fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
-	}
-	switch lk.Status {
-	case LookupUpToDate:
-		return nil, lk.Seq, "", nil
-	case LookupFound:
-		return entriesToItems(lk.Events), lk.Seq, "", nil
+	if first, base, ok, err := p.replay(ctx, key, lastID); ok || err != nil {
+		return first, base, "", err
 	}
 	// Unknown resume point.
 	if !loader {
@@ -91,17 +84,27 @@ func (p *Plugin) firstCollectionFrames(ctx context.Context, key StreamKey, ident
 	if lastID == "" {
 		return nil, 0, "", nil
 	}
+	if first, base, ok, err := p.replay(ctx, key, lastID); ok || err != nil {
+		return first, base, "", err
+	}
+	return []item{{ev: resyncEvent}}, 0, "", nil
+}
+
+// replay looks lastID up in key's buffer: ok when the buffer can serve it
+// (the events after it, maybe none), with the position they bring the
+// subscriber to; not ok when it is unknown there.
+func (p *Plugin) replay(ctx context.Context, key StreamKey, lastID string) (first []item, base uint64, ok bool, err error) {
 	lk, err := p.cfg.Buffer.Since(ctx, key, lastID)
 	if err != nil {
-		return nil, 0, "", fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		return nil, 0, false, fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
 	}
 	switch lk.Status {
 	case LookupUpToDate:
-		return nil, lk.Seq, "", nil
+		return nil, lk.Seq, true, nil
 	case LookupFound:
-		return entriesToItems(lk.Events), lk.Seq, "", nil
+		return entriesToItems(lk.Events), lk.Seq, true, nil
 	}
-	return []item{{ev: resyncEvent}}, 0, "", nil
+	return nil, 0, false, nil
 }
 
 func entriesToItems(es []Entry) []item {

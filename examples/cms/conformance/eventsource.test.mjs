@@ -1,0 +1,313 @@
+// Conformance of examples/cms with a WHATWG EventSource no one here wrote
+// (the npm "eventsource" package). Run: npm ci && npm test (needs Go to
+// build the example; .ci/run does both).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { EventSource } from "eventsource";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
+const bin = path.join(work, "cms");
+const secret = crypto.randomBytes(32).toString("hex");
+const guard = 15000; // hang guard for every wait, never a timing assertion
+
+let server; // the running example
+let port; // its port
+let proxy; // a TCP proxy in front of it that can cut and hold connections
+
+// --- tokens -----------------------------------------------------------------
+
+const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+function token(claims, alg = "HS256") {
+  const h = b64({ alg, typ: "JWT" });
+  const p = b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims });
+  const s = crypto.createHmac("sha256", secret).update(`${h}.${p}`).digest("base64url");
+  return `${h}.${p}.${s}`;
+}
+const alice = token({ sub: "alice" });
+const bob = token({ sub: "bob" });
+const backend = token({ sub: "backend", scope: "publish" });
+
+// --- the example server and the proxy ------------------------------------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function startServer() {
+  server = spawn(bin, [], {
+    env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: path.join(work, "cms.db") },
+    stdio: ["ignore", "ignore", fs.openSync(path.join(work, "cms.log"), "a")],
+  });
+  const until = Date.now() + guard;
+  while (Date.now() < until) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("the example did not become ready");
+}
+
+async function stopServer() {
+  if (!server || server.exitCode !== null) return;
+  const exited = new Promise((r) => server.once("exit", r));
+  server.kill("SIGTERM");
+  await exited;
+}
+
+function startProxy() {
+  const conns = new Set();
+  let holding = false;
+  let held = [];
+  const pipe = (sock) => {
+    const up = net.connect(port, "127.0.0.1");
+    const pair = { sock, up };
+    conns.add(pair);
+    const drop = () => {
+      sock.destroy();
+      up.destroy();
+      conns.delete(pair);
+    };
+    sock.on("error", drop).on("close", drop);
+    up.on("error", drop).on("close", drop);
+    sock.pipe(up);
+    up.pipe(sock);
+  };
+  const srv = net.createServer((sock) => (holding ? held.push(sock) : pipe(sock)));
+  return new Promise((resolve) =>
+    srv.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${srv.address().port}`,
+        // cut drops every open connection and holds new ones until release.
+        cut() {
+          holding = true;
+          for (const { sock, up } of conns) {
+            sock.destroy();
+            up.destroy();
+          }
+          conns.clear();
+        },
+        release() {
+          holding = false;
+          const h = held;
+          held = [];
+          h.forEach(pipe);
+        },
+        heldCount: () => held.length,
+        close() {
+          for (const { sock, up } of conns) {
+            sock.destroy();
+            up.destroy();
+          }
+          held.forEach((s) => s.destroy());
+          return new Promise((r) => srv.close(r));
+        },
+      }),
+    ),
+  );
+}
+
+// --- helpers ------------------------------------------------------------------
+
+const api = (method, p, tok, body) =>
+  fetch(`http://127.0.0.1:${port}/api/v1${p}`, {
+    method,
+    headers: { Authorization: `Bearer ${tok}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+
+async function createPost(tok, fields) {
+  const res = await api("POST", "/posts", tok, fields);
+  assert.equal(res.status, 201);
+  return { post: await res.json(), etag: res.headers.get("etag") };
+}
+
+async function patchPost(tok, id, fields) {
+  const res = await api("PATCH", `/posts/${id}`, tok, fields);
+  assert.equal(res.status, 200);
+  return res.headers.get("etag");
+}
+
+// follow opens an EventSource and records every contract event in order.
+function follow(url) {
+  const es = new EventSource(url);
+  const events = [];
+  const waiters = [];
+  const errors = [];
+  for (const type of ["snapshot", "changed", "deleted", "resync"]) {
+    es.addEventListener(type, (e) => {
+      events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) });
+      waiters.splice(0).forEach((w) => w());
+    });
+  }
+  es.onerror = (e) => {
+    errors.push(e);
+    waiters.splice(0).forEach((w) => w());
+  };
+  // until waits for pred(events) to hold, failing after the hang guard.
+  const until = async (pred, what) => {
+    const stop = Date.now() + guard;
+    while (!pred(events)) {
+      if (Date.now() > stop) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events)}`);
+      await new Promise((r) => {
+        waiters.push(r);
+        setTimeout(r, 100);
+      });
+    }
+  };
+  return { es, events, errors, until };
+}
+
+before(async () => {
+  execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
+  port = await freePort();
+  await startServer();
+  proxy = await startProxy();
+});
+
+after(async () => {
+  await proxy?.close();
+  await stopServer();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+// --- tests ----------------------------------------------------------------------
+
+test("event ids are the REST ETags of the same versions", async () => {
+  const { post, etag } = await createPost(alice, { title: "one", body: "b" });
+  const f = follow(`${proxy.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  try {
+    await f.until((ev) => ev.length >= 1, "the snapshot");
+    assert.deepEqual([f.events[0].type, f.events[0].id], ["snapshot", etag]);
+    const e2 = await patchPost(alice, post.id, { title: "two" });
+    await f.until((ev) => ev.length >= 2, "the change");
+    assert.deepEqual([f.events[1].type, f.events[1].id, f.events[1].data.title], ["changed", e2, "two"]);
+  } finally {
+    f.es.close();
+  }
+});
+
+test("a cut connection resumes from Last-Event-ID with exactly the missed events", async () => {
+  const { post } = await createPost(alice, { title: "v0" });
+  const f = follow(`${proxy.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  try {
+    await f.until((ev) => ev.length >= 1, "the snapshot");
+    proxy.cut(); // the client's connection dies; its reconnect is held
+    const missed = [];
+    for (const title of ["v1", "v2", "v3"]) missed.push(await patchPost(alice, post.id, { title }));
+    const stop = Date.now() + guard;
+    while (proxy.heldCount() === 0 && Date.now() < stop) await new Promise((r) => setTimeout(r, 50));
+    proxy.release();
+    await f.until((ev) => ev.length >= 4, "the missed events");
+    const live = await patchPost(alice, post.id, { title: "v4" });
+    await f.until((ev) => ev.length >= 5, "the next live event");
+    assert.deepEqual(
+      f.events.map((e) => [e.type, e.id]),
+      [["snapshot", f.events[0].id], ...missed.map((id) => ["changed", id]), ["changed", live]],
+    );
+  } finally {
+    f.es.close();
+  }
+});
+
+test("after a restart that lost the buffer: resync, then the stored record", async () => {
+  const { post } = await createPost(alice, { title: "before" });
+  const f = follow(`${proxy.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  try {
+    await f.until((ev) => ev.length >= 1, "the snapshot");
+    proxy.cut();
+    await stopServer();
+    await startServer(); // a new process: its buffer is empty
+    const now = await patchPost(alice, post.id, { title: "after" });
+    proxy.release();
+    await f.until((ev) => ev.length >= 3, "resync and snapshot");
+    assert.deepEqual(
+      f.events.slice(1).map((e) => [e.type, e.type === "resync" ? e.data.reason : e.id]),
+      [["resync", "buffer-miss"], ["snapshot", now]],
+    );
+    assert.equal(f.events[2].data.title, "after");
+  } finally {
+    f.es.close();
+  }
+});
+
+test("line breaks in published data cannot forge frames", async () => {
+  const { post } = await createPost(alice, { title: "t" });
+  const f = follow(`${proxy.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  try {
+    await f.until((ev) => ev.length >= 1, "the snapshot");
+    const evil = "x\n\nevent: deleted\nid: forged\ndata: {}\n\r\nevent: deleted\rdata: {}\r\r";
+    // Pretty-printed JSON puts raw line breaks between tokens too.
+    const body = `{\n  "event": "changed",\r\n  "data": {\r  "id": ${JSON.stringify(post.id)},\n  "title": ${JSON.stringify(evil)}\n}\n}`;
+    const res = await api("POST", `/posts/${post.id}/events`, backend, body);
+    assert.equal(res.status, 202);
+    const { id } = await res.json();
+    await f.until((ev) => ev.length >= 2, "the published event");
+    await new Promise((r) => setTimeout(r, 200)); // anything forged would have arrived with it
+    assert.deepEqual(
+      f.events.slice(1).map((e) => [e.type, e.id, e.data.title]),
+      [["changed", id, evil]],
+    );
+  } finally {
+    f.es.close();
+  }
+});
+
+test("a private post never reaches another user's collection stream", async () => {
+  const a = follow(`${proxy.url}/api/v1/posts/subscribe?token=${alice}`);
+  const b = follow(`${proxy.url}/api/v1/posts/subscribe?token=${bob}`);
+  try {
+    await new Promise((r) => setTimeout(r, 200)); // both streams open
+    const secret = await createPost(alice, { title: "secret", private: true });
+    await patchPost(alice, secret.post.id, { title: "still secret" });
+    assert.equal((await api("DELETE", `/posts/${secret.post.id}`, alice)).status, 204);
+    const open = await createPost(alice, { title: "public" });
+    await a.until((ev) => ev.length >= 4, "alice's four events");
+    await b.until((ev) => ev.some((e) => e.id === open.etag), "bob's public event");
+    assert.deepEqual(
+      b.events.map((e) => [e.type, e.data.id]),
+      [["snapshot", open.post.id]],
+    );
+    assert.deepEqual(
+      a.events.map((e) => e.type),
+      ["snapshot", "changed", "deleted", "snapshot"],
+    );
+  } finally {
+    a.es.close();
+    b.es.close();
+  }
+});
+
+test("refused credentials end the EventSource (no retry loop)", async () => {
+  const { post } = await createPost(alice, { title: "t" });
+  const bad = [
+    "",
+    token({ sub: "alice", exp: Math.floor(Date.now() / 1000) - 60 }),
+    token({ sub: "alice" }).slice(0, -2) + "xx",
+    `${b64({ alg: "none", typ: "JWT" })}.${b64({ sub: "alice", exp: 9999999999 })}.`,
+  ];
+  for (const tok of bad) {
+    const f = follow(`${proxy.url}/api/v1/posts/${post.id}/subscribe?token=${tok}`);
+    const stop = Date.now() + guard;
+    while (f.errors.length === 0 && Date.now() < stop) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(f.errors[0]?.code, 401, `token ${JSON.stringify(tok.slice(0, 20))}`);
+    assert.equal(f.es.readyState, EventSource.CLOSED);
+    assert.equal(f.events.length, 0);
+    f.es.close();
+  }
+});
