@@ -17,7 +17,8 @@ type writerPool struct {
 
 	mu     sync.Mutex
 	cond   sync.Cond
-	ready  []*subscriber
+	ready  []*subscriber // ready[head:] wait for a worker, oldest first
+	head   int
 	idle   int
 	closed bool
 	wg     sync.WaitGroup
@@ -33,9 +34,22 @@ func newWriterPool(p *Plugin, n int) *writerPool {
 	return w
 }
 
+// pushLocked appends to ready, reusing the slots of the subscribers already
+// taken before it grows the array: scheduling allocates nothing once the
+// array has the size of the busiest moment.
+func (w *writerPool) pushLocked(list ...*subscriber) {
+	if w.head > 0 && len(w.ready)+len(list) > cap(w.ready) {
+		n := copy(w.ready, w.ready[w.head:])
+		clear(w.ready[n:])
+		w.ready = w.ready[:n]
+		w.head = 0
+	}
+	w.ready = append(w.ready, list...)
+}
+
 func (w *writerPool) add(s *subscriber) {
 	w.mu.Lock()
-	w.ready = append(w.ready, s)
+	w.pushLocked(s)
 	wake := w.idle > 0
 	w.mu.Unlock()
 	if wake {
@@ -49,7 +63,7 @@ func (w *writerPool) addMany(list []*subscriber) {
 		return
 	}
 	w.mu.Lock()
-	w.ready = append(w.ready, list...)
+	w.pushLocked(list...)
 	n := min(len(list), w.idle)
 	w.mu.Unlock()
 	if n >= 2 {
@@ -62,17 +76,21 @@ func (w *writerPool) addMany(list []*subscriber) {
 func (w *writerPool) next() *subscriber {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for len(w.ready) == 0 && !w.closed {
+	for w.head == len(w.ready) && !w.closed {
 		w.idle++
 		w.cond.Wait()
 		w.idle--
 	}
-	if len(w.ready) == 0 {
+	if w.head == len(w.ready) {
 		return nil
 	}
-	s := w.ready[0]
-	w.ready[0] = nil
-	w.ready = w.ready[1:]
+	s := w.ready[w.head]
+	w.ready[w.head] = nil
+	w.head++
+	if w.head == len(w.ready) { // drained: start again at the front
+		w.ready = w.ready[:0]
+		w.head = 0
+	}
 	return s
 }
 

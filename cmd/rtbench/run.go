@@ -26,24 +26,29 @@ import (
 const plainIdleQueue = 16
 
 type runConfig struct {
-	impls     []string
-	conns     int
-	subs      int
-	procs     int
-	perProc   int
-	ports     int
-	size      int
-	warmup    int
-	latRate   float64
-	latDur    time.Duration
-	burst     int
-	sweep     []float64
-	sweepDur  time.Duration
-	profDir   string
-	profSecs  int
-	skipIdle  bool
-	skipBurst bool
-	verbose   bool
+	impls       []string
+	conns       int
+	subs        int
+	procs       int
+	perProc     int
+	ports       int
+	size        int
+	warmup      int
+	latRate     float64
+	latDur      time.Duration
+	burst       int
+	burstMax    time.Duration
+	sweep       []float64
+	sweepDur    time.Duration
+	profDir     string
+	profSecs    int
+	profPhase   string
+	clientProcs int
+	batch       time.Duration
+	writers     int
+	skipIdle    bool
+	skipBurst   bool
+	verbose     bool
 }
 
 func runMain(args []string) error {
@@ -58,19 +63,24 @@ func runMain(args []string) error {
 	warmup := fs.Int("warmup", 100, "events published (at 200/s) before measuring deliveries")
 	latRate := fs.Float64("lat-rate", 100, "publishes/s of the latency run (× subs = deliveries/s)")
 	latDur := fs.Duration("lat-dur", 3*time.Second, "duration of the latency run")
-	burst := fs.Int("burst", 5000, "events of the throughput run, published as fast as possible (0: skip)")
+	burst := fs.Int("burst", 8000, "events of the throughput run, published as fast as possible (0: skip)")
+	burstMax := fs.Duration("burst-max", 3*time.Second, "the throughput run's publisher stops after this long")
 	sweep := fs.String("sweep", "500,1000,1500,2000", "paced publishes/s to try with the default queue (empty: skip)")
 	sweepDur := fs.Duration("sweep-dur", 2*time.Second, "duration of each sweep step")
 	profDir := fs.String("cpuprofile", "", "directory for a CPU profile of each server during the throughput run")
 	profSecs := fs.Int("profile-seconds", 2, "length of the CPU profile")
+	profPhase := fs.String("profile-phase", "throughput", "run profiled with -cpuprofile: throughput or latency")
 	skipIdle := fs.Bool("skip-idle", false, "skip the idle memory measurement")
 	verbose := fs.Bool("v", false, "log progress to stderr")
+	batch := fs.Duration("client-batch", 0, "clients' pause after a wake-up that found few ready connections")
+	clientProcs := fs.Int("client-gomaxprocs", 1, "GOMAXPROCS of each client process (0: Go's default); one epoll loop per P")
+	writers := fs.Int("writers", 0, "realtime server's Config.Writers (0: the plugin's default)")
 	_ = fs.Parse(args)
 
 	cfg := runConfig{
 		conns: *conns, subs: *subs, procs: max(*procs, 1), perProc: max(*perProc, 1), ports: *ports,
-		size: *size, warmup: *warmup, latRate: *latRate, latDur: *latDur, burst: *burst,
-		sweepDur: *sweepDur, profDir: *profDir, profSecs: *profSecs, skipIdle: *skipIdle, verbose: *verbose,
+		size: *size, warmup: *warmup, latRate: *latRate, latDur: *latDur, burst: *burst, burstMax: *burstMax,
+		sweepDur: *sweepDur, profDir: *profDir, profSecs: *profSecs, profPhase: *profPhase, clientProcs: *clientProcs, batch: *batch, writers: *writers, skipIdle: *skipIdle, verbose: *verbose,
 		skipBurst: *burst <= 0,
 	}
 	for _, s := range strings.Split(*impls, ",") {
@@ -110,21 +120,31 @@ func runMain(args []string) error {
 	}()
 	defer o.killAll()
 
+	// Phase by phase, every implementation in turn: the implementations
+	// measured for one phase see about the same background load.
 	results := make(map[string]*implResult)
 	for _, name := range cfg.impls {
-		r := &implResult{impl: name}
-		results[name] = r
-		if !cfg.skipIdle {
-			if err := o.idle(name, r); err != nil {
-				return fmt.Errorf("%s idle: %w", name, err)
-			}
+		if name != "realtime" && name != "plain" {
+			return fmt.Errorf("unknown implementation %q (want realtime or plain)", name)
 		}
-		if err := o.paced(name, r); err != nil {
-			return fmt.Errorf("%s latency: %w", name, err)
+		results[name] = &implResult{impl: name}
+	}
+	type phase struct {
+		name string
+		skip bool
+		run  func(string, *implResult) error
+	}
+	for _, ph := range []phase{
+		{"idle", cfg.skipIdle, o.idle},
+		{"latency", false, o.paced},
+		{"throughput", cfg.skipBurst, o.burstRun},
+	} {
+		if ph.skip {
+			continue
 		}
-		if !cfg.skipBurst {
-			if err := o.burstRun(name, r); err != nil {
-				return fmt.Errorf("%s throughput: %w", name, err)
+		for _, name := range cfg.impls {
+			if err := ph.run(name, results[name]); err != nil {
+				return fmt.Errorf("%s %s: %w", name, ph.name, err)
 			}
 		}
 	}
@@ -163,6 +183,8 @@ type stepResult struct {
 	p50, p99    time.Duration
 	p999, max   time.Duration
 	disconnects int64
+	serverCPU   float64 // CPU seconds the server used during the step
+	clientCPU   float64 // CPU seconds the client processes used
 	ran         bool
 }
 
@@ -188,8 +210,9 @@ func (o *orchestrator) logf(format string, args ...any) {
 	}
 }
 
-func (o *orchestrator) start(name string, args ...string) (*child, error) {
+func (o *orchestrator) start(name string, env []string, args ...string) (*child, error) {
 	cmd := exec.Command(o.self, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -278,8 +301,8 @@ func (o *orchestrator) startServer(impl string, queue int) (*server, error) {
 	for i := range addrs {
 		addrs[i] = "127.0.0.1:0"
 	}
-	c, err := o.start("server "+impl, "server", "-impl", impl, "-addr", strings.Join(addrs, ","),
-		"-ctl", "127.0.0.1:0", "-queue", strconv.Itoa(queue))
+	c, err := o.start("server "+impl, nil, "server", "-impl", impl, "-addr", strings.Join(addrs, ","),
+		"-ctl", "127.0.0.1:0", "-queue", strconv.Itoa(queue), "-writers", strconv.Itoa(o.cfg.writers))
 	if err != nil {
 		return nil, err
 	}
@@ -371,8 +394,12 @@ func (o *orchestrator) startClients(s *server, n int, distinct bool) (*clientGro
 		if distinct {
 			ids = "distinct"
 		}
-		c, err := o.start(fmt.Sprintf("clients#%d", i), "clients", "-n", strconv.Itoa(k), "-url", urls,
-			"-ids", ids, "-base", strconv.Itoa(base))
+		var env []string
+		if o.cfg.clientProcs > 0 {
+			env = []string{"GOMAXPROCS=" + strconv.Itoa(o.cfg.clientProcs)}
+		}
+		c, err := o.start(fmt.Sprintf("clients#%d", i), env, "clients", "-n", strconv.Itoa(k), "-url", urls,
+			"-ids", ids, "-base", strconv.Itoa(base), "-batch", o.cfg.batch.String())
 		if err != nil {
 			o.stopClients(g)
 			return nil, clientStats{}, err
@@ -437,6 +464,7 @@ func (g *clientGroup) command(cmd string) (clientStats, *hist, error) {
 			total.FirstNs = st.FirstNs
 		}
 		total.LastNs = max(total.LastNs, st.LastNs)
+		total.CPUSeconds += st.CPUSeconds
 		h.addSparse(st.Hist)
 	}
 	return total, h, nil
@@ -559,9 +587,13 @@ func (o *orchestrator) subscribe(impl string, queue int) (*server, *clientGroup,
 }
 
 // step publishes n events at rate and waits for their deliveries.
-func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, profile string) (stepResult, error) {
+func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, maxDur time.Duration, profile string) (stepResult, error) {
 	res := stepResult{rate: rate}
 	before, _, err := g.command("stats")
+	if err != nil {
+		return res, err
+	}
+	sBefore, err := s.stats("gc=0")
 	if err != nil {
 		return res, err
 	}
@@ -580,7 +612,7 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, prof
 			return res, err
 		}
 	}
-	pub, err := s.publish(n, rate, o.cfg.size, time.Minute)
+	pub, err := s.publish(n, rate, o.cfg.size, maxDur)
 	if err != nil {
 		return res, err
 	}
@@ -600,6 +632,12 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, prof
 			return res, err
 		}
 	}
+	sAfter, err := s.stats("gc=0")
+	if err != nil {
+		return res, err
+	}
+	res.serverCPU = sAfter.CPUSeconds - sBefore.CPUSeconds
+	res.clientCPU = st.CPUSeconds - before.CPUSeconds
 	res.ran = true
 	res.events = st.Events
 	res.disconnects = st.Closed - before.Closed
@@ -625,7 +663,12 @@ func (o *orchestrator) paced(impl string, r *implResult) error {
 	defer func() { o.stopClients(g); o.stop(s.child, "") }()
 	n := int(o.cfg.latRate * o.cfg.latDur.Seconds())
 	o.logf("%s latency: %d events at %g/s to %d subscribers", impl, n, o.cfg.latRate, o.cfg.subs)
-	if r.lat, err = o.step(s, g, n, o.cfg.latRate, ""); err != nil {
+	prof := ""
+	if o.cfg.profDir != "" && o.cfg.profPhase == "latency" {
+		prof = filepath.Join(o.cfg.profDir, "server-"+impl+"-latency.pprof")
+		r.profile = prof
+	}
+	if r.lat, err = o.step(s, g, n, o.cfg.latRate, time.Minute, prof); err != nil {
 		return err
 	}
 	o.logf("%s latency: %s", impl, r.lat)
@@ -639,7 +682,7 @@ func (o *orchestrator) paced(impl string, r *implResult) error {
 			}
 		}
 		n := int(rate * o.cfg.sweepDur.Seconds())
-		st, err := o.step(s, g, n, rate, "")
+		st, err := o.step(s, g, n, rate, time.Minute, "")
 		if err != nil {
 			return err
 		}
@@ -658,21 +701,24 @@ func (o *orchestrator) burstRun(impl string, r *implResult) error {
 	}
 	defer func() { o.stopClients(g); o.stop(s.child, "") }()
 	prof := ""
-	if o.cfg.profDir != "" {
+	if o.cfg.profDir != "" && o.cfg.profPhase == "throughput" {
 		prof = filepath.Join(o.cfg.profDir, "server-"+impl+"-burst.pprof") // clients: clients-<impl>-burst-<pid>.pprof
 	}
-	o.logf("%s throughput: %d events as fast as possible to %d subscribers", impl, o.cfg.burst, o.cfg.subs)
-	if r.burst, err = o.step(s, g, o.cfg.burst, 0, prof); err != nil {
+	o.logf("%s throughput: %d events as fast as possible (for at most %v) to %d subscribers", impl, o.cfg.burst, o.cfg.burstMax, o.cfg.subs)
+	if r.burst, err = o.step(s, g, o.cfg.burst, 0, o.cfg.burstMax, prof); err != nil {
 		return err
 	}
-	r.profile = prof
+	if prof != "" {
+		r.profile = prof
+	}
 	o.logf("%s throughput: %s", impl, r.burst)
 	return nil
 }
 
 func (s stepResult) String() string {
-	return fmt.Sprintf("published=%d delivered=%d/%d in %.2fs = %.0f/s p50=%v p99=%v p99.9=%v max=%v disconnects=%d",
-		s.published, s.events, s.expected, s.seconds, s.deliveries, s.p50, s.p99, s.p999, s.max, s.disconnects)
+	return fmt.Sprintf("published=%d delivered=%d/%d in %.2fs = %.0f/s p50=%v p99=%v p99.9=%v max=%v disconnects=%d cpu: server %.2fs clients %.2fs (%s)",
+		s.published, s.events, s.expected, s.seconds, s.deliveries, s.p50, s.p99, s.p999, s.max, s.disconnects,
+		s.serverCPU, s.clientCPU, s.cpuPerDelivery())
 }
 
 // report prints the markdown table.
@@ -714,10 +760,10 @@ func (o *orchestrator) report(results map[string]*implResult) {
 		})
 	}
 	if !cfg.skipBurst {
-		row(fmt.Sprintf("throughput, %d subscribers of one record, %d events as fast as possible", cfg.subs, cfg.burst), "≥ 1.5 M/s",
+		row(fmt.Sprintf("throughput, %d subscribers of one record, publisher as fast as it can (%d events or %v)", cfg.subs, cfg.burst, cfg.burstMax), "≥ 1.5 M/s",
 			func(r *implResult) string {
 				b := r.burst
-				s := fmt.Sprintf("%.2f M deliveries/s (published in %.2f s, delivered in %.2f s)", b.deliveries/1e6, b.pubSeconds, b.seconds)
+				s := fmt.Sprintf("%.2f M deliveries/s (%d events published in %.2f s, delivered in %.2f s)", b.deliveries/1e6, b.published, b.pubSeconds, b.seconds)
 				if b.events < b.expected {
 					s += fmt.Sprintf(" (%d of %d delivered, %d disconnected)", b.events, b.expected, b.disconnects)
 				}
@@ -733,6 +779,13 @@ func (o *orchestrator) report(results map[string]*implResult) {
 			}
 			return s
 		})
+	row("CPU per delivery, server + client processes: latency run / throughput run", "", func(r *implResult) string {
+		out := r.lat.cpuPerDelivery()
+		if !cfg.skipBurst {
+			out += " / " + r.burst.cpuPerDelivery()
+		}
+		return out
+	})
 	for i, rate := range cfg.sweep {
 		row(fmt.Sprintf("paced %g publishes/s (%.2f M/s asked): delivered/s, p50 / p99", rate, rate*float64(cfg.subs)/1e6), "", func(r *implResult) string {
 			if i >= len(r.sweep) {
@@ -749,9 +802,18 @@ func (o *orchestrator) report(results map[string]*implResult) {
 	fmt.Println()
 	for _, c := range cols {
 		if p := results[c].profile; p != "" {
-			fmt.Printf("CPU profile of the %s server during the throughput run: %s\n", c, p)
+			fmt.Printf("CPU profile of the %s server during the %s run: %s (clients: %s-*.pprof)\n", c, cfg.profPhase, p,
+				strings.TrimSuffix(strings.Replace(p, "server-", "clients-", 1), ".pprof"))
 		}
 	}
+}
+
+// cpuPerDelivery is the CPU time per delivery of the server and the clients.
+func (s stepResult) cpuPerDelivery() string {
+	if s.events == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f + %.2f µs", s.serverCPU/float64(s.events)*1e6, s.clientCPU/float64(s.events)*1e6)
 }
 
 func ms(d time.Duration) string {

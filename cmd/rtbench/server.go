@@ -44,15 +44,16 @@ type serverReady struct {
 
 // serverStats is the answer of GET /stats.
 type serverStats struct {
-	RSSKiB      int64  `json:"rss_kib"`
-	Goroutines  int    `json:"goroutines"`
-	Subscribers int64  `json:"subscribers"`
-	HeapAlloc   uint64 `json:"heap_alloc"`
-	HeapInuse   uint64 `json:"heap_inuse"`
-	StackInuse  uint64 `json:"stack_inuse"`
-	HeapSys     uint64 `json:"heap_sys"`
-	Sys         uint64 `json:"sys"`
-	NumGC       uint32 `json:"num_gc"`
+	RSSKiB      int64   `json:"rss_kib"`
+	Goroutines  int     `json:"goroutines"`
+	Subscribers int64   `json:"subscribers"`
+	HeapAlloc   uint64  `json:"heap_alloc"`
+	HeapInuse   uint64  `json:"heap_inuse"`
+	StackInuse  uint64  `json:"stack_inuse"`
+	HeapSys     uint64  `json:"heap_sys"`
+	Sys         uint64  `json:"sys"`
+	NumGC       uint32  `json:"num_gc"`
+	CPUSeconds  float64 `json:"cpu_seconds"` // user + system time of the process so far
 }
 
 // publishResult is the answer of POST /publish.
@@ -79,12 +80,13 @@ func serverMain(args []string) error {
 	addrs := fs.String("addr", "127.0.0.1:0", "comma-separated SSE listen addresses")
 	ctl := fs.String("ctl", "127.0.0.1:0", "control listen address (stats, publish, pprof)")
 	queue := fs.Int("queue", 0, "subscriber queue bound in events (0: 512, the plugin's default)")
+	writers := fs.Int("writers", 0, "realtime: Config.Writers (0: the plugin's default, 4 × GOMAXPROCS)")
 	_ = fs.Parse(args)
 
 	var im impl
 	switch *implName {
 	case "realtime":
-		r, err := newRealtimeImpl(*queue)
+		r, err := newRealtimeImpl(*queue, *writers)
 		if err != nil {
 			return err
 		}
@@ -123,7 +125,7 @@ func serverMain(args []string) error {
 		writeJSON(w, serverStats{
 			RSSKiB: readRSSKiB(), Goroutines: runtime.NumGoroutine(), Subscribers: im.subscribers(),
 			HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse,
-			HeapSys: ms.HeapSys, Sys: ms.Sys, NumGC: ms.NumGC,
+			HeapSys: ms.HeapSys, Sys: ms.Sys, NumGC: ms.NumGC, CPUSeconds: cpuSeconds(),
 		})
 	})
 	mux.HandleFunc("POST /publish", func(w http.ResponseWriter, r *http.Request) {
@@ -232,6 +234,15 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// cpuSeconds returns the process's user + system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
 // readRSSKiB returns VmRSS from /proc/self/status.
 func readRSSKiB() int64 {
 	f, err := os.Open("/proc/self/status")
@@ -255,11 +266,12 @@ type realtimeImpl struct {
 	engine *gin.Engine
 }
 
-func newRealtimeImpl(queue int) (*realtimeImpl, error) {
+func newRealtimeImpl(queue, writers int) (*realtimeImpl, error) {
 	gin.SetMode(gin.ReleaseMode)
 	rt, err := realtime.New(realtime.Config{
 		JWTSecret: benchSecret,
 		QueueSize: queue,
+		Writers:   writers,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
