@@ -94,7 +94,9 @@ type Config struct {
 	// QueueSize bounds the frames waiting for one subscriber; when it is full
 	// the subscriber is disconnected and resumes on reconnect. Default: 512.
 	QueueSize int
-	// WriteTimeout bounds one write to a subscriber; a subscriber that cannot
+	// WriteTimeout bounds the writes to a subscriber (each write has between
+	// half of it and all of it: the deadline is renewed when half is left); a
+	// subscriber that cannot
 	// take a write in that time is disconnected. Default: 10s.
 	WriteTimeout time.Duration
 	// Writers is the number of goroutines that write to SSE connections.

@@ -46,6 +46,7 @@ type subscriber struct {
 	transport transport
 	poll      bool          // a long poll: no heartbeats
 	conn      net.Conn      // viaPool
+	deadline  time.Time     // viaPool: the conn's write deadline, kept by its writer
 	wake      chan struct{} // viaHandler, capacity 1
 	done      chan struct{} // closed when the subscriber is closed
 
