@@ -241,6 +241,28 @@ func (r *frameReader) line() (string, error) {
 	}
 }
 
+// addLine applies one non-empty line of a block to f, by the WHATWG field
+// rules (a comment, or a field name, a colon and one optional space).
+func (f *sseFrame) addLine(l string, data *[]string) {
+	if c, ok := strings.CutPrefix(l, ":"); ok {
+		f.Comments = append(f.Comments, strings.TrimPrefix(c, " "))
+		return
+	}
+	name, val, _ := strings.Cut(l, ":")
+	val = strings.TrimPrefix(val, " ")
+	switch name {
+	case "event":
+		f.Event = val
+	case "id":
+		f.ID, f.HasID = val, true
+	case "data":
+		*data = append(*data, val)
+		f.HasData = true
+	case "retry":
+		f.Retry = val
+	}
+}
+
 // next returns the next block (possibly a retry-only or comment-only one).
 // It returns io.EOF at a clean end of stream between blocks.
 func (r *frameReader) next() (sseFrame, error) {
@@ -263,23 +285,7 @@ func (r *frameReader) next() (sseFrame, error) {
 			return f, nil
 		}
 		started = true
-		if c, ok := strings.CutPrefix(l, ":"); ok {
-			f.Comments = append(f.Comments, strings.TrimPrefix(c, " "))
-			continue
-		}
-		name, val, _ := strings.Cut(l, ":")
-		val = strings.TrimPrefix(val, " ")
-		switch name {
-		case "event":
-			f.Event = val
-		case "id":
-			f.ID, f.HasID = val, true
-		case "data":
-			data = append(data, val)
-			f.HasData = true
-		case "retry":
-			f.Retry = val
-		}
+		f.addLine(l, &data)
 	}
 }
 

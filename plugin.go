@@ -159,14 +159,7 @@ func (p *Plugin) beat(now time.Time) {
 			s.end()
 			continue
 		}
-		if !s.push(item{ev: keepaliveEvent}) {
-			continue
-		}
-		if s.transport == viaPool {
-			sched = append(sched, s)
-		} else {
-			s.schedule()
-		}
+		sched = s.offer(item{ev: keepaliveEvent}, sched)
 	}
 	p.writers.addMany(sched)
 }

@@ -87,14 +87,7 @@ func (p *Plugin) Resync(ctx context.Context, collection string) error {
 			s.end()
 			continue
 		}
-		if !s.push(item{ev: ev}) {
-			continue
-		}
-		if s.transport == viaPool {
-			sched = append(sched, s)
-		} else {
-			s.schedule()
-		}
+		sched = s.offer(item{ev: ev}, sched)
 	}
 	p.writers.addMany(sched)
 	return nil
@@ -178,14 +171,7 @@ func (p *Plugin) publish(ctx context.Context, ev *Event) error {
 			return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
 		}
 		for _, s := range p.hub.subscribersLocked(key) {
-			if !s.push(item{ev: ev, seq: seq}) {
-				continue
-			}
-			if s.transport == viaPool {
-				sched = append(sched, s)
-			} else {
-				s.schedule()
-			}
+			sched = s.offer(item{ev: ev, seq: seq}, sched)
 		}
 		mu.Unlock()
 		p.writers.addMany(sched)

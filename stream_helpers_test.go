@@ -351,22 +351,6 @@ func (r *lineReader) next(comments bool) (sseFrame, error) {
 			continue
 		}
 		started = true
-		if c, ok := strings.CutPrefix(l, ":"); ok {
-			f.Comments = append(f.Comments, strings.TrimPrefix(c, " "))
-			continue
-		}
-		name, val, _ := strings.Cut(l, ":")
-		val = strings.TrimPrefix(val, " ")
-		switch name {
-		case "event":
-			f.Event = val
-		case "id":
-			f.ID, f.HasID = val, true
-		case "data":
-			data = append(data, val)
-			f.HasData = true
-		case "retry":
-			f.Retry = val
-		}
+		f.addLine(l, &data)
 	}
 }

@@ -116,6 +116,20 @@ func (s *subscriber) push(it item) bool {
 	return true
 }
 
+// offer pushes it and, when the subscriber must be scheduled, either
+// appends it to sched (the writer pool's, scheduled by the caller in one
+// batch) or wakes its handler.
+func (s *subscriber) offer(it item, sched []*subscriber) []*subscriber {
+	if !s.push(it) {
+		return sched
+	}
+	if s.transport == viaPool {
+		return append(sched, s)
+	}
+	s.schedule()
+	return sched
+}
+
 // release queues the first frames, then the live events held meanwhile that
 // come after base, and starts delivery.
 func (s *subscriber) release(first []item, base uint64, skip string) {
