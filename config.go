@@ -114,6 +114,34 @@ type Config struct {
 	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
 	MaxBodyBytes int64
 
+	// WSAllowedOrigins lists the Origin values (scheme://host[:port]) allowed
+	// to open a WebSocket on GET {base}/ws; "*" allows any. A request without
+	// an Origin header (a non-browser client) is always allowed. Default: nil,
+	// only an Origin whose host equals the request's Host.
+	WSAllowedOrigins []string
+	// WSMaxConnsPerUser caps the open WebSockets of one user of one tenant
+	// (429 before the upgrade). Default: 16.
+	WSMaxConnsPerUser int
+	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (429 before
+	// the upgrade). Default: 10000.
+	WSMaxConnsPerTenant int
+	// WSMaxMessageBytes is the largest frame a client may send; a larger one
+	// closes the connection with 1009. Default: 64 KiB.
+	WSMaxMessageBytes int64
+	// WSSendQueue bounds the frames waiting to be written to one WebSocket;
+	// when it is full the connection is closed with 1013 (overflow policy:
+	// disconnect, never drop silently). Default: 256.
+	WSSendQueue int
+	// WSPingInterval is the interval of WebSocket pings. Default: 25s.
+	WSPingInterval time.Duration
+	// WSPongWait is how long a WebSocket may stay silent (no pong, no frame)
+	// before it is considered dead and removed; it must exceed
+	// WSPingInterval. Default: 60s.
+	WSPongWait time.Duration
+	// WSMaxChannels caps the channel patterns one WebSocket may subscribe
+	// to. Default: 100.
+	WSMaxChannels int
+
 	// Logger receives the plugin's logs. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -152,6 +180,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"WriteTimeout", &c.WriteTimeout, 10 * time.Second},
 		{"PollTimeout", &c.PollTimeout, 25 * time.Second},
 		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
+		{"WSPingInterval", &c.WSPingInterval, 25 * time.Second},
+		{"WSPongWait", &c.WSPongWait, 60 * time.Second},
 	} {
 		if *d.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, d.name)
@@ -172,6 +202,10 @@ func (c Config) withDefaults() (Config, error) {
 		{"BufferSize", &c.BufferSize, 100},
 		{"QueueSize", &c.QueueSize, 512},
 		{"Writers", &c.Writers, 4 * runtime.GOMAXPROCS(0)},
+		{"WSMaxConnsPerUser", &c.WSMaxConnsPerUser, 16},
+		{"WSMaxConnsPerTenant", &c.WSMaxConnsPerTenant, 10000},
+		{"WSSendQueue", &c.WSSendQueue, 256},
+		{"WSMaxChannels", &c.WSMaxChannels, 100},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)
@@ -182,6 +216,20 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BufferMemory < 0 || c.MaxBodyBytes < 0 {
 		return c, fmt.Errorf("%w: BufferMemory and MaxBodyBytes must not be negative", ErrInvalidConfig)
+	}
+	if c.WSPingInterval >= c.WSPongWait {
+		return c, fmt.Errorf("%w: WSPingInterval must be shorter than WSPongWait", ErrInvalidConfig)
+	}
+	if c.WSMaxMessageBytes < 0 {
+		return c, fmt.Errorf("%w: WSMaxMessageBytes is negative", ErrInvalidConfig)
+	}
+	if c.WSMaxMessageBytes == 0 {
+		c.WSMaxMessageBytes = 64 << 10
+	}
+	for _, o := range c.WSAllowedOrigins {
+		if o == "" {
+			return c, fmt.Errorf("%w: empty entry in WSAllowedOrigins", ErrInvalidConfig)
+		}
 	}
 	if c.BufferMemory == 0 {
 		c.BufferMemory = 64 << 20

@@ -28,7 +28,24 @@
 //   - The Authorizer and RecordLoader are called from handler goroutines and,
 //     for the per-frame check, from the writer goroutines: they must be safe
 //     for concurrent use and should not block.
+//   - WebSockets run on olahol/melody: each connection has its handler
+//     goroutine (the read loop, which handles the client's messages in
+//     order) and melody's write goroutine, with melody's ping ticker.
+//     Connections are indexed by id, by (tenant, user) and by channel
+//     pattern per tenant under one RWMutex; a push reads the indexes under
+//     the read lock (channel matches are serialised per tenant), encodes its
+//     envelope once and queues the same bytes to every target without
+//     blocking. Each connection's queue is bounded (Config.WSSendQueue);
+//     when it is full the connection is closed with 1013 (overflow policy:
+//     disconnect, never drop silently). The close frame is written by a
+//     short-lived goroutine counted by the plugin, since the overflow is
+//     noticed on the publisher's goroutine. Token expiry is checked by the
+//     heartbeat ticker (no timer per connection) and closes with 1008.
+//   - Notify with AwaitAcks blocks its caller (never a connection) until the
+//     acks arrive, AwaitAcks passes, its context ends or the plugin closes.
 //   - The plugin stops what it starts: Close ends every stream cleanly (a
-//     final empty chunk), ends every long poll, and waits for every
-//     goroutine before it returns.
+//     final empty chunk), ends every long poll, closes every WebSocket with
+//     1001, and waits for every goroutine before it returns (melody's write
+//     goroutine ends as its socket closes, right after the handler
+//     goroutine Close waits for).
 package realtime

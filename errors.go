@@ -24,4 +24,7 @@ var (
 	ErrUnavailable = errors.New("realtime: unavailable")
 	// ErrSlowSubscriber is the reason a subscriber whose queue overflowed was disconnected.
 	ErrSlowSubscriber = errors.New("realtime: subscriber too slow")
+	// ErrTooManyConnections reports a WebSocket refused by the per-user or
+	// per-tenant connection cap (429 too_many_connections).
+	ErrTooManyConnections = errors.New("realtime: too many connections")
 )

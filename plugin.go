@@ -22,6 +22,7 @@ type Plugin struct {
 	hub     *hub
 	writers *writerPool
 	retry   []byte
+	ws      *wsServer
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -54,6 +55,7 @@ func New(cfg Config) (*Plugin, error) {
 		live:    make(map[*subscriber]struct{}),
 	}
 	p.writers = newWriterPool(p, c.Writers)
+	p.ws = newWSServer(p)
 	p.bg.Add(1)
 	go p.heartbeats()
 	return p, nil
@@ -65,6 +67,12 @@ func New(cfg Config) (*Plugin, error) {
 //	GET  /:collection/:id/subscribe   record stream (SSE)
 //	GET  /:collection/:id/poll        long poll
 //	POST /:collection/:id/events      publish (publish scope)
+//	GET  /ws                          WebSocket (pushes, channels, presence)
+//	POST /notify                      push to users (publish scope)
+//	GET  /presence, /presence/:user   presence (publish scope)
+//
+// The last four are mounted once per group, whether by Register or by
+// RegisterCollection (which may be called several times on one group).
 //
 // gin's router does not backtrack: when the app has its own routes under rg
 // such as GET /posts/:id, use RegisterCollection for those collections.
@@ -73,12 +81,14 @@ func (p *Plugin) Register(rg gin.IRoutes) {
 	rg.GET("/:collection/:id/subscribe", p.handleSubscribe("", true))
 	rg.GET("/:collection/:id/poll", p.handlePoll(""))
 	rg.POST("/:collection/:id/events", p.handlePublish(""))
+	p.ws.mount(rg)
 }
 
 // RegisterCollection mounts the routes of Register for the named
 // collections, next to the app's own routes (GET /posts/:id coexists with
-// GET /posts/:id/subscribe).
+// GET /posts/:id/subscribe), and the WebSocket routes once per group.
 func (p *Plugin) RegisterCollection(rg gin.IRoutes, collections ...string) {
+	p.ws.mount(rg)
 	for _, name := range collections {
 		base := "/" + name
 		rg.GET(base+"/subscribe", p.handleSubscribe(name, false))
@@ -134,7 +144,8 @@ func (p *Plugin) Subscribers() int {
 }
 
 // heartbeats sends keepalive comments to every stream at the configured
-// interval (one ticker for all), and ends streams whose token has expired.
+// interval (one ticker for all), and ends streams and WebSockets whose
+// token has expired.
 func (p *Plugin) heartbeats() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.cfg.Heartbeat)
@@ -162,6 +173,7 @@ func (p *Plugin) beat(now time.Time) {
 		sched = s.offer(item{ev: keepaliveEvent}, sched)
 	}
 	p.writers.addMany(sched)
+	p.ws.expire(now)
 }
 
 // Close ends every stream and long poll cleanly, refuses new ones and
@@ -177,6 +189,8 @@ func (p *Plugin) Close(ctx context.Context) error {
 	}
 	close(p.stop)
 	p.bg.Wait()
+	wsDone := make(chan error, 1)
+	go func() { wsDone <- p.ws.close(ctx) }()
 	for _, s := range p.liveSubscribers() {
 		s.end()
 	}
@@ -191,6 +205,9 @@ func (p *Plugin) Close(ctx context.Context) error {
 			s.close(ErrClosed)
 		}
 		<-done
+	}
+	if wsErr := <-wsDone; err == nil {
+		err = wsErr
 	}
 	p.cancel()
 	p.writers.close()

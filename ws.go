@@ -1,0 +1,341 @@
+package realtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+)
+
+// wsServer is the WebSocket side of a Plugin: one melody instance, the
+// registry of connections and the acks awaited by Notify.
+type wsServer struct {
+	p    *Plugin
+	m    *melody.Melody
+	reg  *wsRegistry
+	acks *ackBoard
+
+	handlers sync.WaitGroup // one per reserved connection: the goroutine running its upgrade and read loop
+	closers  sync.WaitGroup // goroutines writing a server-initiated close frame
+
+	closeMu sync.Mutex
+	stopped bool // no more closer goroutines: close sockets directly
+
+	mountMu sync.Mutex
+	mounted map[any]bool
+}
+
+// connKey is the melody session key holding the *wsConn.
+const connKey = "realtime.conn"
+
+// wsWriteBuffers is shared by every connection's writes: an idle connection
+// holds no write buffer.
+var wsWriteBuffers = &sync.Pool{}
+
+func newWSServer(p *Plugin) *wsServer {
+	w := &wsServer{p: p, reg: newWSRegistry(), acks: newAckBoard(), mounted: make(map[any]bool)}
+	m := melody.New()
+	m.Config.WriteWait = p.cfg.WriteTimeout
+	m.Config.PongWait = p.cfg.WSPongWait
+	m.Config.PingPeriod = p.cfg.WSPingInterval
+	m.Config.MaxMessageSize = p.cfg.WSMaxMessageBytes
+	m.Config.MessageBufferSize = p.cfg.WSSendQueue
+	m.Upgrader = &websocket.Upgrader{
+		ReadBufferSize:   512,
+		WriteBufferSize:  1024,
+		WriteBufferPool:  wsWriteBuffers,
+		HandshakeTimeout: p.cfg.WriteTimeout,
+		CheckOrigin:      w.originAllowed,
+	}
+	m.HandleConnect(w.onConnect)
+	m.HandleDisconnect(w.onDisconnect)
+	m.HandleMessage(func(s *melody.Session, b []byte) {
+		if c := connOf(s); c != nil {
+			c.handle(b)
+		}
+	})
+	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
+		if c := connOf(s); c != nil {
+			c.badInput("binary frames are not supported")
+		}
+	})
+	m.HandlePong(func(s *melody.Session) {
+		// melody renews the read deadline on every pong: keep the close
+		// grace of a connection being closed.
+		if c := connOf(s); c != nil && c.closing.Load() {
+			_ = s.WebsocketConnection().SetReadDeadline(time.Now().Add(closeGrace))
+		}
+	})
+	m.HandleError(w.onError)
+	w.m = m
+	return w
+}
+
+func connOf(s *melody.Session) *wsConn {
+	v, ok := s.Get(connKey)
+	if !ok {
+		return nil
+	}
+	c, _ := v.(*wsConn)
+	return c
+}
+
+// originAllowed is the Origin allow-list (Config.WSAllowedOrigins), used
+// before the upgrade and as the upgrader's CheckOrigin.
+func (w *wsServer) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	allowed := w.p.cfg.WSAllowedOrigins
+	if len(allowed) == 0 {
+		u, err := url.Parse(origin)
+		return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
+	}
+	for _, a := range allowed {
+		if a == "*" || strings.EqualFold(strings.TrimSuffix(a, "/"), origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// mount adds GET /ws, POST /notify and GET /presence[/:user] to rg, once
+// per group (Register and RegisterCollection may both be called, the
+// latter several times).
+func (w *wsServer) mount(rg gin.IRoutes) {
+	var key any = rg
+	if g, ok := rg.(interface{ BasePath() string }); ok {
+		key = g.BasePath()
+	}
+	w.mountMu.Lock()
+	defer w.mountMu.Unlock()
+	if w.mounted[key] {
+		return
+	}
+	w.mounted[key] = true
+	rg.GET("/ws", w.handleWS)
+	rg.POST("/notify", w.p.handleNotify)
+	rg.GET("/presence", w.p.handlePresence)
+	rg.GET("/presence/:user", w.p.handleUserPresence)
+}
+
+// handleWS serves GET {base}/ws.
+func (w *wsServer) handleWS(c *gin.Context) {
+	ident, ok := w.p.identify(c)
+	if !ok {
+		return
+	}
+	if !w.originAllowed(c.Request) {
+		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
+		return
+	}
+	if !validHandshake(c.Request) {
+		writeError(c, badRequest("a WebSocket handshake (version 13) is required"))
+		return
+	}
+	k := userKey{tenant: ident.Tenant, user: ident.User}
+	if err := w.reg.reserve(k, w.p.cfg.WSMaxConnsPerUser, w.p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
+		if errors.Is(err, ErrTooManyConnections) {
+			writeErrorCode(c, http.StatusTooManyRequests, "too_many_connections", "too many connections")
+			return
+		}
+		writeError(c, fmt.Errorf("websocket: %w", err))
+		return
+	}
+	conn := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: w}
+	if !ident.Expires.IsZero() {
+		conn.expires = ident.Expires.Add(w.p.cfg.JWTLeeway)
+	}
+	// The connection does not keep the handler goroutine: the socket is
+	// taken over here and handed, with a trimmed copy of the request (no
+	// credentials), to a goroutine of its own that runs melody's upgrade
+	// and read loop. net/http's per-request buffers, the gin context and
+	// the handler's grown stack are released when this handler returns.
+	nc, brw, err := c.Writer.Hijack()
+	if err != nil {
+		w.reg.release(k)
+		w.handlers.Done()
+		writeError(c, fmt.Errorf("websocket: hijack: %w", err))
+		return
+	}
+	if brw.Reader.Buffered() > 0 { // data before the handshake completed
+		_ = nc.Close()
+		w.reg.release(k)
+		w.handlers.Done()
+		return
+	}
+	hw := &handoffWriter{nc: nc, h: http.Header{}}
+	req := handshakeRequest(c.Request)
+	go func() {
+		defer w.handlers.Done()
+		// HandleRequestWithKeys runs the connection (onConnect …
+		// onDisconnect) and returns when it has ended; onDisconnect releases
+		// the slot. On an error before the session exists it is released here.
+		if err := w.m.HandleRequestWithKeys(hw, req, map[string]any{connKey: conn}); err != nil {
+			_ = nc.Close()
+			w.reg.release(k)
+		}
+	}()
+}
+
+// validHandshake checks what gorilla's upgrader would refuse before taking
+// the connection over, so that every refusal is an ordinary HTTP answer.
+func validHandshake(r *http.Request) bool {
+	if !websocket.IsWebSocketUpgrade(r) || r.Method != http.MethodGet {
+		return false
+	}
+	versionOK := false
+	for _, v := range r.Header.Values("Sec-Websocket-Version") {
+		for _, t := range strings.Split(v, ",") {
+			if strings.TrimSpace(t) == "13" {
+				versionOK = true
+			}
+		}
+	}
+	key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-Websocket-Key"))
+	return versionOK && err == nil && len(key) == 16
+}
+
+// handshakeRequest copies what the upgrade needs from r.
+func handshakeRequest(r *http.Request) *http.Request {
+	h := http.Header{}
+	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key",
+		"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", "Origin"} {
+		if v, ok := r.Header[k]; ok {
+			h[k] = v
+		}
+	}
+	return &http.Request{
+		Method: r.Method, URL: &url.URL{Path: r.URL.Path}, Proto: r.Proto, ProtoMajor: r.ProtoMajor,
+		ProtoMinor: r.ProtoMinor, Header: h, Host: r.Host, RemoteAddr: r.RemoteAddr,
+	}
+}
+
+// handoffWriter is the http.ResponseWriter melody's upgrade sees: it hands
+// over the connection the handler has already taken over. Every refusal
+// was answered before (validHandshake), so nothing is written through it.
+type handoffWriter struct {
+	nc net.Conn
+	h  http.Header
+}
+
+func (w *handoffWriter) Header() http.Header       { return w.h }
+func (w *handoffWriter) Write([]byte) (int, error) { return 0, http.ErrHijacked }
+func (w *handoffWriter) WriteHeader(int)           {}
+func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return w.nc, bufio.NewReadWriter(bufio.NewReaderSize(w.nc, 16), bufio.NewWriterSize(w.nc, 16)), nil
+}
+
+// onConnect registers the connection for pushes and presence, then sends
+// the connected frame. A connection that cannot register (the plugin is
+// closing) is closed with 1001.
+func (w *wsServer) onConnect(s *melody.Session) {
+	c := connOf(s)
+	c.s = s
+	connected := func() {
+		c.sendJSON(struct {
+			Type         string `json:"type"`
+			ConnectionID string `json:"connectionId"`
+			User         string `json:"user"`
+			Tenant       string `json:"tenant"`
+		}{"connected", c.id, c.user, c.tenant})
+	}
+	if !w.reg.add(c, connected) {
+		c.closeWith(websocket.CloseGoingAway, "server closing")
+		return
+	}
+	c.registered = true
+}
+
+// onDisconnect removes the connection from every index and frees its slot.
+func (w *wsServer) onDisconnect(s *melody.Session) {
+	c := connOf(s)
+	c.closing.Store(true)
+	w.reg.remove(c, c.registered)
+}
+
+// onError receives melody's errors: a full send queue closes the connection
+// with 1013; a frame over the size limit has been answered with 1009 by
+// gorilla, and the rest of it is drained so that the client reads the code.
+func (w *wsServer) onError(s *melody.Session, err error) {
+	c := connOf(s)
+	if c == nil {
+		return
+	}
+	switch {
+	case errors.Is(err, melody.ErrMessageBufferFull):
+		if !c.closing.Load() {
+			w.p.log.Info("realtime: closing a WebSocket that could not keep up (1013)",
+				"tenant", c.tenant, "user", c.user, "connection", c.id)
+		}
+		c.closeWith(websocket.CloseTryAgainLater, "too slow")
+	case errors.Is(err, websocket.ErrReadLimit):
+		c.closing.Store(true)
+		drain(s.WebsocketConnection().NetConn())
+	}
+}
+
+// drain reads and discards the client's input until it closes or
+// closeGrace passes (on the connection's read goroutine), so that closing
+// the socket does not reset it before the client has read the close frame.
+func drain(nc net.Conn) {
+	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
+	_, _ = io.Copy(io.Discard, io.LimitReader(nc, 1<<30))
+}
+
+// expire closes with 1008 every connection whose token has expired
+// (called from the plugin's heartbeat loop).
+func (w *wsServer) expire(now time.Time) {
+	for _, c := range w.reg.all() {
+		if !c.expires.IsZero() && now.After(c.expires) {
+			c.closeWith(websocket.ClosePolicyViolation, "token expired")
+		}
+	}
+}
+
+// close closes every connection with 1001 and waits for their goroutines;
+// when ctx ends first the remaining sockets are closed at once.
+func (w *wsServer) close(ctx context.Context) error {
+	w.reg.close()
+	for _, c := range w.reg.all() {
+		c.closeWith(websocket.CloseGoingAway, "server closing")
+	}
+	done := make(chan struct{})
+	go func() {
+		w.handlers.Wait()
+		w.closeMu.Lock()
+		w.stopped = true
+		w.closeMu.Unlock()
+		w.closers.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("realtime: close websockets: %w", ctx.Err())
+		if ss, e := w.m.Sessions(); e == nil {
+			for _, s := range ss {
+				_ = s.WebsocketConnection().Close()
+			}
+		}
+		<-done
+	}
+	_ = w.m.Close()
+	w.acks.close()
+	return err
+}
