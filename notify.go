@@ -3,9 +3,7 @@ package realtime
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -179,13 +177,22 @@ func (r *wsRegistry) targets(tenant string, users, exclude []string, channel, ev
 			excluded[u] = struct{}{}
 		}
 	}
-	var out []*wsConn
+	var (
+		out     []*wsConn
+		decoded *pushData // the push's data, decoded once, on the first connection with filters
+	)
 	keep := func(c *wsConn) {
 		if _, ex := excluded[c.user]; ex {
 			return
 		}
-		if !anyFilterMatches(c.filters, event, data) {
-			return
+		if len(c.filters) > 0 {
+			if decoded == nil {
+				d := decodePushData(data)
+				decoded = &d
+			}
+			if !anyFilterMatchesData(c.filters, event, decoded) {
+				return
+			}
 		}
 		out = append(out, c)
 	}
@@ -373,30 +380,15 @@ type notifyRequest struct {
 
 // handleNotify serves POST {base}/notify (publish scope).
 func (p *Plugin) handleNotify(c *gin.Context) {
-	ident, ok := p.identify(c)
+	var req notifyRequest
+	ident, ok := p.publisherRequest(c, "notify", &req)
 	if !ok {
 		return
 	}
-	if !ident.HasScope(ScopePublish) {
-		writeError(c, fmt.Errorf("notify: %w: publish scope required", ErrForbidden))
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, p.cfg.MaxBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(c, fmt.Errorf("notify: %w", ErrTooLarge))
-			return
-		}
-		writeError(c, badRequest("unreadable body"))
-		return
-	}
-	var req notifyRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(c, badRequest("body must be a JSON object with event and data"))
-		return
-	}
-	var await time.Duration
+	var (
+		await time.Duration
+		err   error
+	)
 	if req.AwaitAcks != "" {
 		if await, err = time.ParseDuration(req.AwaitAcks); err != nil || await < 0 || await > MaxAwaitAcks {
 			writeError(c, badRequest("awaitAcks must be a duration of at most 30s"))
