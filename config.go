@@ -141,6 +141,10 @@ type Config struct {
 	// WSMaxChannels caps the channel patterns one WebSocket may subscribe
 	// to. Default: 100.
 	WSMaxChannels int
+	// WSMaxRecords caps the records one WebSocket may follow at once
+	// (subscribe with records); beyond it the subscribe is refused with a
+	// bad_request error frame. Default: 100.
+	WSMaxRecords int
 
 	// Logger receives the plugin's logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -206,6 +210,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"WSMaxConnsPerTenant", &c.WSMaxConnsPerTenant, 10000},
 		{"WSSendQueue", &c.WSSendQueue, 256},
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
+		{"WSMaxRecords", &c.WSMaxRecords, 100},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)

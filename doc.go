@@ -41,6 +41,24 @@
 //     short-lived goroutine counted by the plugin, since the overflow is
 //     noticed on the publisher's goroutine. Token expiry is checked by the
 //     heartbeat ticker (no timer per connection) and closes with 1008.
+//   - A record followed over a WebSocket (subscribe with records) is one
+//     subscriber per (connection, record), attached to the hub like an SSE
+//     subscriber: same buffer, same first frames (snapshot, replay, resync),
+//     same hand-over without loss or duplicate, same bounded queue
+//     (Config.QueueSize; overflow closes the connection with 1013). Its
+//     frames are encoded once per event (Event.WSFrame) and written by the
+//     shared writer pool, which checks the Authorizer before each frame and
+//     queues the frame to the connection's bounded melody queue without
+//     blocking; the publisher only schedules the subscriber. A subscriber
+//     sits with at most one writer at a time, so each record's frames keep
+//     the publish order (frames of different records may interleave). A
+//     record the connection may no longer see ends that subscription only
+//     (an error frame), not the connection. The subscribe and unsubscribe
+//     messages run on the connection's read loop (which calls the
+//     RecordLoader and Authorizer for the first frames); its subscribed
+//     answer is queued before the first frames. Unsubscribe, the end of the
+//     connection and Close detach and untrack every such subscriber exactly
+//     once (whoever removes it from the connection's record set).
 //   - Notify with AwaitAcks blocks its caller (never a connection) until the
 //     acks arrive, AwaitAcks passes, its context ends or the plugin closes.
 //   - The plugin stops what it starts: Close ends every stream cleanly (a

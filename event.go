@@ -49,6 +49,27 @@ type Event struct {
 
 	sseOnce sync.Once
 	sse     []byte
+	wsOnce  sync.Once
+	ws      []byte
+}
+
+// wsRecordFrame is a record event on a WebSocket (PROTOCOL.md §6).
+type wsRecordFrame struct {
+	Type       string          `json:"type"`
+	Collection string          `json:"collection"`
+	ID         string          `json:"id"`
+	ETag       string          `json:"etag"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// WSFrame returns the event's WebSocket frame
+// {"type":…,"collection":…,"id":…,"etag":…,"data":…}, encoded once and
+// shared by every WebSocket following the record.
+func (e *Event) WSFrame() []byte {
+	e.wsOnce.Do(func() {
+		e.ws, _ = json.Marshal(wsRecordFrame{Type: e.Type, Collection: e.Ref.Collection, ID: e.Ref.ID, ETag: e.ETag, Data: e.Data})
+	})
+	return e.ws
 }
 
 // SSEFrame returns the event's SSE frame, encoded once.

@@ -136,7 +136,8 @@ func (p *Plugin) liveSubscribers() []*subscriber {
 	return out
 }
 
-// Subscribers returns the number of open streams and long polls.
+// Subscribers returns the number of open streams, long polls and records
+// followed over WebSockets (one per connection and record).
 func (p *Plugin) Subscribers() int {
 	p.liveMu.Lock()
 	defer p.liveMu.Unlock()
@@ -163,8 +164,8 @@ func (p *Plugin) heartbeats() {
 func (p *Plugin) beat(now time.Time) {
 	var sched []*subscriber
 	for _, s := range p.liveSubscribers() {
-		if s.poll {
-			continue
+		if s.poll || s.transport == viaSocket {
+			continue // the WebSocket has its pings and its own expiry (1008)
 		}
 		if s.expired(now) {
 			s.end()

@@ -65,8 +65,9 @@ func (p *Plugin) Deleted(ctx context.Context, collection, id string) (string, er
 // or DefaultTenant) that events may have been missed: a write changed
 // records it cannot name (a bulk update by condition). The collection's and
 // its records' buffers are forgotten; collection streams get a resync frame
-// and record streams end, so their clients resume and are resynced against
-// the stored record.
+// and SSE record streams end, so their clients resume and are resynced
+// against the stored record; records followed over a WebSocket get a resync
+// frame of their record (reason bulk-write) and stay subscribed.
 func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	tenant := TenantFrom(ctx)
 	if err := validName("collection", collection); err != nil {
@@ -83,7 +84,7 @@ func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	}
 	var sched []*subscriber
 	for _, s := range subs {
-		if s.key.ID != "" {
+		if s.key.ID != "" && s.transport != viaSocket {
 			s.end()
 			continue
 		}

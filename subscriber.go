@@ -34,6 +34,10 @@ const (
 	// viaHandler: the request's handler goroutine writes (HTTP/2, no hijack)
 	// or collects (long poll), woken through wake.
 	viaHandler
+	// viaSocket: a record followed over a WebSocket; the shared writer pool
+	// checks authorization and queues its frames to the connection's
+	// bounded melody queue (non-blocking; overflow closes it with 1013).
+	viaSocket
 )
 
 // subscriber is one client following one stream.
@@ -46,6 +50,7 @@ type subscriber struct {
 	transport transport
 	poll      bool          // a long poll: no heartbeats
 	conn      net.Conn      // viaPool
+	ws        *wsConn       // viaSocket
 	deadline  time.Time     // viaPool: the conn's write deadline, kept by its writer
 	wake      chan struct{} // viaHandler, capacity 1
 	done      chan struct{} // closed when the subscriber is closed
@@ -86,7 +91,7 @@ func (s *subscriber) push(it item) bool {
 			return false // its first frames are about to be written
 		}
 		if len(s.held) >= s.p.cfg.QueueSize {
-			s.closeLocked(ErrSlowSubscriber)
+			s.overflowLocked()
 			return false
 		}
 		s.held = append(s.held, it)
@@ -105,7 +110,7 @@ func (s *subscriber) push(it item) bool {
 		s.skipETag = ""
 	}
 	if len(s.queue) >= s.p.cfg.QueueSize {
-		s.closeLocked(ErrSlowSubscriber)
+		s.overflowLocked()
 		return false
 	}
 	s.queue = append(s.queue, it)
@@ -123,7 +128,7 @@ func (s *subscriber) offer(it item, sched []*subscriber) []*subscriber {
 	if !s.push(it) {
 		return sched
 	}
-	if s.transport == viaPool {
+	if s.transport != viaHandler {
 		return append(sched, s)
 	}
 	s.schedule()
@@ -186,7 +191,7 @@ func (s *subscriber) release(first []item, base uint64, skip string) {
 
 // schedule hands the subscriber to whoever writes it.
 func (s *subscriber) schedule() {
-	if s.transport == viaPool {
+	if s.transport != viaHandler {
 		s.p.writers.add(s)
 		return
 	}
@@ -254,6 +259,16 @@ func (s *subscriber) close(cause error) {
 	s.mu.Lock()
 	s.closeLocked(cause)
 	s.mu.Unlock()
+}
+
+// overflowLocked closes a subscriber whose queue is full. A WebSocket's
+// record subscriber takes its connection with it (1013): the client
+// reconnects and resumes each record from its last ETag.
+func (s *subscriber) overflowLocked() {
+	s.closeLocked(ErrSlowSubscriber)
+	if s.ws != nil {
+		s.ws.tooSlow()
+	}
 }
 
 func (s *subscriber) closeLocked(cause error) {

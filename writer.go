@@ -129,6 +129,9 @@ func (w *writerPool) run() {
 
 // flush writes what s has queued as HTTP/1.1 chunks.
 func (w *writerPool) flush(s *subscriber, buf []byte, evs []*Event) ([]byte, []*Event) {
+	if s.transport == viaSocket {
+		return buf, w.flushSocket(s, evs)
+	}
 	ctx := w.p.baseCtx
 	for round := 0; ; round++ {
 		batch, state := s.take()
@@ -225,6 +228,61 @@ func flushHandler(ctx context.Context, s *subscriber, write func([]byte) error) 
 		}
 		if !s.settle(batch) {
 			return false
+		}
+	}
+}
+
+// flushSocket queues what a WebSocket record subscriber has queued to its
+// connection, one text frame per event, in order. The connection's queue is
+// melody's bounded channel: a send never blocks (a full queue closes the
+// connection with 1013). Each send happens under s.mu after a state check,
+// so that nothing is sent for a record once its subscription is closed
+// (unsubscribe, revocation, disconnect).
+func (w *writerPool) flushSocket(s *subscriber, evs []*Event) []*Event {
+	ctx := w.p.baseCtx
+	for round := 0; ; round++ {
+		batch, state := s.take()
+		if state == subClosed {
+			s.settle(batch)
+			return evs
+		}
+		var end bool
+		evs, end = s.filter(ctx, batch, evs[:0])
+		sent := true
+		for _, ev := range evs {
+			if ev == keepaliveEvent {
+				continue
+			}
+			if !s.sendSocket(socketFrame(s.key, ev)) {
+				sent = false
+				break
+			}
+		}
+		clear(evs)
+		if !sent {
+			s.ws.dropRecord(s, errClientGone)
+			s.settle(batch)
+			return evs
+		}
+		if end {
+			// The record may no longer be seen: its subscription ends, the
+			// connection stays.
+			s.sendSocket(recordErrorFrame("forbidden", s.key))
+			s.ws.dropRecord(s, ErrForbidden)
+			s.settle(batch)
+			return evs
+		}
+		if state == subEnding {
+			s.ws.dropRecord(s, ErrClosed)
+			s.settle(batch)
+			return evs
+		}
+		if !s.settle(batch) {
+			return evs
+		}
+		if round >= roundsBatch {
+			w.add(s) // still scheduled: let others have a turn
+			return evs
 		}
 	}
 }

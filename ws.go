@@ -156,7 +156,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		writeError(c, fmt.Errorf("websocket: %w", err))
 		return
 	}
-	conn := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: w}
+	conn := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: w, ident: ident}
 	if !ident.Expires.IsZero() {
 		conn.expires = ident.Expires.Add(w.p.cfg.JWTLeeway)
 	}
@@ -261,10 +261,12 @@ func (w *wsServer) onConnect(s *melody.Session) {
 	c.registered = true
 }
 
-// onDisconnect removes the connection from every index and frees its slot.
+// onDisconnect removes the connection from every index, detaches its
+// record subscribers and frees its slot.
 func (w *wsServer) onDisconnect(s *melody.Session) {
 	c := connOf(s)
 	c.closing.Store(true)
+	c.closeRecords()
 	w.reg.remove(c, c.registered)
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,14 @@ type wsConn struct {
 
 	channels map[string]struct{}
 	filters  []pushFilter
+
+	// ident is the connection's verified identity, for the Authorizer.
+	ident *Identity
+	// records are the records c follows, one subscriber each; recClosed
+	// once the connection has ended. Guarded by recMu.
+	recMu     sync.Mutex
+	records   map[wsRecordRef]*subscriber
+	recClosed bool
 }
 
 func (c *wsConn) key() userKey { return userKey{tenant: c.tenant, user: c.user} }
@@ -119,8 +128,9 @@ type wsError struct {
 }
 
 type wsChannels struct {
-	Type     string   `json:"type"`
-	Channels []string `json:"channels"`
+	Type     string        `json:"type"`
+	Channels []string      `json:"channels"`
+	Records  []wsRecordRef `json:"records,omitempty"`
 }
 
 var pongFrame = []byte(`{"type":"pong"}`)
@@ -159,19 +169,31 @@ func (c *wsConn) handle(raw []byte) {
 
 func (c *wsConn) handleSubscribe(m *wsIn) {
 	sub := m.Type == "subscribe"
-	if len(m.Records) > 0 && !bytes.Equal(m.Records, []byte("null")) {
-		c.badInput("record subscriptions over WebSocket are not available yet")
-		return
-	}
-	if m.Channels == nil && m.Filters == nil {
-		if sub {
-			c.badInput("subscribe needs channels or filters")
+	hasRecords := len(m.Records) > 0 && !bytes.Equal(m.Records, []byte("null"))
+	var reqs []wsRecordReq
+	if hasRecords {
+		var err error
+		if reqs, err = c.parseRecords(m.Records, sub); err != nil {
+			c.badInput(publicMessage(err))
 			return
 		}
-		// A bare unsubscribe removes every channel and filter.
-		reg := c.ws.reg
-		reg.removeFilters(c, nil, true)
-		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, c.channelsSnapshot())})
+	}
+	reg := c.ws.reg
+	if m.Channels == nil && m.Filters == nil {
+		switch {
+		case hasRecords && sub:
+			c.subscribeRecords(reqs, nil)
+		case hasRecords:
+			c.unsubscribeRecords(reqs, false)
+			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: c.channelsSnapshot(), Records: c.recordList()})
+		case sub:
+			c.badInput("subscribe needs channels, filters or records")
+		default:
+			// A bare unsubscribe removes every channel, filter and record.
+			reg.removeFilters(c, nil, true)
+			c.unsubscribeRecords(nil, true)
+			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, c.channelsSnapshot())})
+		}
 		return
 	}
 	for _, ch := range m.Channels {
@@ -192,12 +214,14 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 			return
 		}
 	}
-	reg := c.ws.reg
 	if !sub {
 		if m.Filters != nil {
 			reg.removeFilters(c, fs, len(m.Filters) == 0)
 		}
-		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, m.Channels)})
+		if hasRecords {
+			c.unsubscribeRecords(reqs, false)
+		}
+		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, m.Channels), Records: c.recordList()})
 		return
 	}
 	if len(fs) > 0 {
@@ -216,7 +240,11 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 		}
 		return
 	}
-	c.sendJSON(wsChannels{Type: "subscribed", Channels: all})
+	if hasRecords {
+		c.subscribeRecords(reqs, all)
+		return
+	}
+	c.sendJSON(wsChannels{Type: "subscribed", Channels: all, Records: c.recordList()})
 }
 
 // channelsSnapshot returns c's channels under the registry's read lock.

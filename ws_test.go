@@ -108,7 +108,7 @@ func TestWSPingPongAndBadInput(t *testing.T) {
 		expectType(t, c, "pong")
 	}
 	for _, bad := range []string{"{not json", `[1,2]`, `{"type":"nope"}`, `"ping"`,
-		`{"type":"subscribe","records":[{"collection":"posts","id":"1"}]}`} {
+		`{"type":"subscribe","records":[{"collection":"posts"}]}`} {
 		sendWS(t, c, bad)
 		f := expectType(t, c, "error")
 		if f.Code != "bad_request" || f.Message == "" {
