@@ -30,6 +30,9 @@ func newAuthenticator(cfg *Config) *authenticator {
 		jwt.WithValidMethods(cfg.JWTAlgorithms),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(cfg.JWTLeeway),
+		// Canonical base64url only: a signature re-encoded with other
+		// trailing bits decodes to the same bytes, and must not pass.
+		jwt.WithStrictDecoding(),
 	}
 	if cfg.JWTIssuer != "" {
 		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))

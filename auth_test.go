@@ -592,3 +592,25 @@ func newNoPanic(cfg Config) (rt *Plugin, err error) {
 	}()
 	return New(cfg)
 }
+
+// TestNonCanonicalSignatureRefused: a signature re-encoded with different
+// unused trailing bits decodes to the same bytes; it must still be refused
+// (tokens are compared as issued, not as decoded).
+func TestNonCanonicalSignatureRefused(t *testing.T) {
+	_, srv := newTestServer(t, Config{})
+	for i := 0; i < 64; i++ {
+		tok := mintToken(t, testSecret, jwt.MapClaims{"sub": fmt.Sprintf("u%d", i), "exp": time.Now().Add(time.Hour).Unix()})
+		// HS256 signatures are 32 bytes: 43 base64url characters whose last
+		// one carries 2 unused bits. Flip one of them.
+		last := tok[len(tok)-1]
+		idx := strings.IndexByte(b64url, last)
+		forged := tok[:len(tok)-1] + string(b64url[idx^1])
+		resp := getWith(t, srv.URL+"/api/v1/posts/subscribe", forged, nil)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("token with a non-canonical signature: status %d, want 401", resp.StatusCode)
+		}
+	}
+}
+
+const b64url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

@@ -6,13 +6,21 @@ import (
 	"testing"
 )
 
-// TestEventSourceConformance runs conformance/ (Node's test runner): the
-// example driven by the npm "eventsource" package, a WHATWG EventSource
-// no one here wrote — resume through a cut connection, resync after a
-// restart, ETags equal to REST's, no frame injection, private posts, refused
-// tokens. It needs node and npm (and the npm registry for `npm ci`); on CI a
-// missing node is a failure, elsewhere a skip.
-func TestEventSourceConformance(t *testing.T) {
+// TestNodeConformance runs conformance/ (Node's test runner), the example
+// driven by third-party clients no one here wrote:
+//   - eventsource.test.mjs, the npm "eventsource" package (a WHATWG
+//     EventSource): resume through a cut connection, resync after a
+//     restart, ETags equal to REST's, no frame injection, private posts,
+//     refused tokens;
+//   - ws.test.mjs, the npm "ws" package against /api/v1/ws, /notify and
+//     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
+//     401, ping, bad input, channel wildcards, tenants, multicast, filters,
+//     acks with a silent connection, presence, 1009 on an oversize frame.
+//
+// Both share harness.mjs (build, start/stop, tokens, free port). It needs
+// node and npm (and the npm registry for `npm ci`); on CI a missing node is
+// a failure, elsewhere a skip.
+func TestNodeConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping the Node.js conformance suite")
 	}
@@ -22,7 +30,7 @@ func TestEventSourceConformance(t *testing.T) {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("node and npm are required on CI (.ci/run installs them)")
 		}
-		t.Skip("node or npm not installed: skipping the EventSource conformance suite")
+		t.Skip("node or npm not installed: skipping the Node conformance suites")
 	}
 	for _, cmd := range []*exec.Cmd{
 		exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"),

@@ -3,79 +3,28 @@
 // build the example; .ci/run does both).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import crypto from "node:crypto";
-import fs from "node:fs";
 import net from "node:net";
-import os from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { EventSource } from "eventsource";
+import { b64, guard, startExample, tamper, token } from "./harness.mjs";
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
-const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
-const bin = path.join(work, "cms");
-const secret = crypto.randomBytes(32).toString("hex");
-const guard = 15000; // hang guard for every wait, never a timing assertion
-
-let server; // the running example
-let port; // its port
+let ex; // the running example (harness.mjs)
 let proxy; // a TCP proxy in front of it that can cut and hold connections
 
-// --- tokens -----------------------------------------------------------------
-
-const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-function token(claims, alg = "HS256") {
-  const h = b64({ alg, typ: "JWT" });
-  const p = b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims });
-  const s = crypto.createHmac("sha256", secret).update(`${h}.${p}`).digest("base64url");
-  return `${h}.${p}.${s}`;
-}
 const alice = token({ sub: "alice" });
 const bob = token({ sub: "bob" });
 const backend = token({ sub: "backend", scope: "publish" });
 
-// --- the example server and the proxy ------------------------------------
+const startServer = () => ex.start();
+const stopServer = () => ex.stop();
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function startServer() {
-  server = spawn(bin, [], {
-    env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: path.join(work, "cms.db") },
-    stdio: ["ignore", "ignore", fs.openSync(path.join(work, "cms.log"), "a")],
-  });
-  const until = Date.now() + guard;
-  while (Date.now() < until) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("the example did not become ready");
-}
-
-async function stopServer() {
-  if (!server || server.exitCode !== null) return;
-  const exited = new Promise((r) => server.once("exit", r));
-  server.kill("SIGTERM");
-  await exited;
-}
+// --- the proxy ------------------------------------------------------------------
 
 function startProxy() {
   const conns = new Set();
   let holding = false;
   let held = [];
   const pipe = (sock) => {
-    const up = net.connect(port, "127.0.0.1");
+    const up = net.connect(ex.port, "127.0.0.1");
     const pair = { sock, up };
     conns.add(pair);
     const drop = () => {
@@ -124,12 +73,7 @@ function startProxy() {
 
 // --- helpers ------------------------------------------------------------------
 
-const api = (method, p, tok, body) =>
-  fetch(`http://127.0.0.1:${port}/api/v1${p}`, {
-    method,
-    headers: { Authorization: `Bearer ${tok}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
-  });
+const api = (...args) => ex.api(...args);
 
 async function createPost(tok, fields) {
   const res = await api("POST", "/posts", tok, fields);
@@ -174,16 +118,13 @@ function follow(url) {
 }
 
 before(async () => {
-  execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
-  port = await freePort();
-  await startServer();
+  ex = await startExample();
   proxy = await startProxy();
 });
 
 after(async () => {
   await proxy?.close();
-  await stopServer();
-  fs.rmSync(work, { recursive: true, force: true });
+  await ex?.close();
 });
 
 // --- tests ----------------------------------------------------------------------
@@ -298,7 +239,7 @@ test("refused credentials end the EventSource (no retry loop)", async () => {
   const bad = [
     "",
     token({ sub: "alice", exp: Math.floor(Date.now() / 1000) - 60 }),
-    token({ sub: "alice" }).slice(0, -2) + "xx",
+    tamper(token({ sub: "alice" })),
     `${b64({ alg: "none", typ: "JWT" })}.${b64({ sub: "alice", exp: 9999999999 })}.`,
   ];
   for (const tok of bad) {

@@ -1,0 +1,127 @@
+// Shared set-up of the conformance suites: build examples/cms with `go
+// build`, run it on a free port with a known JWT secret, mint HS256 tokens
+// with node:crypto. Each test file (its own process under `node --test`)
+// starts its own server instance with startExample().
+import { execFileSync, spawn } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** Hang guard for every wait, never a timing assertion (ms). */
+export const guard = 15000;
+
+/** The HS256 key the example runs with (one per process). */
+export const secret = crypto.randomBytes(32).toString("hex");
+
+// --- tokens -----------------------------------------------------------------
+
+export const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+
+/** token mints a JWT signed with secret, valid for an hour unless claims say otherwise. */
+export function token(claims, alg = "HS256") {
+  const h = b64({ alg, typ: "JWT" });
+  const p = b64({ exp: Math.floor(Date.now() / 1000) + 3600, ...claims });
+  const s = crypto.createHmac("sha256", secret).update(`${h}.${p}`).digest("base64url");
+  return `${h}.${p}.${s}`;
+}
+
+/**
+ * tamper returns tok with the first character of its signature changed: a
+ * different signature whatever the token (changing the last characters may
+ * touch only the unused bits of the base64url text).
+ */
+export function tamper(tok) {
+  const i = tok.lastIndexOf(".") + 1;
+  return tok.slice(0, i) + (tok[i] === "A" ? "B" : "A") + tok.slice(i + 1);
+}
+
+// --- ports, waits -----------------------------------------------------------
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// --- the example server -----------------------------------------------------
+
+/**
+ * startExample builds examples/cms into a fresh temporary directory and
+ * starts it on a free port. The handle can stop and start the same binary
+ * again (same port, same database: a restart) and close everything.
+ */
+export async function startExample() {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
+  const bin = path.join(work, "cms");
+  try {
+    execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
+  } catch (err) {
+    fs.rmSync(work, { recursive: true, force: true });
+    throw err;
+  }
+  const port = await freePort();
+  let server;
+
+  const ex = {
+    port,
+    work,
+    url: `http://127.0.0.1:${port}`,
+    /** start runs the binary and waits for /healthz. */
+    async start() {
+      server = spawn(bin, [], {
+        env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: path.join(work, "cms.db") },
+        stdio: ["ignore", "ignore", fs.openSync(path.join(work, "cms.log"), "a")],
+      });
+      const until = Date.now() + guard;
+      while (Date.now() < until) {
+        if (server.exitCode !== null) break;
+        try {
+          if ((await fetch(`${ex.url}/healthz`)).ok) return;
+        } catch {}
+        await sleep(50);
+      }
+      throw new Error(`the example did not become ready; its log:\n${ex.log()}`);
+    },
+    /** stop ends the process (SIGTERM) and waits for it. */
+    async stop() {
+      if (!server || server.exitCode !== null || server.signalCode !== null) return;
+      const exited = new Promise((r) => server.once("exit", r));
+      server.kill("SIGTERM");
+      await exited;
+    },
+    /** close stops the server and removes its directory. */
+    async close() {
+      await ex.stop();
+      fs.rmSync(work, { recursive: true, force: true });
+    },
+    /** log returns what the example wrote to stderr so far. */
+    log: () => {
+      try {
+        return fs.readFileSync(path.join(work, "cms.log"), "utf8");
+      } catch {
+        return "";
+      }
+    },
+    /** api calls {url}/api/v1{p} with a Bearer token and a JSON body. */
+    api: (method, p, tok, body) =>
+      fetch(`${ex.url}/api/v1${p}`, {
+        method,
+        headers: { Authorization: `Bearer ${tok}`, "Content-Type": "application/json" },
+        body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+      }),
+  };
+  await ex.start();
+  return ex;
+}
