@@ -49,6 +49,10 @@ type clientConn struct {
 	pend    []byte
 	hasData bool
 	t       int64
+	ws      bool     // a WebSocket: frames, not chunks and SSE lines (wsFeed)
+	hdr     [14]byte // WebSocket frame header being read
+	hlen    int
+	op      byte // opcode of the frame being read
 
 	mu      sync.Mutex // guards the counters below (the reader, stats and reset)
 	events  int64
@@ -68,6 +72,8 @@ type clientSet struct {
 	firstErr atomic.Value
 	bufSize  int
 	batch    time.Duration
+	ws       bool   // WebSocket clients
+	wsWait   string // WebSocket: read until this appears after subscribing
 	loops    []*pollLoop
 	byFD     [1 << 16]atomic.Pointer[clientConn]
 	stopping atomic.Bool
@@ -83,6 +89,8 @@ func clientsMain(args []string) error {
 	conc := fs.Int("conc", 64, "concurrent connection attempts")
 	bufSize := fs.Int("buf", 32<<10, "read buffer of each poll loop (bytes)")
 	batch := fs.Duration("batch", 0, "pause after a wake-up that found few ready connections (batches reads)")
+	ws := fs.Bool("ws", false, "WebSocket clients: upgrade, send the subscribe message, parse frames")
+	wsWait := fs.String("ws-wait", "", "WebSocket: after subscribing, wait until the server's frames contain this (e.g. subscribed)")
 	_ = fs.Parse(args)
 	if *urls == "" || *n <= 0 {
 		return errors.New("clients: -url and -n > 0 are required")
@@ -95,7 +103,7 @@ func clientsMain(args []string) error {
 		}
 		targets = append(targets, pu)
 	}
-	cs := &clientSet{bufSize: *bufSize, batch: *batch}
+	cs := &clientSet{bufSize: *bufSize, batch: *batch, ws: *ws, wsWait: *wsWait}
 	if err := cs.startLoops(runtime.GOMAXPROCS(0)); err != nil {
 		return err
 	}
@@ -185,11 +193,15 @@ func (cs *clientSet) open(host, path string) (*clientConn, []byte, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0) // close with RST: no TIME_WAIT left on the client ports
 	}
-	c := &clientConn{conn: conn, fd: -1}
+	c := &clientConn{conn: conn, fd: -1, ws: cs.ws}
 	cs.mu.Lock()
 	cs.conns = append(cs.conns, c)
 	cs.mu.Unlock()
 	req := "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nAccept: text/event-stream\r\nUser-Agent: rtbench\r\n\r\n"
+	okStatus := "HTTP/1.1 200"
+	if cs.ws {
+		req, okStatus = wsUpgradeRequest(host, path), "HTTP/1.1 101"
+	}
 	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
 	if _, err := conn.Write([]byte(req)); err != nil {
 		conn.Close()
@@ -205,14 +217,22 @@ func (cs *clientSet) open(host, path string) (*clientConn, []byte, error) {
 		buf = buf[:len(buf)+m]
 		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
 			head := string(buf[:i])
-			if !strings.HasPrefix(head, "HTTP/1.1 200") {
+			if !strings.HasPrefix(head, okStatus) {
 				conn.Close()
 				line, _, _ := strings.Cut(head, "\r\n")
-				return nil, nil, fmt.Errorf("status %q", line)
+				return nil, nil, fmt.Errorf("status %q: %.200s", line, buf[i+4:])
 			}
 			c.chunked = strings.Contains(strings.ToLower(head), "\r\ntransfer-encoding: chunked")
+			rest := append([]byte(nil), buf[i+4:]...)
+			if cs.ws {
+				var err error
+				if rest, err = cs.wsOpen(c, rest); err != nil {
+					conn.Close()
+					return nil, nil, err
+				}
+			}
 			_ = conn.SetDeadline(time.Time{})
-			return c, append([]byte(nil), buf[i+4:]...), nil
+			return c, rest, nil
 		}
 		if err != nil {
 			conn.Close()
@@ -348,6 +368,10 @@ func (l *pollLoop) drain(c *clientConn) {
 // parser. The caller holds c.mu.
 func (c *clientConn) body(p []byte, now int64) {
 	c.bytes += int64(len(p))
+	if c.ws {
+		c.wsFeed(p, now)
+		return
+	}
 	if !c.chunked {
 		c.feed(p, now)
 		return

@@ -3,8 +3,11 @@
 // the plugin with a plain net/http SSE handler measured in the same run.
 //
 //	rtbench run                     orchestrate everything, print a markdown table
+//	rtbench run -ws                 the same for WebSockets: realtime-ws against melody
 //	rtbench server -impl realtime   an SSE server with a control endpoint
+//	                                (-impl realtime-ws|melody: a WebSocket server)
 //	rtbench clients -n N -url URL   N raw SSE connections that count and time deliveries
+//	                                (-ws: raw WebSocket connections)
 //
 // See BENCHMARKS.md at the repository root for what is measured and how.
 package main
@@ -48,9 +51,10 @@ func raiseNOFILE() uint64 {
 
 func usage() {
 	fmt.Fprintf(os.Stderr, `usage:
-  rtbench run [flags]                                   run every measurement, print a markdown table
-  rtbench server -impl realtime|plain -addr ADDR[,ADDR] SSE server + control endpoint
-  rtbench clients -n N -url URL[,URL]                   N SSE connections (commands on stdin)
+  rtbench run [-ws] [flags]                             run every measurement, print a markdown table
+  rtbench server -impl realtime|plain|realtime-ws|melody -addr ADDR[,ADDR]
+                                                        SSE or WebSocket server + control endpoint
+  rtbench clients [-ws] -n N -url URL[,URL]             N SSE (or WebSocket) connections (commands on stdin)
 Run "rtbench <command> -h" for the flags of a command.
 `)
 	os.Exit(2)

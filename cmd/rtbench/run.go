@@ -49,7 +49,12 @@ type runConfig struct {
 	skipIdle    bool
 	skipBurst   bool
 	verbose     bool
+	ws          bool  // WebSocket mode: realtime-ws and melody
+	wsQueues    []int // extra idle columns: realtime-ws with these WSSendQueue values
 }
+
+// isWS reports whether impl is a WebSocket server.
+func isWS(impl string) bool { return impl == "realtime-ws" || impl == "melody" }
 
 func runMain(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
@@ -75,13 +80,39 @@ func runMain(args []string) error {
 	batch := fs.Duration("client-batch", 0, "clients' pause after a wake-up that found few ready connections")
 	clientProcs := fs.Int("client-gomaxprocs", 1, "GOMAXPROCS of each client process (0: Go's default); one epoll loop per P")
 	writers := fs.Int("writers", 0, "realtime server's Config.Writers (0: the plugin's default)")
+	ws := fs.Bool("ws", false, "WebSocket mode: measure realtime-ws (the plugin's WebSocket, rt.Notify on a channel) and melody (defaults, m.Broadcast); -impls defaults to realtime-ws,melody, -burst to 2000, -sweep to none")
+	wsQueues := fs.String("ws-queues", "64,32", "WebSocket mode: also measure idle memory of realtime-ws with these WSSendQueue values")
 	_ = fs.Parse(args)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *ws {
+		if !set["impls"] {
+			*impls = "realtime-ws,melody"
+		}
+		if !set["burst"] {
+			*burst = 2000
+		}
+		if !set["sweep"] {
+			*sweep = ""
+		}
+	}
 
 	cfg := runConfig{
 		conns: *conns, subs: *subs, procs: max(*procs, 1), perProc: max(*perProc, 1), ports: *ports,
 		size: *size, warmup: *warmup, latRate: *latRate, latDur: *latDur, burst: *burst, burstMax: *burstMax,
 		sweepDur: *sweepDur, profDir: *profDir, profSecs: *profSecs, profPhase: *profPhase, clientProcs: *clientProcs, batch: *batch, writers: *writers, skipIdle: *skipIdle, verbose: *verbose,
-		skipBurst: *burst <= 0,
+		skipBurst: *burst <= 0, ws: *ws,
+	}
+	if *ws {
+		for _, q := range strings.Split(*wsQueues, ",") {
+			if q = strings.TrimSpace(q); q != "" {
+				v, err := strconv.Atoi(q)
+				if err != nil || v <= 0 {
+					return fmt.Errorf("bad -ws-queues value %q", q)
+				}
+				cfg.wsQueues = append(cfg.wsQueues, v)
+			}
+		}
 	}
 	for _, s := range strings.Split(*impls, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -123,12 +154,25 @@ func runMain(args []string) error {
 	// Phase by phase, every implementation in turn: the implementations
 	// measured for one phase see about the same background load.
 	results := make(map[string]*implResult)
+	var cols []string
 	for _, name := range cfg.impls {
-		if name != "realtime" && name != "plain" {
-			return fmt.Errorf("unknown implementation %q (want realtime or plain)", name)
+		switch {
+		case !cfg.ws && (name == "realtime" || name == "plain"):
+		case cfg.ws && isWS(name):
+		default:
+			return fmt.Errorf("unknown implementation %q (want realtime or plain; with -ws realtime-ws or melody)", name)
 		}
 		results[name] = &implResult{impl: name}
+		cols = append(cols, name)
+		if name == "realtime-ws" {
+			for _, q := range cfg.wsQueues {
+				col := fmt.Sprintf("realtime-ws, WSSendQueue %d", q)
+				results[col] = &implResult{impl: name, queue: q, idleOnly: true}
+				cols = append(cols, col)
+			}
+		}
 	}
+	o.cols = cols
 	type phase struct {
 		name string
 		skip bool
@@ -142,9 +186,13 @@ func runMain(args []string) error {
 		if ph.skip {
 			continue
 		}
-		for _, name := range cfg.impls {
-			if err := ph.run(name, results[name]); err != nil {
-				return fmt.Errorf("%s %s: %w", name, ph.name, err)
+		for _, col := range cols {
+			r := results[col]
+			if r.idleOnly && ph.name != "idle" {
+				continue
+			}
+			if err := ph.run(r.impl, r); err != nil {
+				return fmt.Errorf("%s %s: %w", col, ph.name, err)
 			}
 		}
 	}
@@ -153,7 +201,9 @@ func runMain(args []string) error {
 }
 
 type implResult struct {
-	impl string
+	impl     string
+	queue    int  // WebSocket idle columns: the server's -queue (0: default)
+	idleOnly bool // measured in the idle phase only
 	// idle
 	idleConns       int64
 	rssBeforeKiB    int64
@@ -199,6 +249,8 @@ type child struct {
 type orchestrator struct {
 	cfg  runConfig
 	self string
+
+	cols []string // the report's columns (implementations and variants)
 
 	mu       sync.Mutex
 	children []*child
@@ -321,10 +373,15 @@ func (s *server) urls() []string {
 	var out []string
 	for _, a := range s.ready.SSE {
 		p := plainPath
-		if s.ready.Impl == "realtime" {
+		switch s.ready.Impl {
+		case "realtime":
 			p = realtimePath + "?token=" + benchToken()
+		case "realtime-ws":
+			p = realtimeWSPath + "?token=" + benchToken()
+		case "melody":
+			p = melodyPath
 		}
-		out = append(out, "http://"+a+fmt.Sprintf(p, "{id}"))
+		out = append(out, "http://"+a+strings.Replace(p, "%s", "{id}", 1))
 	}
 	return out
 }
@@ -398,8 +455,15 @@ func (o *orchestrator) startClients(s *server, n int, distinct bool) (*clientGro
 		if o.cfg.clientProcs > 0 {
 			env = []string{"GOMAXPROCS=" + strconv.Itoa(o.cfg.clientProcs)}
 		}
-		c, err := o.start(fmt.Sprintf("clients#%d", i), env, "clients", "-n", strconv.Itoa(k), "-url", urls,
-			"-ids", ids, "-base", strconv.Itoa(base), "-batch", o.cfg.batch.String())
+		args := []string{"clients", "-n", strconv.Itoa(k), "-url", urls,
+			"-ids", ids, "-base", strconv.Itoa(base), "-batch", o.cfg.batch.String()}
+		if isWS(s.ready.Impl) {
+			args = append(args, "-ws")
+			if s.ready.Impl == "realtime-ws" {
+				args = append(args, "-ws-wait", `"type":"subscribed"`)
+			}
+		}
+		c, err := o.start(fmt.Sprintf("clients#%d", i), env, args...)
 		if err != nil {
 			o.stopClients(g)
 			return nil, clientStats{}, err
@@ -494,7 +558,7 @@ func (g *clientGroup) waitEvents(want int64, stall, limit time.Duration) (client
 
 // idle measures the memory and goroutines of cfg.conns idle connections.
 func (o *orchestrator) idle(impl string, r *implResult) error {
-	queue := 0
+	queue := r.queue
 	if impl == "plain" {
 		queue = plainIdleQueue
 	}
@@ -519,18 +583,8 @@ func (o *orchestrator) idle(impl string, r *implResult) error {
 	if st.Opened != int64(o.cfg.conns) {
 		return fmt.Errorf("only %d of %d connections opened (first error: %s)", st.Opened, o.cfg.conns, st.FirstErr)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		cur, err := s.stats("gc=0")
-		if err != nil {
-			return err
-		}
-		if cur.Subscribers >= int64(o.cfg.conns) {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("server counts %d subscribers, want %d", cur.Subscribers, o.cfg.conns)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := s.waitSubscribers(int64(o.cfg.conns), 20*time.Second); err != nil {
+		return err
 	}
 	time.Sleep(time.Second)
 	after, err := s.stats("gc=1")
@@ -548,6 +602,24 @@ func (o *orchestrator) idle(impl string, r *implResult) error {
 	r.heapStackAfter = after.HeapInuse + after.StackInuse
 	o.logf("%s idle: after rss=%d KiB (freed %d) goroutines=%d", impl, after.RSSKiB, freed.RSSKiB, after.Goroutines)
 	return nil
+}
+
+// waitSubscribers polls until the server counts n subscribers (WebSocket:
+// open connections), for at most limit.
+func (s *server) waitSubscribers(n int64, limit time.Duration) error {
+	for deadline := time.Now().Add(limit); ; {
+		cur, err := s.stats("gc=0")
+		if err != nil {
+			return err
+		}
+		if cur.Subscribers >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server counts %d subscribers, want %d", cur.Subscribers, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // subscribe starts a server and cfg.subs subscribers of record 1, and warms up.
@@ -570,6 +642,9 @@ func (o *orchestrator) subscribe(impl string, queue int) (*server, *clientGroup,
 		o.stopClients(g)
 		o.stop(s.child, "")
 		return nil, nil, err
+	}
+	if err := s.waitSubscribers(int64(o.cfg.subs), 20*time.Second); err != nil {
+		return fail(err)
 	}
 	if o.cfg.warmup > 0 {
 		if _, err := s.publish(o.cfg.warmup, 200, o.cfg.size, time.Minute); err != nil {
@@ -731,19 +806,28 @@ func (o *orchestrator) report(results map[string]*implResult) {
 	fmt.Printf("## rtbench %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Printf("%d CPUs (GOMAXPROCS %d), %s, load average at the end %s; server and client processes on 127.0.0.1.\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), load)
-	cols := cfg.impls
+	cols := o.cols
 	fmt.Printf("| measurement | %s | target |\n|---|%s---|\n", strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
+	idleRows := true
 	row := func(name, target string, f func(r *implResult) string) {
 		cells := make([]string, len(cols))
 		for i, c := range cols {
-			cells[i] = f(results[c])
+			if r := results[c]; r.idleOnly && !idleRows {
+				cells[i] = "–"
+			} else {
+				cells[i] = f(r)
+			}
 		}
 		fmt.Printf("| %s | %s | %s |\n", name, strings.Join(cells, " | "), target)
+	}
+	idleTarget, burstTarget, latTarget, what := "≤ 8 KiB", "≥ 1.5 M/s", "p99 ≤ 15 ms", "record"
+	if cfg.ws {
+		idleTarget, burstTarget, latTarget, what = "≤ 12 KiB", "", "", "channel"
 	}
 	kib := func(v float64) string { return fmt.Sprintf("%.1f KiB", v) }
 	if !cfg.skipIdle {
 		n := float64(cfg.conns)
-		row(fmt.Sprintf("idle RSS per connection (%d conns, after GC)", cfg.conns), "≤ 8 KiB", func(r *implResult) string {
+		row(fmt.Sprintf("idle RSS per connection (%d conns, after GC)", cfg.conns), idleTarget, func(r *implResult) string {
 			return kib(float64(r.rssAfterKiB-r.rssBeforeKiB) / n)
 		})
 		row("idle RSS per connection after FreeOSMemory", "", func(r *implResult) string {
@@ -752,15 +836,20 @@ func (o *orchestrator) report(results map[string]*implResult) {
 		row("Go heap + stacks in use per connection", "", func(r *implResult) string {
 			return kib(float64(int64(r.heapStackAfter)-int64(r.heapStackBefore)) / 1024 / n)
 		})
-		row("goroutines per connection", "≤ 1", func(r *implResult) string {
+		goTarget := "≤ 1"
+		if cfg.ws {
+			goTarget = ""
+		}
+		row("goroutines per connection", goTarget, func(r *implResult) string {
 			return fmt.Sprintf("%.2f", float64(r.goAfter-r.goBefore)/n)
 		})
 		row("server RSS before → with connections", "", func(r *implResult) string {
 			return fmt.Sprintf("%.1f → %.1f MiB", float64(r.rssBeforeKiB)/1024, float64(r.rssAfterKiB)/1024)
 		})
 	}
+	idleRows = false
 	if !cfg.skipBurst {
-		row(fmt.Sprintf("throughput, %d subscribers of one record, publisher as fast as it can (%d events or %v)", cfg.subs, cfg.burst, cfg.burstMax), "≥ 1.5 M/s",
+		row(fmt.Sprintf("throughput, %d subscribers of one %s, publisher as fast as it can (%d events or %v)", cfg.subs, what, cfg.burst, cfg.burstMax), burstTarget,
 			func(r *implResult) string {
 				b := r.burst
 				s := fmt.Sprintf("%.2f M deliveries/s (%d events published in %.2f s, delivered in %.2f s)", b.deliveries/1e6, b.published, b.pubSeconds, b.seconds)
@@ -771,7 +860,7 @@ func (o *orchestrator) report(results map[string]*implResult) {
 			})
 	}
 	row(fmt.Sprintf("latency at %g publishes/s × %d = %.0f k deliveries/s: p50 / p99 / p99.9 / max", cfg.latRate, cfg.subs, cfg.latRate*float64(cfg.subs)/1000),
-		"p99 ≤ 15 ms", func(r *implResult) string {
+		latTarget, func(r *implResult) string {
 			l := r.lat
 			s := fmt.Sprintf("%s / %s / %s / %s", ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max))
 			if l.events < l.expected {
@@ -801,7 +890,7 @@ func (o *orchestrator) report(results map[string]*implResult) {
 	}
 	fmt.Println()
 	for _, c := range cols {
-		if p := results[c].profile; p != "" {
+		if p := results[c].profile; p != "" && !results[c].idleOnly {
 			fmt.Printf("CPU profile of the %s server during the %s run: %s (clients: %s-*.pprof)\n", c, cfg.profPhase, p,
 				strings.TrimSuffix(strings.Replace(p, "server-", "clients-", 1), ".pprof"))
 		}

@@ -76,10 +76,10 @@ type impl interface {
 
 func serverMain(args []string) error {
 	fs := flag.NewFlagSet("server", flag.ExitOnError)
-	implName := fs.String("impl", "realtime", "implementation: realtime (the plugin on gin) or plain (net/http, flush per event)")
+	implName := fs.String("impl", "realtime", "implementation: realtime (the plugin on gin), plain (net/http, flush per event), realtime-ws (the plugin's WebSocket, rt.Notify) or melody (melody.New(), m.Broadcast)")
 	addrs := fs.String("addr", "127.0.0.1:0", "comma-separated SSE listen addresses")
 	ctl := fs.String("ctl", "127.0.0.1:0", "control listen address (stats, publish, pprof)")
-	queue := fs.Int("queue", 0, "subscriber queue bound in events (0: 512, the plugin's default)")
+	queue := fs.Int("queue", 0, "subscriber queue bound in events (0: the default: 512 for SSE; realtime-ws: Config.WSSendQueue, 256; melody: MessageBufferSize, 256)")
 	writers := fs.Int("writers", 0, "realtime: Config.Writers (0: the plugin's default, 4 × GOMAXPROCS)")
 	_ = fs.Parse(args)
 
@@ -97,6 +97,14 @@ func serverMain(args []string) error {
 			q = 512
 		}
 		im = newPlainImpl(q)
+	case "realtime-ws":
+		r, err := newRealtimeWSImpl(*queue)
+		if err != nil {
+			return err
+		}
+		im = r
+	case "melody":
+		im = newMelodyImpl(*queue)
 	default:
 		return fmt.Errorf("unknown -impl %q", *implName)
 	}
