@@ -75,20 +75,7 @@ func appPostHandler(c *gin.Context) {
 // (ending every stream), then the server.
 func newTestServer(t testing.TB, cfg Config) (*Plugin, *httptest.Server) {
 	t.Helper()
-	if len(cfg.JWTSecret) == 0 && cfg.JWTKeyfunc == nil {
-		cfg.JWTSecret = testSecret
-	}
-	rt, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	r := gin.New()
-	api := r.Group("/api/v1")
-	api.GET("/posts/:id", appPostHandler)
-	rt.RegisterCollection(api, "posts")
-	srv := httptest.NewServer(r)
-	t.Cleanup(func() { closeAll(t, rt, srv) })
-	return rt, srv
+	return newPluginServer(t, cfg, nil, nil)
 }
 
 // closeAll closes rt (bounded by hangGuard) and then srv.

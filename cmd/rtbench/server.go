@@ -275,21 +275,30 @@ type realtimeImpl struct {
 }
 
 func newRealtimeImpl(queue, writers int) (*realtimeImpl, error) {
-	gin.SetMode(gin.ReleaseMode)
-	rt, err := realtime.New(realtime.Config{
-		JWTSecret: benchSecret,
-		QueueSize: queue,
-		Writers:   writers,
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	rt, e, err := newPluginApp(realtime.Config{QueueSize: queue, Writers: writers})
 	if err != nil {
 		return nil, err
+	}
+	return &realtimeImpl{rt: rt, engine: e}, nil
+}
+
+// newPluginApp is the plugin as an app mounts it: gin in release mode
+// without middleware, an app route GET /api/v1/posts/:id and
+// RegisterCollection(api, "posts") next to it (which also mounts /ws). cfg
+// gets the benchmark's secret and a silent logger.
+func newPluginApp(cfg realtime.Config) (*realtime.Plugin, *gin.Engine, error) {
+	gin.SetMode(gin.ReleaseMode)
+	cfg.JWTSecret = benchSecret
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	rt, err := realtime.New(cfg)
+	if err != nil {
+		return nil, nil, err
 	}
 	e := gin.New()
 	api := e.Group("/api/v1")
 	api.GET("/posts/:id", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"id": c.Param("id")}) })
 	rt.RegisterCollection(api, "posts")
-	return &realtimeImpl{rt: rt, engine: e}, nil
+	return rt, e, nil
 }
 
 func (r *realtimeImpl) handler() http.Handler { return r.engine }

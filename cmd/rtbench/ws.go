@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"syscall"
 	"time"
@@ -43,24 +41,17 @@ type realtimeWSImpl struct {
 }
 
 func newRealtimeWSImpl(sendQueue int) (*realtimeWSImpl, error) {
-	gin.SetMode(gin.ReleaseMode)
-	rt, err := realtime.New(realtime.Config{
-		JWTSecret:   benchSecret,
+	rt, e, err := newPluginApp(realtime.Config{
 		WSSendQueue: sendQueue,
 		// Every client uses the same token (one user of one tenant): lift
 		// the per-user (16) and per-tenant (10,000) caps above the
 		// benchmark's connection counts. Nothing else changes.
 		WSMaxConnsPerUser:   50_000,
 		WSMaxConnsPerTenant: 50_000,
-		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		return nil, err
 	}
-	e := gin.New()
-	api := e.Group("/api/v1")
-	api.GET("/posts/:id", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"id": c.Param("id")}) })
-	rt.RegisterCollection(api, "posts")
 	return &realtimeWSImpl{rt: rt, engine: e}, nil
 }
 
