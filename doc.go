@@ -28,18 +28,29 @@
 //   - The Authorizer and RecordLoader are called from handler goroutines and,
 //     for the per-frame check, from the writer goroutines: they must be safe
 //     for concurrent use and should not block.
-//   - WebSockets run on olahol/melody: each connection has its handler
-//     goroutine (the read loop, which handles the client's messages in
-//     order) and melody's write goroutine, with melody's ping ticker.
-//     Connections are indexed by id, by (tenant, user) and by channel
-//     pattern per tenant under one RWMutex; a push reads the indexes under
-//     the read lock (channel matches are serialised per tenant), encodes its
-//     envelope once and queues the same bytes to every target without
-//     blocking. Each connection's queue is bounded (Config.WSSendQueue);
-//     when it is full the connection is closed with 1013 (overflow policy:
-//     disconnect, never drop silently). The close frame is written by a
-//     short-lived goroutine counted by the plugin, since the overflow is
-//     noticed on the publisher's goroutine. Token expiry is checked by the
+//   - WebSockets run on olahol/melody for the upgrade and the read loop
+//     only: each connection has its handler goroutine (the read loop, which
+//     handles the client's messages in order) and melody's write goroutine,
+//     which never writes (a one-slot channel nothing is sent to, a ping
+//     ticker that never fires) and ends with the socket. Connections are
+//     indexed by id, by (tenant, user) and by channel pattern per tenant
+//     under one RWMutex; a push reads the indexes under the read lock
+//     (channel matches are serialised per tenant), encodes its envelope
+//     once and queues the same bytes to every target without blocking.
+//     Each connection has its own send queue, allocated when a frame is
+//     queued (an idle connection holds none) and bounded
+//     (Config.WSSendQueue); when it is full the connection is closed with
+//     1013 (overflow policy: disconnect, never drop silently). A connection
+//     with frames queued is scheduled, at most once, on the shared writer
+//     pool (the one of the SSE streams): the worker holding it is its only
+//     writer and writes its frames in queue order, one text frame each,
+//     with a write deadline renewed at half-time. Pings come from one
+//     ticker for all connections (Config.WSPingInterval), written by the
+//     pool too; a peer silent for Config.WSPongWait is removed by its read
+//     deadline. Close frames are written with gorilla's WriteControl (safe
+//     alongside the worker's writes) ahead of the queued frames, by a
+//     short-lived goroutine counted by the plugin, since a close is often
+//     decided on a publisher's goroutine. Token expiry is checked by the
 //     heartbeat ticker (no timer per connection) and closes with 1008.
 //   - A record followed over a WebSocket (subscribe with records) is one
 //     subscriber per (connection, record), attached to the hub like an SSE
@@ -48,8 +59,10 @@
 //     (Config.QueueSize; overflow closes the connection with 1013). Its
 //     frames are encoded once per event (Event.WSFrame) and written by the
 //     shared writer pool, which checks the Authorizer before each frame and
-//     queues the frame to the connection's bounded melody queue without
-//     blocking; the publisher only schedules the subscriber. A subscriber
+//     queues the frame to the connection's bounded send queue without
+//     blocking (Notify pushes and the connection's answers share that
+//     queue, so a connection's frames leave in the order they were queued);
+//     the publisher only schedules the subscriber. A subscriber
 //     sits with at most one writer at a time, so each record's frames keep
 //     the publish order (frames of different records may interleave). A
 //     record the connection may no longer see ends that subscription only
@@ -65,5 +78,6 @@
 //     final empty chunk), ends every long poll, closes every WebSocket with
 //     1001, and waits for every goroutine before it returns (melody's write
 //     goroutine ends as its socket closes, right after the handler
-//     goroutine Close waits for).
+//     goroutine Close waits for; the writer pool, shared with the streams,
+//     stops last).
 package realtime

@@ -151,12 +151,16 @@ func (p *Plugin) heartbeats() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.cfg.Heartbeat)
 	defer t.Stop()
+	pt := time.NewTicker(p.cfg.WSPingInterval)
+	defer pt.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
 		case now := <-t.C:
 			p.beat(now)
+		case <-pt.C:
+			p.ws.ping()
 		}
 	}
 }

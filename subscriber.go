@@ -36,7 +36,8 @@ const (
 	viaHandler
 	// viaSocket: a record followed over a WebSocket; the shared writer pool
 	// checks authorization and queues its frames to the connection's
-	// bounded melody queue (non-blocking; overflow closes it with 1013).
+	// bounded send queue (non-blocking; overflow closes it with 1013), which
+	// the pool then writes.
 	viaSocket
 )
 

@@ -8,16 +8,18 @@ import (
 )
 
 // writerPool is the fixed set of goroutines that write to hijacked SSE
-// connections. A subscriber with frames queued sits at most once in ready;
-// a worker takes it, writes everything it has queued in one write (frames
-// queued meanwhile coalesce into the next), and puts it back if more came.
-// No connection owns a timer or a writing goroutine.
+// connections and to WebSockets. A subscriber or a WebSocket with frames
+// queued sits at most once in ready; a worker takes it, writes everything
+// it has queued (an SSE stream in one write, frames queued meanwhile
+// coalescing into the next; a WebSocket one frame per message, flushConn),
+// and puts it back if more came. No connection owns a timer or a writing
+// goroutine (melody's idle write goroutine aside).
 type writerPool struct {
 	p *Plugin
 
 	mu     sync.Mutex
 	cond   sync.Cond
-	ready  []*subscriber // ready[head:] wait for a worker, oldest first
+	ready  []poolJob // ready[head:] wait for a worker, oldest first
 	head   int
 	idle   int
 	closed bool
@@ -34,25 +36,68 @@ func newWriterPool(p *Plugin, n int) *writerPool {
 	return w
 }
 
-// pushLocked appends to ready, reusing the slots of the subscribers already
-// taken before it grows the array: scheduling allocates nothing once the
-// array has the size of the busiest moment.
-func (w *writerPool) pushLocked(list ...*subscriber) {
-	if w.head > 0 && len(w.ready)+len(list) > cap(w.ready) {
-		n := copy(w.ready, w.ready[w.head:])
-		clear(w.ready[n:])
-		w.ready = w.ready[:n]
+// poolJob is what a worker takes: a subscriber (SSE, or a record followed
+// over a WebSocket) or a WebSocket connection with frames queued.
+type poolJob struct {
+	s *subscriber
+	c *wsConn
+}
+
+// roomLocked makes room for n more jobs in ready, reusing the slots of the
+// jobs already taken before it grows the array: scheduling allocates
+// nothing once the array has the size of the busiest moment.
+func (w *writerPool) roomLocked(n int) {
+	if w.head > 0 && len(w.ready)+n > cap(w.ready) {
+		k := copy(w.ready, w.ready[w.head:])
+		clear(w.ready[k:])
+		w.ready = w.ready[:k]
 		w.head = 0
 	}
-	w.ready = append(w.ready, list...)
+}
+
+func (w *writerPool) pushLocked(list ...*subscriber) {
+	w.roomLocked(len(list))
+	for _, s := range list {
+		w.ready = append(w.ready, poolJob{s: s})
+	}
 }
 
 func (w *writerPool) add(s *subscriber) {
+	w.addJob(poolJob{s: s})
+}
+
+// addConn schedules a WebSocket connection whose queue has frames (or a
+// ping) to write.
+func (w *writerPool) addConn(c *wsConn) {
+	w.addJob(poolJob{c: c})
+}
+
+func (w *writerPool) addJob(j poolJob) {
 	w.mu.Lock()
-	w.pushLocked(s)
+	w.roomLocked(1)
+	w.ready = append(w.ready, j)
 	wake := w.idle > 0
 	w.mu.Unlock()
 	if wake {
+		w.cond.Signal()
+	}
+}
+
+// addConns schedules WebSocket connections with one lock.
+func (w *writerPool) addConns(list []*wsConn) {
+	if len(list) == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.roomLocked(len(list))
+	for _, c := range list {
+		w.ready = append(w.ready, poolJob{c: c})
+	}
+	n := min(len(list), w.idle)
+	w.mu.Unlock()
+	if n >= 2 {
+		w.cond.Broadcast()
+	} else if n == 1 {
 		w.cond.Signal()
 	}
 }
@@ -73,7 +118,7 @@ func (w *writerPool) addMany(list []*subscriber) {
 	}
 }
 
-func (w *writerPool) next() *subscriber {
+func (w *writerPool) next() (poolJob, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.head == len(w.ready) && !w.closed {
@@ -82,16 +127,16 @@ func (w *writerPool) next() *subscriber {
 		w.idle--
 	}
 	if w.head == len(w.ready) {
-		return nil
+		return poolJob{}, false
 	}
 	s := w.ready[w.head]
-	w.ready[w.head] = nil
+	w.ready[w.head] = poolJob{}
 	w.head++
 	if w.head == len(w.ready) { // drained: start again at the front
 		w.ready = w.ready[:0]
 		w.head = 0
 	}
-	return s
+	return s, true
 }
 
 // close stops the workers once nothing is ready, and waits for them.
@@ -116,11 +161,15 @@ func (w *writerPool) run() {
 		evs []*Event
 	)
 	for {
-		s := w.next()
-		if s == nil {
+		j, ok := w.next()
+		if !ok {
 			return
 		}
-		buf, evs = w.flush(s, buf, evs)
+		if j.c != nil {
+			w.flushConn(j.c)
+			continue
+		}
+		buf, evs = w.flush(j.s, buf, evs)
 		if cap(buf) > maxScratch {
 			buf = nil
 		}
@@ -234,8 +283,8 @@ func flushHandler(ctx context.Context, s *subscriber, write func([]byte) error) 
 
 // flushSocket queues what a WebSocket record subscriber has queued to its
 // connection, one text frame per event, in order. The connection's queue is
-// melody's bounded channel: a send never blocks (a full queue closes the
-// connection with 1013). Each send happens under s.mu after a state check,
+// its bounded send queue, written by this pool (flushConn): a send never
+// blocks (a full queue closes the connection with 1013). Each send happens under s.mu after a state check,
 // so that nothing is sent for a record once its subscription is closed
 // (unsubscribe, revocation, disconnect).
 func (w *writerPool) flushSocket(s *subscriber, evs []*Event) []*Event {

@@ -38,6 +38,9 @@ type wsServer struct {
 	mounted map[any]bool
 }
 
+// melodyNeverPing is melody's ping period: longer than any connection lives.
+const melodyNeverPing = 100 * 365 * 24 * time.Hour
+
 // connKey is the melody session key holding the *wsConn.
 const connKey = "realtime.conn"
 
@@ -50,9 +53,13 @@ func newWSServer(p *Plugin) *wsServer {
 	m := melody.New()
 	m.Config.WriteWait = p.cfg.WriteTimeout
 	m.Config.PongWait = p.cfg.WSPongWait
-	m.Config.PingPeriod = p.cfg.WSPingInterval
+	// melody's write goroutine never writes: every frame goes through the
+	// connection's own queue and the shared writer pool, pings come from
+	// the plugin's ticker. Its channel is one slot and its ping ticker
+	// never fires.
+	m.Config.PingPeriod = melodyNeverPing
 	m.Config.MaxMessageSize = p.cfg.WSMaxMessageBytes
-	m.Config.MessageBufferSize = p.cfg.WSSendQueue
+	m.Config.MessageBufferSize = 1
 	m.Upgrader = &websocket.Upgrader{
 		ReadBufferSize:   512,
 		WriteBufferSize:  1024,
@@ -246,6 +253,7 @@ func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (w *wsServer) onConnect(s *melody.Session) {
 	c := connOf(s)
 	c.s = s
+	c.conn = s.WebsocketConnection()
 	connected := func() {
 		c.sendJSON(struct {
 			Type         string `json:"type"`
@@ -270,25 +278,30 @@ func (w *wsServer) onDisconnect(s *melody.Session) {
 	w.reg.remove(c, c.registered)
 }
 
-// onError receives melody's errors: a full send queue closes the connection
-// with 1013; a frame over the size limit has been answered with 1009 by
+// onError receives melody's errors (its read loop's: melody writes
+// nothing): a frame over the size limit has been answered with 1009 by
 // gorilla, and the rest of it is drained so that the client reads the code.
 func (w *wsServer) onError(s *melody.Session, err error) {
 	c := connOf(s)
 	if c == nil {
 		return
 	}
-	switch {
-	case errors.Is(err, melody.ErrMessageBufferFull):
-		if !c.closing.Load() {
-			w.p.log.Info("realtime: closing a WebSocket that could not keep up (1013)",
-				"tenant", c.tenant, "user", c.user, "connection", c.id)
-		}
-		c.closeWith(websocket.CloseTryAgainLater, "too slow")
-	case errors.Is(err, websocket.ErrReadLimit):
+	if errors.Is(err, websocket.ErrReadLimit) {
 		c.closing.Store(true)
 		drain(s.WebsocketConnection().NetConn())
 	}
+}
+
+// ping asks the writer pool for a ping on every connection (from the
+// plugin's ping ticker: no timer per connection).
+func (w *wsServer) ping() {
+	var sched []*wsConn
+	for _, c := range w.reg.all() {
+		if c.queuePing() {
+			sched = append(sched, c)
+		}
+	}
+	w.p.writers.addConns(sched)
 }
 
 // drain reads and discards the client's input until it closes or

@@ -22,7 +22,21 @@ type wsConn struct {
 	user    string
 	expires time.Time // zero: no expiry
 	s       *melody.Session
+	conn    *websocket.Conn // s's connection, set by onConnect
 	ws      *wsServer
+
+	// The send queue: frames waiting for the writer pool, in order. It is
+	// allocated when a frame is queued (an idle connection holds none) and
+	// bounded by Config.WSSendQueue (overflow closes with 1013). outSched is
+	// set while the connection is on the pool's ready list or held by a
+	// worker: one writer at a time. pingDue asks that worker for a ping.
+	// Guarded by outMu; deadline is the worker's own.
+	outMu    sync.Mutex
+	out      [][]byte
+	outSpare [][]byte
+	outSched bool
+	pingDue  bool
+	deadline time.Time
 
 	// registered is set by onConnect once the connection is in the
 	// registry; read by onDisconnect on the same goroutine.
@@ -57,15 +71,117 @@ func (c *wsConn) channelList() []string {
 }
 
 // send queues msg without blocking; false when c is closing or its queue
-// overflowed (the overflow closes it with 1013, from melody's error handler).
+// overflowed (the overflow closes it with 1013). msg is shared, not copied:
+// it must not be changed afterwards.
 func (c *wsConn) send(msg []byte) bool {
 	if c.closing.Load() {
 		return false
 	}
-	if err := c.s.Write(msg); err != nil {
+	c.outMu.Lock()
+	if len(c.out) >= c.ws.p.cfg.WSSendQueue {
+		c.outMu.Unlock()
+		if !c.closing.Load() {
+			c.ws.p.log.Info("realtime: closing a WebSocket that could not keep up (1013)",
+				"tenant", c.tenant, "user", c.user, "connection", c.id)
+		}
+		c.closeWith(websocket.CloseTryAgainLater, "too slow")
 		return false
 	}
+	if c.out == nil && c.outSpare != nil {
+		c.out, c.outSpare = c.outSpare, nil
+	}
+	c.out = append(c.out, msg)
+	need := !c.outSched
+	c.outSched = true
+	c.outMu.Unlock()
+	if need {
+		c.ws.p.writers.addConn(c)
+	}
 	return !c.closing.Load()
+}
+
+// queuePing asks for a ping; it reports whether c must be scheduled (the
+// caller schedules it).
+func (c *wsConn) queuePing() bool {
+	if c.closing.Load() {
+		return false
+	}
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	c.pingDue = true
+	need := !c.outSched
+	c.outSched = true
+	return need
+}
+
+// maxSpareFrames is the largest drained queue a connection keeps for reuse.
+const maxSpareFrames = 16
+
+// flushConn writes what c has queued, in order, one text frame per
+// message (a round's frames within one write deadline), then a ping if one
+// is due (the worker holding c is its only
+// writer; close frames go through WriteControl, safe alongside). A write
+// error other than a close already sent ends the connection: its read loop
+// returns and onDisconnect runs.
+func (w *writerPool) flushConn(c *wsConn) {
+	conn := c.conn
+	for round := 0; ; round++ {
+		c.outMu.Lock()
+		q, ping := c.out, c.pingDue
+		c.out, c.pingDue = nil, false
+		if len(q) == 0 && !ping {
+			c.outSched = false
+			c.outMu.Unlock()
+			return
+		}
+		c.outMu.Unlock()
+		var err error
+		if len(q) > 0 {
+			w.renewConnDeadline(c) // per round, as for SSE: a round is bounded by WriteTimeout
+		}
+		for _, m := range q {
+			if err = conn.WriteMessage(websocket.TextMessage, m); err != nil {
+				break
+			}
+		}
+		if err == nil && ping {
+			err = conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(w.p.cfg.WriteTimeout))
+		}
+		clear(q)
+		if cap(q) <= maxSpareFrames {
+			c.outMu.Lock()
+			if c.outSpare == nil {
+				c.outSpare = q[:0]
+			}
+			c.outMu.Unlock()
+		}
+		if err != nil {
+			if !errors.Is(err, websocket.ErrCloseSent) {
+				_ = conn.Close()
+			}
+			c.outMu.Lock()
+			clear(c.out)
+			c.out, c.outSpare, c.pingDue, c.outSched = nil, nil, false, false
+			c.outMu.Unlock()
+			return
+		}
+		if round >= roundsBatch {
+			w.addConn(c) // still scheduled: let others have a turn
+			return
+		}
+	}
+}
+
+// renewConnDeadline is renewDeadline for a WebSocket: a write deadline of
+// between WriteTimeout/2 and WriteTimeout ahead of each round of frames
+// (gorilla applies it to every frame's write).
+func (w *writerPool) renewConnDeadline(c *wsConn) {
+	now := time.Now()
+	if c.deadline.Sub(now) >= w.p.cfg.WriteTimeout/2 {
+		return
+	}
+	c.deadline = now.Add(w.p.cfg.WriteTimeout)
+	_ = c.conn.SetWriteDeadline(c.deadline)
 }
 
 // sendJSON encodes v and queues it.
@@ -90,14 +206,14 @@ func (c *wsConn) closeWith(code int, reason string) {
 	w.closeMu.Lock()
 	if w.stopped {
 		w.closeMu.Unlock()
-		_ = c.s.WebsocketConnection().Close()
+		_ = c.conn.Close()
 		return
 	}
 	w.closers.Add(1)
 	w.closeMu.Unlock()
 	go func() {
 		defer w.closers.Done()
-		conn := c.s.WebsocketConnection()
+		conn := c.conn
 		deadline := time.Now().Add(w.p.cfg.WriteTimeout)
 		if err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline); err != nil {
 			_ = conn.Close() // cannot tell the client: end it now

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -232,6 +233,54 @@ func TestWSDeadPeerRemoved(t *testing.T) {
 	waitFor(t, "the ghost to be online", func() bool { on, _ := rt.UserPresence(context.Background(), "", "ghost"); return on })
 	// The raw client never answers a ping.
 	waitFor(t, "the dead peer to be removed", func() bool { on, _ := rt.UserPresence(context.Background(), "", "ghost"); return !on })
+}
+
+// A live peer is pinged by the plugin's ticker (written by the writer
+// pool), answers, and stays connected well past WSPongWait; pushes still
+// arrive in between.
+func TestWSPingsKeepLivePeer(t *testing.T) {
+	rt, srv := newTestServer(t, Config{WSPingInterval: 20 * time.Millisecond, WSPongWait: 200 * time.Millisecond})
+	c, _ := connectWS(t, srv, userToken(t, "alice"))
+	var pings atomic.Int32
+	c.SetPingHandler(func(data string) error {
+		pings.Add(1)
+		return c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	frames := make(chan []byte, 16)
+	go func() {
+		defer close(frames)
+		for {
+			_, b, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			frames <- b
+		}
+	}()
+	deadline := time.Now().Add(700 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if _, err := rt.Notify(context.Background(), Notification{Users: []string{"alice"}, Event: "tick", Data: 1}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case b, ok := <-frames:
+			if !ok {
+				t.Fatal("the live peer was disconnected")
+			}
+			if !strings.Contains(string(b), `"tick"`) {
+				t.Fatalf("frame %s", b)
+			}
+		case <-time.After(hangGuard):
+			t.Fatal("no push")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := pings.Load(); n < 5 {
+		t.Fatalf("%d pings in 700ms at a 20ms interval", n)
+	}
+	if on, _ := rt.UserPresence(context.Background(), "", "alice"); !on {
+		t.Fatal("alice is offline")
+	}
 }
 
 func TestWSCloseEndsEverySocket(t *testing.T) {
