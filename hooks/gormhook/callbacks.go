@@ -94,17 +94,26 @@ func (h *Hook) guard(db *gorm.DB) {
 	}
 }
 
+// written returns the watched model a finished write changed (exact as in
+// match) and the statement's context without its cancellation; ok is false
+// when the write failed, was a dry run, changed no row or is not watched.
+func (h *Hook) written(db *gorm.DB) (w *watched, exact bool, ctx context.Context, ok bool) {
+	if db.Error != nil || db.DryRun || db.RowsAffected == 0 {
+		return nil, false, nil, false
+	}
+	if w, exact = h.match(db.Statement); w == nil {
+		return nil, false, nil, false
+	}
+	return w, exact, detached(db.Statement), true
+}
+
 // collectCreate turns the rows a create inserted into snapshot events.
 func (h *Hook) collectCreate(db *gorm.DB) {
-	if db.Error != nil || db.DryRun || db.RowsAffected == 0 {
+	w, exact, ctx, ok := h.written(db)
+	if !ok {
 		return
 	}
 	stmt := db.Statement
-	w, exact := h.match(stmt)
-	if w == nil {
-		return
-	}
-	ctx := detached(stmt)
 	if !exact {
 		h.emit(db, []change{{ctx: ctx, w: w, event: realtime.EventResync}})
 		return
@@ -364,15 +373,11 @@ func (h *Hook) collect(o op) func(*gorm.DB) {
 		v, _ := db.InstanceGet(planKey)
 		p, _ := v.(*plan)
 		db.InstanceSet(planKey, (*plan)(nil))
-		if db.Error != nil || db.DryRun || db.RowsAffected == 0 {
+		w, exact, ctx, ok := h.written(db)
+		if !ok {
 			return
 		}
 		stmt := db.Statement
-		w, exact := h.match(stmt)
-		if w == nil {
-			return
-		}
-		ctx := detached(stmt)
 		if !exact || p == nil || p.resync {
 			h.emit(db, []change{{ctx: ctx, w: w, event: realtime.EventResync}})
 			return
