@@ -4,18 +4,28 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// writerPool is the fixed set of goroutines that write to hijacked SSE
+// writerPool is the set of goroutines that write to hijacked SSE
 // connections and to WebSockets. A subscriber or a WebSocket with frames
 // queued sits at most once in ready; a worker takes it, writes everything
 // it has queued (an SSE stream in one write, frames queued meanwhile
 // coalescing into the next; a WebSocket one frame per message, flushConn),
 // and puts it back if more came. No connection owns a timer or a writing
 // goroutine (melody's idle write goroutine aside).
+//
+// A peer that stops reading fills its kernel buffers, and a write to it
+// blocks until it reads or WriteTimeout cuts it. So that such peers never
+// hold up the others, a supervisor checks the workers every stallCheck:
+// when jobs wait and no worker is idle, it starts an extra worker for each
+// worker that has been on its job for more than stallAfter (blocked in a
+// write), at most maxExtraWriters in all. An extra worker retires once it
+// finds nothing to do while n others are able to write.
 type writerPool struct {
 	p *Plugin
+	n int // core workers
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -23,17 +33,102 @@ type writerPool struct {
 	head   int
 	idle   int
 	closed bool
+	busy   []*workerSlot // every running worker's slot (core and extra)
+	extra  int           // extra workers running
 	wg     sync.WaitGroup
+	stop   chan struct{}
+	epoch  time.Time
 }
 
+// workerSlot tells since when (monotonic nanoseconds since the pool
+// started; 0: waiting) a worker has held its current job.
+type workerSlot struct{ since atomic.Int64 }
+
+const (
+	stallCheck      = 50 * time.Millisecond
+	stallAfter      = 100 * time.Millisecond
+	maxExtraWriters = 1024
+)
+
 func newWriterPool(p *Plugin, n int) *writerPool {
-	w := &writerPool{p: p}
+	w := &writerPool{p: p, n: n, stop: make(chan struct{}), epoch: time.Now()}
 	w.cond.L = &w.mu
-	w.wg.Add(n)
+	w.wg.Add(n + 1)
 	for range n {
-		go w.run()
+		slot := &workerSlot{}
+		w.busy = append(w.busy, slot)
+		go w.run(slot, false)
 	}
+	go w.supervise()
 	return w
+}
+
+// now is the pool's monotonic clock for workerSlot.
+func (w *writerPool) now() int64 { return int64(time.Since(w.epoch)) + 1 }
+
+// supervise keeps n workers able to write (see writerPool): when jobs wait
+// and no worker is idle, it starts one extra worker for each worker stuck
+// on its job for more than stallAfter. While extra workers exist it wakes
+// the idle ones, so that those no longer needed retire.
+func (w *writerPool) supervise() {
+	defer w.wg.Done()
+	t := time.NewTicker(stallCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		if w.closed {
+			w.mu.Unlock()
+			return
+		}
+		wake := w.extra > 0 && w.idle > 0
+		if len(w.ready) > w.head && w.idle == 0 && w.extra < maxExtraWriters {
+			if k := min(w.n-w.ableLocked(nil), maxExtraWriters-w.extra); k > 0 {
+				w.extra += k
+				w.wg.Add(k)
+				for range k {
+					slot := &workerSlot{}
+					w.busy = append(w.busy, slot)
+					go w.run(slot, true)
+				}
+			}
+		}
+		w.mu.Unlock()
+		if wake {
+			w.cond.Broadcast()
+		}
+	}
+}
+
+// ableLocked counts the workers other than self that are waiting or have
+// held their job for less than stallAfter.
+func (w *writerPool) ableLocked(self *workerSlot) int {
+	cutoff := w.now() - int64(stallAfter)
+	n := 0
+	for _, b := range w.busy {
+		if since := b.since.Load(); b != self && (since == 0 || since > cutoff) {
+			n++
+		}
+	}
+	return n
+}
+
+// retireLocked removes an extra worker's slot.
+func (w *writerPool) retireLocked(slot *workerSlot) {
+	for i, b := range w.busy {
+		if b == slot {
+			last := len(w.busy) - 1
+			w.busy[i] = w.busy[last]
+			w.busy[last] = nil
+			w.busy = w.busy[:last]
+			break
+		}
+	}
+	w.extra--
 }
 
 // poolJob is what a worker takes: a subscriber (SSE, or a record followed
@@ -118,16 +213,22 @@ func (w *writerPool) addMany(list []*subscriber) {
 	}
 }
 
-func (w *writerPool) next() (poolJob, bool) {
+// next waits for a job. An extra worker retires instead of waiting when n
+// other workers are able to write, or the pool is closed.
+func (w *writerPool) next(slot *workerSlot, extra bool) (poolJob, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.head == len(w.ready) && !w.closed {
+	for w.head == len(w.ready) {
+		if extra && (w.closed || w.ableLocked(slot) >= w.n) {
+			w.retireLocked(slot)
+			return poolJob{}, false
+		}
+		if w.closed {
+			return poolJob{}, false
+		}
 		w.idle++
 		w.cond.Wait()
 		w.idle--
-	}
-	if w.head == len(w.ready) {
-		return poolJob{}, false
 	}
 	s := w.ready[w.head]
 	w.ready[w.head] = poolJob{}
@@ -144,6 +245,7 @@ func (w *writerPool) close() {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
+	close(w.stop)
 	w.cond.Broadcast()
 	w.wg.Wait()
 }
@@ -154,25 +256,27 @@ const (
 	roundsBatch = 8         // rounds one subscriber may take before yielding
 )
 
-func (w *writerPool) run() {
+func (w *writerPool) run(slot *workerSlot, extra bool) {
 	defer w.wg.Done()
 	var (
 		buf []byte
 		evs []*Event
 	)
 	for {
-		j, ok := w.next()
+		j, ok := w.next(slot, extra)
 		if !ok {
 			return
 		}
+		slot.since.Store(w.now())
 		if j.c != nil {
 			w.flushConn(j.c)
-			continue
+		} else {
+			buf, evs = w.flush(j.s, buf, evs)
+			if cap(buf) > maxScratch {
+				buf = nil
+			}
 		}
-		buf, evs = w.flush(j.s, buf, evs)
-		if cap(buf) > maxScratch {
-			buf = nil
-		}
+		slot.since.Store(0)
 	}
 }
 

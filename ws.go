@@ -36,20 +36,27 @@ type wsServer struct {
 
 	mountMu sync.Mutex
 	mounted map[any]bool
+
+	// sessions maps melody's sessions to their connections, from onConnect
+	// to onDisconnect.
+	sessMu   sync.RWMutex
+	sessions map[*melody.Session]*wsConn
 }
 
 // melodyNeverPing is melody's ping period: longer than any connection lives.
 const melodyNeverPing = 100 * 365 * 24 * time.Hour
 
-// connKey is the melody session key holding the *wsConn.
-const connKey = "realtime.conn"
+// connCtxKey is the handshake request's context key holding the *wsConn,
+// for onConnect (melody session keys would cost a map per connection).
+type connCtxKey struct{}
 
 // wsWriteBuffers is shared by every connection's writes: an idle connection
 // holds no write buffer.
 var wsWriteBuffers = &sync.Pool{}
 
 func newWSServer(p *Plugin) *wsServer {
-	w := &wsServer{p: p, reg: newWSRegistry(), acks: newAckBoard(), mounted: make(map[any]bool)}
+	w := &wsServer{p: p, reg: newWSRegistry(), acks: newAckBoard(), mounted: make(map[any]bool),
+		sessions: make(map[*melody.Session]*wsConn)}
 	m := melody.New()
 	m.Config.WriteWait = p.cfg.WriteTimeout
 	m.Config.PongWait = p.cfg.WSPongWait
@@ -70,19 +77,19 @@ func newWSServer(p *Plugin) *wsServer {
 	m.HandleConnect(w.onConnect)
 	m.HandleDisconnect(w.onDisconnect)
 	m.HandleMessage(func(s *melody.Session, b []byte) {
-		if c := connOf(s); c != nil {
-			c.handle(b)
+		if c := w.connOf(s); c != nil {
+			c.receive(b)
 		}
 	})
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
-		if c := connOf(s); c != nil {
+		if c := w.connOf(s); c != nil {
 			c.badInput("binary frames are not supported")
 		}
 	})
 	m.HandlePong(func(s *melody.Session) {
 		// melody renews the read deadline on every pong: keep the close
 		// grace of a connection being closed.
-		if c := connOf(s); c != nil && c.closing.Load() {
+		if c := w.connOf(s); c != nil && c.closing.Load() {
 			_ = s.WebsocketConnection().SetReadDeadline(time.Now().Add(closeGrace))
 		}
 	})
@@ -91,12 +98,10 @@ func newWSServer(p *Plugin) *wsServer {
 	return w
 }
 
-func connOf(s *melody.Session) *wsConn {
-	v, ok := s.Get(connKey)
-	if !ok {
-		return nil
-	}
-	c, _ := v.(*wsConn)
+func (w *wsServer) connOf(s *melody.Session) *wsConn {
+	w.sessMu.RLock()
+	c := w.sessions[s]
+	w.sessMu.RUnlock()
 	return c
 }
 
@@ -142,12 +147,14 @@ func (w *wsServer) mount(rg gin.IRoutes) {
 
 // handleWS serves GET {base}/ws.
 func (w *wsServer) handleWS(c *gin.Context) {
-	ident, ok := w.p.identify(c)
-	if !ok {
-		return
-	}
+	// The Origin first: a page of another site gets 403 whatever
+	// credentials its browser attached (cookies included).
 	if !w.originAllowed(c.Request) {
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
+		return
+	}
+	ident, ok := w.p.identify(c)
+	if !ok {
 		return
 	}
 	if !validHandshake(c.Request) {
@@ -186,13 +193,13 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		return
 	}
 	hw := &handoffWriter{nc: nc, h: http.Header{}}
-	req := handshakeRequest(c.Request)
+	req := handshakeRequest(c.Request, conn)
 	go func() {
 		defer w.handlers.Done()
 		// HandleRequestWithKeys runs the connection (onConnect …
 		// onDisconnect) and returns when it has ended; onDisconnect releases
 		// the slot. On an error before the session exists it is released here.
-		if err := w.m.HandleRequestWithKeys(hw, req, map[string]any{connKey: conn}); err != nil {
+		if err := w.m.HandleRequest(hw, req); err != nil {
 			_ = nc.Close()
 			w.reg.release(k)
 		}
@@ -217,8 +224,9 @@ func validHandshake(r *http.Request) bool {
 	return versionOK && err == nil && len(key) == 16
 }
 
-// handshakeRequest copies what the upgrade needs from r.
-func handshakeRequest(r *http.Request) *http.Request {
+// handshakeRequest copies what the upgrade needs from r, with conn in its
+// context.
+func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	h := http.Header{}
 	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key",
 		"Sec-Websocket-Protocol", "Sec-Websocket-Extensions", "Origin"} {
@@ -226,10 +234,11 @@ func handshakeRequest(r *http.Request) *http.Request {
 			h[k] = v
 		}
 	}
-	return &http.Request{
+	req := &http.Request{
 		Method: r.Method, URL: &url.URL{Path: r.URL.Path}, Proto: r.Proto, ProtoMajor: r.ProtoMajor,
 		ProtoMinor: r.ProtoMinor, Header: h, Host: r.Host, RemoteAddr: r.RemoteAddr,
 	}
+	return req.WithContext(context.WithValue(context.Background(), connCtxKey{}, conn))
 }
 
 // handoffWriter is the http.ResponseWriter melody's upgrade sees: it hands
@@ -251,9 +260,15 @@ func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // the connected frame. A connection that cannot register (the plugin is
 // closing) is closed with 1001.
 func (w *wsServer) onConnect(s *melody.Session) {
-	c := connOf(s)
+	c, _ := s.Request.Context().Value(connCtxKey{}).(*wsConn)
+	w.sessMu.Lock()
+	w.sessions[s] = c
+	w.sessMu.Unlock()
 	c.s = s
 	c.conn = s.WebsocketConnection()
+	// Nothing reads the handshake request after the upgrade: let it go
+	// (~1 KiB per connection).
+	s.Request = nil
 	connected := func() {
 		c.sendJSON(struct {
 			Type         string `json:"type"`
@@ -272,17 +287,21 @@ func (w *wsServer) onConnect(s *melody.Session) {
 // onDisconnect removes the connection from every index, detaches its
 // record subscribers and frees its slot.
 func (w *wsServer) onDisconnect(s *melody.Session) {
-	c := connOf(s)
+	c := w.connOf(s)
 	c.closing.Store(true)
+	c.stopInbox()
 	c.closeRecords()
 	w.reg.remove(c, c.registered)
+	w.sessMu.Lock()
+	delete(w.sessions, s)
+	w.sessMu.Unlock()
 }
 
 // onError receives melody's errors (its read loop's: melody writes
 // nothing): a frame over the size limit has been answered with 1009 by
 // gorilla, and the rest of it is drained so that the client reads the code.
 func (w *wsServer) onError(s *melody.Session, err error) {
-	c := connOf(s)
+	c := w.connOf(s)
 	if c == nil {
 		return
 	}

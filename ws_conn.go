@@ -56,6 +56,78 @@ type wsConn struct {
 	recMu     sync.Mutex
 	records   map[wsRecordRef]*subscriber
 	recClosed bool
+
+	// The inbox: client frames waiting to be handled, in order, by a
+	// goroutine started when the first one arrives and ending when none is
+	// left. The read loop only queues, so its stack stays at the few KiB a
+	// blocked read needs instead of keeping what handling a subscribe grew
+	// it to (an idle connection's largest cost). It is bounded by
+	// wsInboxMax: a client sending faster than its frames are handled
+	// waits (the read loop stops reading) rather than losing any. Guarded
+	// by inMu; inDone is broadcast when the handler ends.
+	inMu      sync.Mutex
+	inDone    sync.Cond
+	inbox     [][]byte
+	inRunning bool
+	inClosed  bool
+}
+
+// wsInboxMax bounds the frames a connection's read loop queues before it
+// waits for them to be handled.
+const wsInboxMax = 32
+
+// receive queues one client frame for handling (from the read loop).
+func (c *wsConn) receive(b []byte) {
+	c.inMu.Lock()
+	if c.inDone.L == nil {
+		c.inDone.L = &c.inMu
+	}
+	for len(c.inbox) >= wsInboxMax && !c.inClosed {
+		c.inDone.Wait()
+	}
+	if c.inClosed {
+		c.inMu.Unlock()
+		return
+	}
+	c.inbox = append(c.inbox, b)
+	start := !c.inRunning
+	c.inRunning = true
+	c.inMu.Unlock()
+	if start {
+		go c.handleInbox()
+	}
+}
+
+// handleInbox handles queued frames until none is left.
+func (c *wsConn) handleInbox() {
+	for {
+		c.inMu.Lock()
+		if len(c.inbox) == 0 || c.inClosed {
+			c.inbox = nil
+			c.inRunning = false
+			c.inDone.Broadcast()
+			c.inMu.Unlock()
+			return
+		}
+		b := c.inbox[0]
+		c.inbox[0] = nil
+		c.inbox = c.inbox[1:]
+		c.inDone.Broadcast()
+		c.inMu.Unlock()
+		c.handle(b)
+	}
+}
+
+// stopInbox drops the frames not yet handled and waits for the one being
+// handled (from the read loop, once it has ended).
+func (c *wsConn) stopInbox() {
+	c.inMu.Lock()
+	c.inClosed = true
+	for c.inRunning {
+		c.inDone.Wait()
+	}
+	c.inbox = nil
+	c.inMu.Unlock()
 }
 
 func (c *wsConn) key() userKey { return userKey{tenant: c.tenant, user: c.user} }

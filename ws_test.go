@@ -46,6 +46,11 @@ func TestWSRefusedBeforeUpgrade(t *testing.T) {
 	if c != nil || resp.StatusCode != http.StatusForbidden || errorCode(t, body) != "forbidden" {
 		t.Fatalf("foreign origin: %d %s", resp.StatusCode, body)
 	}
+	// A foreign page is refused before its credentials are looked at.
+	c, resp, body = dialWS(t, srv, "", false, http.Header{"Origin": {"https://evil.example"}})
+	if c != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin without token: %d %s", resp.StatusCode, body)
+	}
 	if resp := getWith(t, srv.URL+"/api/v1/ws", userToken(t, "alice"), nil); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("plain GET: %d", resp.StatusCode)
 	}

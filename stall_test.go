@@ -1,0 +1,105 @@
+package realtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dialStalled opens a raw TCP connection with a small receive buffer that
+// sends req and never reads: once the server has written a few MiB to it,
+// every write to it blocks.
+func dialStalled(t *testing.T, addr, req string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		_ = rc.Control(func(fd uintptr) {
+			err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return err
+	}}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	if _, err := nc.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	return nc
+}
+
+// TestStalledPeersDoNotHoldUpOthers: peers that stop reading (more of them
+// than there are writers) must not delay delivery to a subscriber that
+// reads: the writer pool starts extra workers while every worker is blocked
+// in a write. WriteTimeout is far longer than the test, so without them the
+// reader would wait for it.
+func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
+	const stalled = 4
+	pad := strings.Repeat("x", 64<<10)
+	const events = 300 // ~19 MiB to each peer: far more than its socket buffers
+
+	t.Run("sse", func(t *testing.T) {
+		rt, srv := newTestServer(t, Config{Writers: 2, QueueSize: 1000, WriteTimeout: 10 * time.Minute})
+		tok := userToken(t, "u1")
+		addr := srv.Listener.Addr().String()
+		for range stalled {
+			dialStalled(t, addr, fmt.Sprintf("GET /api/v1/posts/42/subscribe HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", addr, tok))
+		}
+		waitFor(t, "the stalled subscribers", func() bool { return rt.Subscribers() == stalled })
+		s := openStream(t, srv.Client(), recordURL(srv, "42"), tok, nil)
+		defer s.close()
+		waitFor(t, "the reader", func() bool { return rt.Subscribers() == stalled+1 })
+		lr := &lineReader{br: bufio.NewReaderSize(s.resp.Body, 256<<10)}
+		for n := range events {
+			data, _ := json.Marshal(map[string]any{"id": "42", "n": n, "pad": pad})
+			etag, err := rt.Publish(context.Background(), Publication{Collection: "posts", ID: "42", Event: EventChanged, Data: data})
+			if err != nil {
+				t.Fatal(err)
+			}
+			guard := timeGuard(s.resp.Body)
+			f, err := lr.next(false)
+			guard.Stop()
+			if err != nil || f.ID != etag {
+				t.Fatalf("event %d: got %q (%v), want %s", n, f.ID, err, etag)
+			}
+		}
+		if got := rt.Subscribers(); got != stalled+1 {
+			t.Fatalf("subscribers: %d, want the stalled ones still connected", got)
+		}
+	})
+
+	t.Run("websocket", func(t *testing.T) {
+		rt, srv := newTestServer(t, Config{Writers: 2, WSSendQueue: 1000, WriteTimeout: 10 * time.Minute})
+		tok := userToken(t, "u1")
+		addr := srv.Listener.Addr().String()
+		for range stalled {
+			dialStalled(t, addr, "GET /api/v1/ws HTTP/1.1\r\nHost: "+addr+
+				"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"+
+				"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer "+tok+"\r\n\r\n")
+		}
+		c, _ := connectWS(t, srv, tok)
+		defer c.Close()
+		waitFor(t, "every connection", func() bool { _, n := rt.UserPresence(context.Background(), "", "u1"); return n == stalled+1 })
+		for n := range events {
+			res, err := rt.Notify(context.Background(), Notification{Event: "big", Data: map[string]any{"n": n, "pad": pad}})
+			if err != nil || res.Delivered != stalled+1 {
+				t.Fatalf("push %d: %+v %v", n, res, err)
+			}
+			f := expectType(t, c, "message")
+			var d struct{ N int }
+			if err := json.Unmarshal(f.Data, &d); err != nil || d.N != n {
+				t.Fatalf("push %d: got %s (%v)", n, f.Data, err)
+			}
+		}
+		if _, n := rt.UserPresence(context.Background(), "", "u1"); n != stalled+1 {
+			t.Fatalf("connections: %d, want the stalled ones still open", n)
+		}
+	})
+}
