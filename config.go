@@ -77,8 +77,13 @@ type Config struct {
 	ETag ETagFunc
 
 	// Buffer stores the recent events of every record and collection. Default:
-	// an in-memory buffer bounded by BufferSize, BufferMaxAge and BufferMemory.
+	// the Broker when one is set, else an in-memory buffer bounded by
+	// BufferSize, BufferMaxAge and BufferMemory. Setting both is an error.
 	Buffer Buffer
+	// Broker connects the nodes of one app (PROTOCOL.md §9): events,
+	// pushes, presence and acks span every node sharing it, and it is the
+	// shared buffer. Default: nil, a single node.
+	Broker Broker
 	// BufferSize is the number of events kept per record and per collection. Default: 100.
 	BufferSize int
 	// BufferMaxAge is how long an event is kept. Default: 1h.
@@ -250,6 +255,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Broker != nil {
+		if c.Buffer != nil {
+			return c, fmt.Errorf("%w: set Buffer or Broker, not both (a Broker is the buffer)", ErrInvalidConfig)
+		}
+		c.Buffer = c.Broker
 	}
 	if c.Buffer == nil {
 		c.Buffer = NewMemoryBuffer(MemoryBufferConfig{

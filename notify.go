@@ -106,6 +106,13 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 	if err != nil {
 		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("data is not valid JSON"))
 	}
+	if p.cluster != nil {
+		res, err := p.cluster.notify(ctx, tenant, n, id, frame, data)
+		if err != nil {
+			return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
+		}
+		return res, nil
+	}
 	targets := p.ws.reg.targets(tenant, n.Users, n.ExcludeUsers, n.Channel, n.Event, data)
 
 	var wait *ackWait

@@ -344,7 +344,7 @@ func TestNotifySlowReaderCloses1013(t *testing.T) {
 	if code := closeCode(t, slow); code != websocket.CloseTryAgainLater {
 		t.Fatalf("close code %d, want 1013", code)
 	}
-	waitFor(t, "the slow connection to leave presence", func() bool { on, _ := rt.UserPresence(context.Background(), "", "slow"); return !on })
+	waitFor(t, "the slow connection to leave presence", func() bool { on, _, _ := rt.UserPresence(context.Background(), "", "slow"); return !on })
 }
 
 func TestNotifyAfterClose(t *testing.T) {

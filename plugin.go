@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ type Plugin struct {
 	writers *writerPool
 	retry   []byte
 	ws      *wsServer
+	cluster *cluster // nil without a Broker
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -56,9 +58,55 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	p.writers = newWriterPool(p, c.Writers)
 	p.ws = newWSServer(p)
+	if c.Broker != nil {
+		p.cluster = newCluster(p, c.Broker)
+	}
 	p.bg.Add(1)
 	go p.heartbeats()
+	if p.cluster != nil {
+		if err := p.cluster.start(); err != nil {
+			_ = p.Close(context.Background())
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// detach removes s from its stream's subscribers and, with a Broker,
+// undoes its watch.
+func (p *Plugin) detach(s *subscriber) {
+	p.hub.detach(s)
+	if s.watched.Swap(false) && p.cluster != nil {
+		p.cluster.unwatch(s.key)
+	}
+}
+
+// Health reports whether the plugin can publish: nil, or why not (its
+// Broker's engine is unreachable; ErrClosed once closed). A single node is
+// always healthy until closed.
+func (p *Plugin) Health() error {
+	if p.closed.Load() {
+		return fmt.Errorf("realtime: health: %w", ErrClosed)
+	}
+	if p.cluster != nil {
+		if err := p.cluster.healthErr(); err != nil {
+			return fmt.Errorf("realtime: health: %w: %w", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// HealthHandler answers 200 {"status":"ok"} while Health is nil, else 503
+// {"status":"degraded"} (the reason is logged, not shown). Mount it where
+// the load balancer checks, e.g. router.GET("/healthz", rt.HealthHandler()).
+func (p *Plugin) HealthHandler() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if err := p.Health(); err != nil {
+			c.JSON(http.StatusServiceUnavailable, gin.H{"status": "degraded"})
+			return
+		}
+		c.JSON(http.StatusOK, gin.H{"status": "ok"})
+	}
 }
 
 // Register mounts the generic routes on rg, for every collection:
@@ -153,6 +201,12 @@ func (p *Plugin) heartbeats() {
 	defer t.Stop()
 	pt := time.NewTicker(p.cfg.WSPingInterval)
 	defer pt.Stop()
+	var presence <-chan time.Time // with a Broker: presence refresh, remote acks expiry
+	if p.cluster != nil {
+		ct := time.NewTicker(presenceTTL / 3)
+		defer ct.Stop()
+		presence = ct.C
+	}
 	for {
 		select {
 		case <-p.stop:
@@ -161,6 +215,9 @@ func (p *Plugin) heartbeats() {
 			p.beat(now)
 		case <-pt.C:
 			p.ws.ping()
+		case now := <-presence:
+			p.cluster.expireAcks(now)
+			p.cluster.refreshPresence()
 		}
 	}
 }
@@ -213,6 +270,11 @@ func (p *Plugin) Close(ctx context.Context) error {
 	}
 	if wsErr := <-wsDone; err == nil {
 		err = wsErr
+	}
+	if p.cluster != nil {
+		if cerr := p.cluster.stop(ctx); err == nil {
+			err = cerr
+		}
 	}
 	p.cancel()
 	p.writers.close()

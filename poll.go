@@ -70,7 +70,7 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		timer.Stop()
 		batch, _ := s.take()
 		s.close(errClientGone)
-		p.hub.detach(s)
+		p.detach(s)
 		evs, _ := s.filter(p.baseCtx, batch, nil)
 		resp := pollResponse{Events: make([]pollEvent, 0, len(evs))}
 		for _, ev := range evs {

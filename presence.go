@@ -8,24 +8,44 @@ import (
 	"github.com/gin-gonic/gin"
 )
 
-// Presence returns the users of tenant with at least one open WebSocket on
-// this node (sorted) and the tenant's number of open WebSockets. An empty
-// tenant means the tenant of ctx (WithTenant), else DefaultTenant.
-func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, conns int) {
+// Presence returns the users of tenant with at least one open WebSocket
+// (sorted) and the tenant's number of open WebSockets: on every node when
+// the Broker keeps presence (PresenceStore), else on this node. An empty
+// tenant means the tenant of ctx (WithTenant), else DefaultTenant. The
+// error wraps ErrUnavailable when the broker cannot be reached.
+func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, conns int, err error) {
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
-	return p.ws.reg.presence(tenant)
+	if cl := p.cluster; cl != nil && cl.ps != nil {
+		users, conns, err = cl.ps.Presence(ctx, tenant)
+		if err != nil {
+			return nil, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
+		}
+		if users == nil {
+			users = []string{}
+		}
+		return users, conns, nil
+	}
+	users, conns = p.ws.reg.presence(tenant)
+	return users, conns, nil
 }
 
-// UserPresence reports whether user of tenant has an open WebSocket on this
-// node, and how many. An empty tenant means the tenant of ctx.
-func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online bool, conns int) {
+// UserPresence reports whether user of tenant has an open WebSocket, and
+// how many (on every node, as Presence).
+func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online bool, conns int, err error) {
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
+	if cl := p.cluster; cl != nil && cl.ps != nil {
+		n, err := cl.ps.UserPresence(ctx, tenant, user)
+		if err != nil {
+			return false, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
+		}
+		return n > 0, n, nil
+	}
 	n := p.ws.reg.userConns(userKey{tenant: tenant, user: user})
-	return n > 0, n
+	return n > 0, n, nil
 }
 
 // publisher authenticates c and requires the publish scope; on failure it
@@ -48,7 +68,11 @@ func (p *Plugin) handlePresence(c *gin.Context) {
 	if !ok {
 		return
 	}
-	users, n := p.Presence(c.Request.Context(), ident.Tenant)
+	users, n, err := p.Presence(c.Request.Context(), ident.Tenant)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
 	c.JSON(http.StatusOK, gin.H{"tenant": ident.Tenant, "users": users, "connections": n})
 }
 
@@ -59,6 +83,10 @@ func (p *Plugin) handleUserPresence(c *gin.Context) {
 		return
 	}
 	user := c.Param("user")
-	online, n := p.UserPresence(c.Request.Context(), ident.Tenant, user)
+	online, n, err := p.UserPresence(c.Request.Context(), ident.Tenant, user)
+	if err != nil {
+		writeError(c, err)
+		return
+	}
 	c.JSON(http.StatusOK, gin.H{"user": user, "online": online, "connections": n})
 }

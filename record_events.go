@@ -76,12 +76,42 @@ func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	if p.closed.Load() {
 		return fmt.Errorf("realtime: resync %s: %w", collection, ErrClosed)
 	}
-	ev := &Event{Type: EventResync, Ref: Ref{Tenant: tenant, Collection: collection},
-		Data: json.RawMessage(`{"reason":"bulk-write"}`), Time: time.Now()}
+	if p.cluster != nil {
+		// Every node (this one included) resyncs its subscribers when the
+		// message comes back; the buffer is shared.
+		if err := p.cfg.Buffer.Invalidate(ctx, tenant, collection); err != nil {
+			return fmt.Errorf("realtime: resync %s: %w: %w", collection, ErrUnavailable, err)
+		}
+		if _, err := p.cluster.publish(ctx, topicControl, clusterMsg{Type: "resync", Tenant: tenant, Collection: collection}); err != nil {
+			return fmt.Errorf("realtime: resync %s: %w", collection, err)
+		}
+		return nil
+	}
 	subs := p.hub.collect(tenant, collection)
 	if err := p.cfg.Buffer.Invalidate(ctx, tenant, collection); err != nil {
 		return fmt.Errorf("realtime: resync %s: %w: %w", collection, ErrUnavailable, err)
 	}
+	p.resyncSubscribers(subs, bulkResync(tenant, collection))
+	return nil
+}
+
+// bulkResync is the resync event of a bulk write to a collection.
+func bulkResync(tenant, collection string) *Event {
+	return &Event{Type: EventResync, Ref: Ref{Tenant: tenant, Collection: collection},
+		Data: json.RawMessage(`{"reason":"bulk-write"}`), Time: time.Now()}
+}
+
+// resyncLocal resyncs this node's subscribers of a collection and of its
+// records (a Resync from any node).
+func (p *Plugin) resyncLocal(tenant, collection string) {
+	p.resyncSubscribers(p.hub.collect(tenant, collection), bulkResync(tenant, collection))
+}
+
+// resyncSubscribers tells subs that they may have missed events: SSE record
+// streams end (their clients resume, from the buffer or with resync and
+// the stored record); collection streams and records followed over a
+// WebSocket get ev, a resync frame, and stay.
+func (p *Plugin) resyncSubscribers(subs []*subscriber, ev *Event) {
 	var sched []*subscriber
 	for _, s := range subs {
 		if s.key.ID != "" && s.transport != viaSocket {
@@ -91,7 +121,6 @@ func (p *Plugin) Resync(ctx context.Context, collection string) error {
 		sched = s.offer(item{ev: ev}, sched)
 	}
 	p.writers.addMany(sched)
-	return nil
 }
 
 // newEvent validates a publication and builds its event.
@@ -159,6 +188,16 @@ var schedPool = sync.Pool{New: func() any { s := make([]*subscriber, 0, 256); re
 func (p *Plugin) publish(ctx context.Context, ev *Event) error {
 	if p.closed.Load() {
 		return ErrClosed
+	}
+	if p.cluster != nil {
+		// The broker assigns the order and brings the event back to every
+		// node watching its streams, this one included (clusterNode.Deliver).
+		for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+			if _, err := p.cfg.Buffer.Append(ctx, key, ev); err != nil {
+				return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
+			}
+		}
+		return nil
 	}
 	sp := schedPool.Get().(*[]*subscriber)
 	defer func() { clear(*sp); *sp = (*sp)[:0]; schedPool.Put(sp) }()

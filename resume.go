@@ -64,7 +64,12 @@ func (p *Plugin) fromSnapshot(ctx context.Context, key StreamKey, cur *Event, pr
 	first := append(prefix, item{ev: cur})
 	lk, err := p.cfg.Buffer.Since(ctx, key, cur.ETag)
 	if err != nil {
-		return nil, 0, "", fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		if p.cluster == nil {
+			return nil, 0, "", fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		}
+		// The shared buffer is unreachable: the snapshot stands alone.
+		p.log.Warn("realtime: buffer unavailable, serving the stored record", "err", err)
+		return first, 0, cur.ETag, nil
 	}
 	switch lk.Status {
 	case LookupFound:
@@ -96,7 +101,14 @@ func (p *Plugin) firstCollectionFrames(ctx context.Context, key StreamKey, ident
 func (p *Plugin) replay(ctx context.Context, key StreamKey, lastID string) (first []item, base uint64, ok bool, err error) {
 	lk, err := p.cfg.Buffer.Since(ctx, key, lastID)
 	if err != nil {
-		return nil, 0, false, fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		if p.cluster == nil {
+			return nil, 0, false, fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		}
+		// The shared buffer is unreachable: the subscriber gets resync
+		// (and the stored record) rather than an error its EventSource
+		// would not retry.
+		p.log.Warn("realtime: buffer unavailable, resyncing the subscriber", "err", err)
+		return nil, 0, false, nil
 	}
 	switch lk.Status {
 	case LookupUpToDate:

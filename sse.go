@@ -89,13 +89,16 @@ func (p *Plugin) serveStream(c *gin.Context, key StreamKey, ident *Identity, las
 // prepare attaches s in holding mode and computes its first frames; on error
 // it detaches s again.
 func (p *Plugin) prepare(ctx context.Context, s *subscriber, lastID string) ([]item, uint64, string, error) {
+	if p.cluster != nil {
+		p.cluster.watch(ctx, s) // before the first frames are read: no gap
+	}
 	mu := p.hub.stripe(s.key)
 	mu.Lock()
 	p.hub.attachLocked(s) // s holds since newSubscriber
 	mu.Unlock()
 	first, base, skip, err := p.firstFrames(ctx, s.key, s.ident, lastID)
 	if err != nil {
-		p.hub.detach(s)
+		p.detach(s)
 		return nil, 0, "", err
 	}
 	return first, base, skip, nil
@@ -127,7 +130,7 @@ func (p *Plugin) serveHijacked(c *gin.Context, s *subscriber, first []item, base
 	_ = conn.SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout))
 	if _, err := conn.Write(head.Bytes()); err != nil {
 		_ = conn.Close()
-		p.hub.detach(s)
+		p.detach(s)
 		p.untrack(s)
 		return true
 	}
@@ -146,7 +149,7 @@ func (p *Plugin) serveHijacked(c *gin.Context, s *subscriber, first []item, base
 			}
 		}
 		s.close(errClientGone)
-		p.hub.detach(s)
+		p.detach(s)
 		p.untrack(s)
 	}()
 	s.release(first, base, skip)
@@ -160,7 +163,7 @@ var errClientGone = errors.New("realtime: client went away")
 func (p *Plugin) serveOnHandler(c *gin.Context, s *subscriber, first []item, base uint64, skip string) {
 	defer func() {
 		s.close(errClientGone)
-		p.hub.detach(s)
+		p.detach(s)
 		p.untrack(s)
 	}()
 	w := c.Writer

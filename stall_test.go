@@ -86,7 +86,7 @@ func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
 		}
 		c, _ := connectWS(t, srv, tok)
 		defer c.Close()
-		waitFor(t, "every connection", func() bool { _, n := rt.UserPresence(context.Background(), "", "u1"); return n == stalled+1 })
+		waitFor(t, "every connection", func() bool { _, n, _ := rt.UserPresence(context.Background(), "", "u1"); return n == stalled+1 })
 		for n := range events {
 			res, err := rt.Notify(context.Background(), Notification{Event: "big", Data: map[string]any{"n": n, "pad": pad}})
 			if err != nil || res.Delivered != stalled+1 {
@@ -98,7 +98,7 @@ func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
 				t.Fatalf("push %d: got %s (%v)", n, f.Data, err)
 			}
 		}
-		if _, n := rt.UserPresence(context.Background(), "", "u1"); n != stalled+1 {
+		if _, n, _ := rt.UserPresence(context.Background(), "", "u1"); n != stalled+1 {
 			t.Fatalf("connections: %d, want the stalled ones still open", n)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +48,9 @@ type subscriber struct {
 	key   StreamKey
 	ident *Identity
 	idx   int // position in the hub's list, under the stripe lock
+	// watched is set while the broker delivers key's events for s (see
+	// cluster.watch); detach undoes it once.
+	watched atomic.Bool
 
 	transport transport
 	poll      bool          // a long poll: no heartbeats

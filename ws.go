@@ -277,6 +277,10 @@ func (w *wsServer) onConnect(s *melody.Session) {
 			Tenant       string `json:"tenant"`
 		}{"connected", c.id, c.user, c.tenant})
 	}
+	if cl := w.p.cluster; cl != nil {
+		cl.connOpened(c) // pushes from every node reach c before "connected"
+		c.clustered = true
+	}
 	if !w.reg.add(c, connected) {
 		c.closeWith(websocket.CloseGoingAway, "server closing")
 		return
@@ -292,6 +296,9 @@ func (w *wsServer) onDisconnect(s *melody.Session) {
 	c.stopInbox()
 	c.closeRecords()
 	w.reg.remove(c, c.registered)
+	if c.clustered {
+		w.p.cluster.connClosed(c)
+	}
 	w.sessMu.Lock()
 	delete(w.sessions, s)
 	w.sessMu.Unlock()

@@ -39,8 +39,10 @@ type wsConn struct {
 	deadline time.Time
 
 	// registered is set by onConnect once the connection is in the
-	// registry; read by onDisconnect on the same goroutine.
+	// registry, clustered once the broker knows it; read by onDisconnect
+	// on the same goroutine.
 	registered bool
+	clustered  bool
 
 	// closing is set once the connection is being closed by the server
 	// (close frame sent or under way): nothing more is queued to it.
@@ -347,6 +349,9 @@ func (c *wsConn) handle(raw []byte) {
 	case "ack":
 		if m.EnvelopeID == "" {
 			c.badInput("ack needs an envelopeId")
+			return
+		}
+		if cl := c.ws.p.cluster; cl != nil && cl.forwardAck(m.EnvelopeID, c.id, c.user, m.Result) {
 			return
 		}
 		c.ws.acks.deliver(m.EnvelopeID, c.id, c.user, m.Result)

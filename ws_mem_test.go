@@ -61,13 +61,13 @@ func TestWSIdleMemory(t *testing.T) {
 		for range 10 {
 			conns = append(conns, dialOne())
 		}
-		waitFor(t, "warm-up connections", func() bool { _, c := rt.UserPresence(context.Background(), "", "u"); return c == 10 })
+		waitFor(t, "warm-up connections", func() bool { _, c, _ := rt.UserPresence(context.Background(), "", "u"); return c == 10 })
 		before := measure()
 		stackBefore := stack
 		for range n {
 			conns = append(conns, dialOne())
 		}
-		waitFor(t, "all connections", func() bool { _, c := rt.UserPresence(context.Background(), "", "u"); return c == n+10 })
+		waitFor(t, "all connections", func() bool { _, c, _ := rt.UserPresence(context.Background(), "", "u"); return c == n+10 })
 		after := measure()
 		stackPer := float64(stack-stackBefore) / float64(n)
 		// The raw clients' sockets are in the same process: measure them alone.
@@ -103,6 +103,6 @@ func TestWSIdleMemory(t *testing.T) {
 		for _, c := range conns {
 			c.Close()
 		}
-		waitFor(t, "connections gone", func() bool { _, c := rt.UserPresence(context.Background(), "", "u"); return c == 0 })
+		waitFor(t, "connections gone", func() bool { _, c, _ := rt.UserPresence(context.Background(), "", "u"); return c == 0 })
 	}
 }

@@ -166,7 +166,7 @@ func (c *wsConn) subscribeRecords(reqs []wsRecordReq, channels []string) {
 		}
 		if !c.addRecord(k, s) {
 			s.close(ErrClosed)
-			p.hub.detach(s)
+			p.detach(s)
 			p.untrack(s)
 			continue
 		}
@@ -208,7 +208,7 @@ func (c *wsConn) dropRecord(s *subscriber, cause error) {
 	c.recMu.Unlock()
 	s.close(cause)
 	if owned {
-		c.ws.p.hub.detach(s)
+		c.ws.p.detach(s)
 		c.ws.p.untrack(s)
 	}
 }

@@ -99,7 +99,7 @@ func TestWSConnectionCaps(t *testing.T) {
 	// A closed connection frees its slot.
 	a1.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(hangGuard))
 	closeCode(t, a1)
-	waitFor(t, "alice's slot", func() bool { _, n := rt.UserPresence(context.Background(), "", "alice"); return n == 1 })
+	waitFor(t, "alice's slot", func() bool { _, n, _ := rt.UserPresence(context.Background(), "", "alice"); return n == 1 })
 	waitFor(t, "the tenant slot", func() bool {
 		c, _, _ := dialWS(t, srv, userToken(t, "carol"), false, nil)
 		return c != nil
@@ -150,24 +150,24 @@ func TestWSOversizeFrameCloses1009(t *testing.T) {
 func TestWSPresence(t *testing.T) {
 	rt, srv := newTestServer(t, Config{})
 	ctx := context.Background()
-	if users, n := rt.Presence(ctx, ""); len(users) != 0 || n != 0 {
+	if users, n, _ := rt.Presence(ctx, ""); len(users) != 0 || n != 0 {
 		t.Fatalf("empty presence: %v %d", users, n)
 	}
 	a1, _ := connectWS(t, srv, userToken(t, "alice"))
 	connectWS(t, srv, userToken(t, "alice"))
 	connectWS(t, srv, userToken(t, "bob"))
 	connectWS(t, srv, tenantToken(t, "zed", "t2"))
-	users, n := rt.Presence(ctx, "")
+	users, n, _ := rt.Presence(ctx, "")
 	if fmt.Sprint(users) != "[alice bob]" || n != 3 {
 		t.Fatalf("presence %v %d", users, n)
 	}
-	if on, n := rt.UserPresence(ctx, "", "alice"); !on || n != 2 {
+	if on, n, _ := rt.UserPresence(ctx, "", "alice"); !on || n != 2 {
 		t.Fatalf("alice %v %d", on, n)
 	}
-	if on, _ := rt.UserPresence(ctx, "", "zed"); on {
+	if on, _, _ := rt.UserPresence(ctx, "", "zed"); on {
 		t.Fatal("zed of t2 is present in the default tenant")
 	}
-	if users, n := rt.Presence(WithTenant(ctx, "t2"), ""); fmt.Sprint(users) != "[zed]" || n != 1 {
+	if users, n, _ := rt.Presence(WithTenant(ctx, "t2"), ""); fmt.Sprint(users) != "[zed]" || n != 1 {
 		t.Fatalf("t2 presence %v %d", users, n)
 	}
 
@@ -202,7 +202,7 @@ func TestWSPresence(t *testing.T) {
 	}
 	a1.Close()
 	waitFor(t, "alice's closed connection to leave presence", func() bool {
-		_, n := rt.UserPresence(ctx, "", "alice")
+		_, n, _ := rt.UserPresence(ctx, "", "alice")
 		return n == 1
 	})
 }
@@ -235,9 +235,9 @@ func TestWSDeadPeerRemoved(t *testing.T) {
 	if err != nil || !strings.Contains(status, "101") {
 		t.Fatalf("upgrade: %q %v", status, err)
 	}
-	waitFor(t, "the ghost to be online", func() bool { on, _ := rt.UserPresence(context.Background(), "", "ghost"); return on })
+	waitFor(t, "the ghost to be online", func() bool { on, _, _ := rt.UserPresence(context.Background(), "", "ghost"); return on })
 	// The raw client never answers a ping.
-	waitFor(t, "the dead peer to be removed", func() bool { on, _ := rt.UserPresence(context.Background(), "", "ghost"); return !on })
+	waitFor(t, "the dead peer to be removed", func() bool { on, _, _ := rt.UserPresence(context.Background(), "", "ghost"); return !on })
 }
 
 // A live peer is pinged by the plugin's ticker (written by the writer
@@ -283,7 +283,7 @@ func TestWSPingsKeepLivePeer(t *testing.T) {
 	if n := pings.Load(); n < 5 {
 		t.Fatalf("%d pings in 700ms at a 20ms interval", n)
 	}
-	if on, _ := rt.UserPresence(context.Background(), "", "alice"); !on {
+	if on, _, _ := rt.UserPresence(context.Background(), "", "alice"); !on {
 		t.Fatal("alice is offline")
 	}
 }
@@ -395,7 +395,7 @@ func rawWS(t *testing.T, srv *httptest.Server, tok string) net.Conn {
 func TestWSCloseWithStalledClientHonoursContext(t *testing.T) {
 	rt, srv := newTestServer(t, Config{})
 	rawWS(t, srv, userToken(t, "stalled"))
-	waitFor(t, "the stalled client", func() bool { on, _ := rt.UserPresence(context.Background(), "", "stalled"); return on })
+	waitFor(t, "the stalled client", func() bool { on, _, _ := rt.UserPresence(context.Background(), "", "stalled"); return on })
 	big := strings.Repeat("x", 256<<10)
 	for range 64 { // far more than the socket buffers hold: the writer blocks
 		notify(t, rt, Notification{Event: "big", Data: big})
@@ -405,7 +405,7 @@ func TestWSCloseWithStalledClientHonoursContext(t *testing.T) {
 	if err := rt.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Close: %v, want the context's error", err)
 	}
-	if on, _ := rt.UserPresence(context.Background(), "", "stalled"); on {
+	if on, _, _ := rt.UserPresence(context.Background(), "", "stalled"); on {
 		t.Fatal("the stalled client is still registered after Close")
 	}
 }
@@ -449,5 +449,5 @@ func TestWSConnectionCapUnderConcurrentDials(t *testing.T) {
 	if ok != 5 || refused != dials-5 {
 		t.Fatalf("%d connected, %d refused; want 5 and %d", ok, refused, dials-5)
 	}
-	waitFor(t, "5 registered connections", func() bool { _, n := rt.UserPresence(context.Background(), "", "alice"); return n == 5 })
+	waitFor(t, "5 registered connections", func() bool { _, n, _ := rt.UserPresence(context.Background(), "", "alice"); return n == 5 })
 }

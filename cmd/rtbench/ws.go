@@ -65,7 +65,7 @@ func (r *realtimeWSImpl) publish(ctx context.Context, _ string, data []byte) err
 }
 
 func (r *realtimeWSImpl) subscribers() int64 {
-	_, n := r.rt.Presence(context.Background(), realtime.DefaultTenant)
+	_, n, _ := r.rt.Presence(context.Background(), realtime.DefaultTenant)
 	return int64(n)
 }
 

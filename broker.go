@@ -1,0 +1,124 @@
+package realtime
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Broker connects the nodes (app instances) of one app, so that every
+// promise of the wire contract holds across them (PROTOCOL.md §9):
+// Config.Broker. Without one the plugin is a single node.
+//
+// A Broker is the Buffer every node shares, and carries events and
+// messages between nodes:
+//
+//   - Append stores an event at the end of its stream, assigns its
+//     position and sends it to every node watching the stream, in one step:
+//     every node sees a stream's events in one order. The appending node
+//     delivers its own events only when they come back through Node.Deliver.
+//   - A node watches the streams its subscribers follow (Watch, Unwatch)
+//     and listens to the topics its connections need (Listen, Unlisten),
+//     so that no node receives every event.
+//   - Publish sends a message on a topic (user pushes, delivery counts,
+//     acks) and reports how many nodes received it.
+//
+// Implementations must be safe for concurrent use. Every method that
+// cannot reach the shared engine returns an error: the plugin turns it
+// into ErrUnavailable (503), never into a silent success.
+type Broker interface {
+	Buffer
+	// Start begins delivering to n; the plugin calls it once, in New.
+	Start(n Node) error
+	// Watch makes the node receive key's events through Node.Deliver. It
+	// returns once they are received (an event appended after Watch
+	// returned is delivered). Watches are counted: each Watch is undone by
+	// one Unwatch.
+	Watch(ctx context.Context, key StreamKey) error
+	// Unwatch undoes one Watch of key.
+	Unwatch(ctx context.Context, key StreamKey) error
+	// Listen makes the node receive topic's messages through Node.Message,
+	// once it returns; counted like Watch.
+	Listen(ctx context.Context, topic string) error
+	// Unlisten undoes one Listen of topic.
+	Unlisten(ctx context.Context, topic string) error
+	// Publish sends msg to every node listening to topic and returns how
+	// many nodes received it.
+	Publish(ctx context.Context, topic string, msg []byte) (nodes int, err error)
+	// Stop ends the deliveries to the node (Plugin.Close) and waits for
+	// the calls under way. The app closes the broker's own connections.
+	Stop(ctx context.Context) error
+}
+
+// Node receives what a Broker carries. The plugin is the Node of its
+// Broker; its methods never block and may be called from any goroutine.
+type Node interface {
+	// Deliver hands over an event of a watched stream. For one stream,
+	// calls come one at a time, in the stream's order (positions strictly
+	// increasing); an event that may have been lost is reported by Gap.
+	Deliver(key StreamKey, e Entry)
+	// Gap reports that events of key may have been lost (a link to the
+	// engine was lost and its missed events could not be read back): the
+	// node's subscribers of key are resynced.
+	Gap(key StreamKey)
+	// Message hands over a message of a topic the node listens to.
+	Message(topic string, msg []byte)
+	// Health reports the link to the engine: nil when up, else why not.
+	// The plugin's Health returns it.
+	Health(err error)
+}
+
+// eventWire is an Event's encoding between nodes.
+type eventWire struct {
+	Type       string          `json:"t"`
+	Tenant     string          `json:"tn"`
+	Collection string          `json:"c"`
+	ID         string          `json:"i,omitempty"`
+	ETag       string          `json:"e,omitempty"`
+	Data       json.RawMessage `json:"d,omitempty"`
+	Prior      json.RawMessage `json:"p,omitempty"`
+	Time       int64           `json:"ts"`
+}
+
+// MarshalEvent encodes ev for a Broker: UnmarshalEvent gives back an event
+// whose frames are byte-identical to ev's.
+func MarshalEvent(ev *Event) ([]byte, error) {
+	return json.Marshal(eventWire{Type: ev.Type, Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection, ID: ev.Ref.ID,
+		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior, Time: ev.Time.UnixNano()})
+}
+
+// UnmarshalEvent decodes an event encoded by MarshalEvent.
+func UnmarshalEvent(b []byte) (*Event, error) {
+	var w eventWire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("realtime: decode event: %w", err)
+	}
+	if w.Type == "" || w.Collection == "" {
+		return nil, fmt.Errorf("realtime: decode event: %w: type and collection are required", ErrBadRequest)
+	}
+	return &Event{Type: w.Type, Ref: Ref{Tenant: w.Tenant, Collection: w.Collection, ID: w.ID},
+		ETag: w.ETag, Data: w.Data, Prior: w.Prior, Time: time.Unix(0, w.Time)}, nil
+}
+
+// PresenceConn is one open WebSocket, for a PresenceStore.
+type PresenceConn struct {
+	Tenant, User, ConnID string
+}
+
+// PresenceStore is the presence ability of a Broker (checked by type
+// assertion): which connections are open on every node. Without it a
+// node's presence counts its own connections only.
+type PresenceStore interface {
+	// AddPresence records conns as open until ttl from now; the plugin
+	// calls it when a connection opens and again for all of its open
+	// connections every ttl/3, so a node that dies is forgotten after ttl.
+	AddPresence(ctx context.Context, ttl time.Duration, conns ...PresenceConn) error
+	// RemovePresence forgets conns (closed).
+	RemovePresence(ctx context.Context, conns ...PresenceConn) error
+	// Presence returns the tenant's users with an open connection, sorted,
+	// and the number of its open connections.
+	Presence(ctx context.Context, tenant string) (users []string, conns int, err error)
+	// UserPresence returns the number of a user's open connections.
+	UserPresence(ctx context.Context, tenant, user string) (conns int, err error)
+}
