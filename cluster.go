@@ -264,11 +264,17 @@ func (c *cluster) deliverNotify(m *clusterMsg) {
 	p := c.p
 	targets := p.ws.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	conns := make([]connRef, 0, len(targets))
+	var sched []*wsConn
 	for _, t := range targets {
-		if t.send(m.Frame) {
+		ok, schedule := t.enqueue(m.Frame)
+		if schedule {
+			sched = append(sched, t)
+		}
+		if ok {
 			conns = append(conns, connRef{ID: t.id, User: t.user})
 		}
 	}
+	p.writers.addConns(sched)
 	if m.AwaitMs > 0 && len(conns) > 0 {
 		c.ackMu.Lock()
 		c.remoteAcks[m.Envelope] = remoteAck{origin: m.Origin,

@@ -122,11 +122,16 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 	}
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	users := make(map[string]struct{})
+	var sched []*wsConn
 	for _, c := range targets {
 		if wait != nil {
 			wait.expect(c.id)
 		}
-		if !c.send(frame) {
+		ok, schedule := c.enqueue(frame)
+		if schedule {
+			sched = append(sched, c)
+		}
+		if !ok {
 			if wait != nil {
 				wait.forget(c.id)
 			}
@@ -135,6 +140,7 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 		res.Delivered++
 		users[c.user] = struct{}{}
 	}
+	p.writers.addConns(sched) // one lock for all of them
 	res.Users = len(users)
 	if wait != nil && res.Delivered > 0 {
 		res.Acks = wait.wait(ctx, n.AwaitAcks, p.ws.acks.closed)

@@ -148,8 +148,18 @@ func (c *wsConn) channelList() []string {
 // overflowed (the overflow closes it with 1013). msg is shared, not copied:
 // it must not be changed afterwards.
 func (c *wsConn) send(msg []byte) bool {
+	ok, schedule := c.enqueue(msg)
+	if schedule {
+		c.ws.p.writers.addConn(c)
+	}
+	return ok
+}
+
+// enqueue is send without scheduling: schedule tells the caller to hand c
+// to the writer pool (addConns, for many connections with one lock).
+func (c *wsConn) enqueue(msg []byte) (ok, schedule bool) {
 	if c.closing.Load() {
-		return false
+		return false, false
 	}
 	c.outMu.Lock()
 	if len(c.out) >= c.ws.p.cfg.WSSendQueue {
@@ -159,19 +169,16 @@ func (c *wsConn) send(msg []byte) bool {
 				"tenant", c.tenant, "user", c.user, "connection", c.id)
 		}
 		c.closeWith(websocket.CloseTryAgainLater, "too slow")
-		return false
+		return false, false
 	}
 	if c.out == nil && c.outSpare != nil {
 		c.out, c.outSpare = c.outSpare, nil
 	}
 	c.out = append(c.out, msg)
-	need := !c.outSched
+	schedule = !c.outSched
 	c.outSched = true
 	c.outMu.Unlock()
-	if need {
-		c.ws.p.writers.addConn(c)
-	}
-	return !c.closing.Load()
+	return !c.closing.Load(), schedule
 }
 
 // queuePing asks for a ping; it reports whether c must be scheduled (the
