@@ -23,14 +23,26 @@
 //     has one goroutine of its own, a reader that notices the client
 //     leaving. HTTP/2 streams (and all streams with DisableHijack) are
 //     written by their handler goroutine.
+//   - A peer that stops reading makes writes to it block once its kernel
+//     buffers are full (until WriteTimeout cuts it). So that such peers never
+//     hold up the others, a supervisor goroutine of the pool checks the
+//     workers every 50 ms and, while jobs wait and no worker is idle,
+//     starts an extra worker for each one stuck on its job for over 100 ms
+//     (at most 1,024 extra); an extra worker retires once it finds nothing
+//     to do while Config.Writers others can write.
 //   - One ticker sends every stream its heartbeat; there is no timer per
 //     connection.
 //   - The Authorizer and RecordLoader are called from handler goroutines and,
 //     for the per-frame check, from the writer goroutines: they must be safe
 //     for concurrent use and should not block.
 //   - WebSockets run on olahol/melody for the upgrade and the read loop
-//     only: each connection has its handler goroutine (the read loop, which
-//     handles the client's messages in order) and melody's write goroutine,
+//     only: each connection has its handler goroutine (the read loop) and
+//     melody's write goroutine. The read loop only queues the client's
+//     frames to a bounded inbox (32 frames; when full the read loop waits:
+//     nothing is dropped) handled in order by a goroutine started when the
+//     inbox gets its first frame and ending when it is empty, so an idle
+//     connection's read loop keeps the small stack of a blocked read;
+//     melody's write goroutine
 //     which never writes (a one-slot channel nothing is sent to, a ping
 //     ticker that never fires) and ends with the socket. Connections are
 //     indexed by id, by (tenant, user) and by channel pattern per tenant
@@ -67,17 +79,29 @@
 //     the publish order (frames of different records may interleave). A
 //     record the connection may no longer see ends that subscription only
 //     (an error frame), not the connection. The subscribe and unsubscribe
-//     messages run on the connection's read loop (which calls the
+//     messages run on the connection's inbox goroutine (which calls the
 //     RecordLoader and Authorizer for the first frames); its subscribed
 //     answer is queued before the first frames. Unsubscribe, the end of the
 //     connection and Close detach and untrack every such subscriber exactly
 //     once (whoever removes it from the connection's record set).
 //   - Notify with AwaitAcks blocks its caller (never a connection) until the
 //     acks arrive, AwaitAcks passes, its context ends or the plugin closes.
+//   - With a Broker (many nodes), Publish hands the event to the broker and
+//     returns; the broker's delivery goroutine brings it back (Node.Deliver)
+//     and the plugin hands it to the local subscribers' queues as above,
+//     without blocking. Broker calls that must not run on a caller's
+//     goroutine (delivery counts, forwarded acks, unwatch, unlisten,
+//     presence) go through one bounded queue (4,096) run in order by one
+//     goroutine; when it is full the caller makes its call itself (nothing
+//     is dropped). Subscribing calls Broker.Watch and opening a WebSocket
+//     calls Broker.Listen on the subscriber's goroutine, before the first
+//     frames or the connected frame. Notify waits up to 2 s for the other
+//     nodes' delivery counts. Presence is renewed by a ticker of the
+//     heartbeat goroutine every 10 s.
 //   - The plugin stops what it starts: Close ends every stream cleanly (a
 //     final empty chunk), ends every long poll, closes every WebSocket with
 //     1001, and waits for every goroutine before it returns (melody's write
 //     goroutine ends as its socket closes, right after the handler
-//     goroutine Close waits for; the writer pool, shared with the streams,
-//     stops last).
+//     goroutine Close waits for; then the broker's queue drains and the
+//     broker stops; the writer pool, shared with the streams, stops last).
 package realtime
