@@ -1,6 +1,7 @@
 package realtime
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -27,8 +28,28 @@ import (
 // Implementations must be safe for concurrent use. Every method that
 // cannot reach the shared engine returns an error: the plugin turns it
 // into ErrUnavailable (503), never into a silent success.
+//
+// Rules every implementation keeps (package brokertest checks them):
+//   - Watch and Listen counts are per node; a Watch or Listen that fails
+//     because the engine is down still counts (the plugin undoes it with
+//     Unwatch or Unlisten), and takes effect once the engine is back, with
+//     a Gap for the streams whose events may have been missed.
+//   - Once Unwatch or Unlisten has returned (the count at zero), later
+//     events and messages are not delivered to the node.
+//   - Since(key, "") on a stream never appended to returns a Seq below
+//     every position Append will assign to it.
+//   - Messages published by one node on one topic arrive in publish order.
+//   - A stopped node is not counted by Publish and gets no more calls.
+//   - Events and messages are handed over as copies: a caller may reuse
+//     the slices it passed to Append or Publish.
 type Broker interface {
 	Buffer
+	// AppendRecord appends a record event to the record's stream and to
+	// its collection's stream in one step (both or neither, no other event
+	// between them), so that concurrent events of one record have the same
+	// order in both streams; each stream's watchers get it. The plugin
+	// publishes through it.
+	AppendRecord(ctx context.Context, ev *Event) error
 	// Start begins delivering to n; the plugin calls it once, in New.
 	Start(n Node) error
 	// Watch makes the node receive key's events through Node.Deliver. It
@@ -84,8 +105,20 @@ type eventWire struct {
 // MarshalEvent encodes ev for a Broker: UnmarshalEvent gives back an event
 // whose frames are byte-identical to ev's.
 func MarshalEvent(ev *Event) ([]byte, error) {
-	return json.Marshal(eventWire{Type: ev.Type, Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection, ID: ev.Ref.ID,
-		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior, Time: ev.Time.UnixNano()})
+	w := eventWire{Type: ev.Type, Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection, ID: ev.Ref.ID,
+		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior}
+	if !ev.Time.IsZero() {
+		w.Time = ev.Time.UnixNano()
+	}
+	// Without HTML escaping: Data and Prior keep their bytes (json.Marshal
+	// would rewrite <, >, &, U+2028 and U+2029 inside them).
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(w); err != nil {
+		return nil, fmt.Errorf("realtime: encode event: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // UnmarshalEvent decodes an event encoded by MarshalEvent.
@@ -97,8 +130,12 @@ func UnmarshalEvent(b []byte) (*Event, error) {
 	if w.Type == "" || w.Collection == "" {
 		return nil, fmt.Errorf("realtime: decode event: %w: type and collection are required", ErrBadRequest)
 	}
-	return &Event{Type: w.Type, Ref: Ref{Tenant: w.Tenant, Collection: w.Collection, ID: w.ID},
-		ETag: w.ETag, Data: w.Data, Prior: w.Prior, Time: time.Unix(0, w.Time)}, nil
+	ev := &Event{Type: w.Type, Ref: Ref{Tenant: w.Tenant, Collection: w.Collection, ID: w.ID},
+		ETag: w.ETag, Data: w.Data, Prior: w.Prior}
+	if w.Time != 0 {
+		ev.Time = time.Unix(0, w.Time)
+	}
+	return ev, nil
 }
 
 // PresenceConn is one open WebSocket, for a PresenceStore.

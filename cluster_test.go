@@ -242,3 +242,38 @@ func TestClusterConfig(t *testing.T) {
 		t.Fatal("a started node was accepted again")
 	}
 }
+
+// On one node too: concurrent publishers of one record give its record
+// stream and its collection stream the same order.
+func TestOneOrderRecordAndCollection(t *testing.T) {
+	rt, srv := newTestServer(t, Config{})
+	tok := userToken(t, "u1")
+	rec := openStream(t, srv.Client(), recordURL(srv, "9"), tok, nil)
+	col := openStream(t, srv.Client(), collectionURL(srv), tok, nil)
+	waitFor(t, "subscribers", func() bool { return rt.Subscribers() == 2 })
+	const each, publishers = 100, 4
+	var wg sync.WaitGroup
+	for i := range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range each {
+				data := json.RawMessage(fmt.Sprintf(`{"id":"9","p":%d,"n":%d}`, i, n))
+				if _, err := rt.Publish(context.Background(), Publication{Collection: "posts", ID: "9", Event: EventChanged, Data: data}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	ids := func(s *stream) string {
+		var out []string
+		for _, f := range readFrames(t, s.fr, each*publishers) {
+			out = append(out, f.ID)
+		}
+		return strings.Join(out, ",")
+	}
+	if ids(rec) != ids(col) {
+		t.Fatal("the record stream and the collection stream ordered the same events differently")
+	}
+}

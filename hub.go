@@ -28,7 +28,30 @@ func newHub() *hub {
 	return &hub{seed: maphash.MakeSeed(), subs: make(map[StreamKey]*subList)}
 }
 
-func (h *hub) stripe(k StreamKey) *sync.Mutex {
+// lockPair locks the stripes of a record's stream and of its collection's
+// (in index order, once when they are the same); unlockPair(i, j) undoes it.
+func (h *hub) lockPair(a, b StreamKey) (i, j uint64) {
+	i, j = h.stripeIndex(a), h.stripeIndex(b)
+	if i > j {
+		i, j = j, i
+	}
+	h.stripes[i].Lock()
+	if i != j {
+		h.stripes[j].Lock()
+	}
+	return i, j
+}
+
+func (h *hub) unlockPair(i, j uint64) {
+	if i != j {
+		h.stripes[j].Unlock()
+	}
+	h.stripes[i].Unlock()
+}
+
+func (h *hub) stripe(k StreamKey) *sync.Mutex { return &h.stripes[h.stripeIndex(k)] }
+
+func (h *hub) stripeIndex(k StreamKey) uint64 {
 	var mh maphash.Hash
 	mh.SetSeed(h.seed)
 	mh.WriteString(k.Tenant)
@@ -36,7 +59,7 @@ func (h *hub) stripe(k StreamKey) *sync.Mutex {
 	mh.WriteString(k.Collection)
 	mh.WriteByte(0)
 	mh.WriteString(k.ID)
-	return &h.stripes[mh.Sum64()%uint64(len(h.stripes))]
+	return mh.Sum64() % uint64(len(h.stripes))
 }
 
 // attach adds s to its key's subscribers; the caller holds the key's stripe.

@@ -1,6 +1,7 @@
 package realtime
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -11,7 +12,9 @@ import (
 // MemoryBroker is an in-process Broker engine: plugins in one process
 // share it through Node handles, as nodes share a Redis. It serves tests
 // of multi-node behaviour without a server, and is the reference the Redis
-// adapter is checked against (package brokertest).
+// adapter is checked against (package brokertest). It calls the nodes'
+// methods synchronously, under its locks: a Node must not call back into
+// the broker from them (the plugin's Node does not).
 type MemoryBroker struct {
 	buf *MemoryBuffer
 
@@ -46,23 +49,18 @@ func (m *MemoryBroker) SetUnavailable(err error) {
 	}
 	m.mu.Unlock()
 	for _, n := range nodes {
+		// Under the node's lock, as Append's deliveries: no call once Stop
+		// has returned, and a Gap is ordered with the key's deliveries.
 		n.mu.Lock()
-		if n.node == nil || n.stopped {
-			n.mu.Unlock()
-			continue
-		}
-		node := n.node
-		var keys []StreamKey
-		if err == nil && was != nil {
-			for k := range n.watch {
-				keys = append(keys, k)
+		if n.node != nil && !n.stopped {
+			n.node.Health(err)
+			if err == nil && was != nil {
+				for k := range n.watch {
+					n.node.Gap(k)
+				}
 			}
 		}
 		n.mu.Unlock()
-		node.Health(err)
-		for _, k := range keys {
-			node.Gap(k)
-		}
 	}
 }
 
@@ -98,14 +96,37 @@ func (n *memoryNode) Append(ctx context.Context, key StreamKey, ev *Event) (uint
 	if err != nil {
 		return 0, err
 	}
+	m.deliverLocked(key, Entry{Seq: seq, Event: ev})
+	return seq, nil
+}
+
+// AppendRecord implements Broker.
+func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event) error {
+	m := n.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := n.unavailable("append"); err != nil {
+		return err
+	}
+	for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+		seq, err := m.buf.Append(ctx, key, ev)
+		if err != nil {
+			return err
+		}
+		m.deliverLocked(key, Entry{Seq: seq, Event: ev})
+	}
+	return nil
+}
+
+// deliverLocked hands e to every node watching key (m.mu held).
+func (m *MemoryBroker) deliverLocked(key StreamKey, e Entry) {
 	for o := range m.nodes {
 		o.mu.Lock()
 		if o.watch[key] > 0 && !o.stopped {
-			o.node.Deliver(key, Entry{Seq: seq, Event: ev})
+			o.node.Deliver(key, e)
 		}
 		o.mu.Unlock()
 	}
-	return seq, nil
 }
 
 // Since implements Buffer.
@@ -196,6 +217,7 @@ func (n *memoryNode) Publish(_ context.Context, topic string, msg []byte) (int, 
 	if err := n.unavailable("publish"); err != nil {
 		return 0, err
 	}
+	msg = bytes.Clone(msg) // the publisher may reuse its buffer
 	count := 0
 	for o := range m.nodes {
 		o.mu.Lock()

@@ -192,30 +192,32 @@ func (p *Plugin) publish(ctx context.Context, ev *Event) error {
 	if p.cluster != nil {
 		// The broker assigns the order and brings the event back to every
 		// node watching its streams, this one included (clusterNode.Deliver).
-		for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
-			if _, err := p.cfg.Buffer.Append(ctx, key, ev); err != nil {
-				return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
-			}
+		if err := p.cluster.b.AppendRecord(ctx, ev); err != nil {
+			return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
 		}
 		return nil
 	}
+	// Both streams under both stripe locks: concurrent events of one
+	// record get the same order in the record's and the collection's
+	// streams.
 	sp := schedPool.Get().(*[]*subscriber)
 	defer func() { clear(*sp); *sp = (*sp)[:0]; schedPool.Put(sp) }()
+	sched := (*sp)[:0]
+	si, sj := p.hub.lockPair(ev.Ref, ev.Ref.collectionKey())
 	for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
-		sched := (*sp)[:0]
-		mu := p.hub.stripe(key)
-		mu.Lock()
 		seq, err := p.cfg.Buffer.Append(ctx, key, ev)
 		if err != nil {
-			mu.Unlock()
+			p.hub.unlockPair(si, sj)
+			p.writers.addMany(sched)
+			*sp = sched
 			return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
 		}
 		for _, s := range p.hub.subscribersLocked(key) {
 			sched = s.offer(item{ev: ev, seq: seq}, sched)
 		}
-		mu.Unlock()
-		p.writers.addMany(sched)
-		*sp = sched
 	}
+	p.hub.unlockPair(si, sj)
+	p.writers.addMany(sched)
+	*sp = sched
 	return nil
 }
