@@ -328,3 +328,52 @@ func testStop(t *testing.T, newNodes factory) {
 		}
 	})
 }
+
+// testAppendRecord checks AppendRecord: both streams, one order.
+func testAppendRecord(t *testing.T, newNodes factory) {
+	cfg := realtime.MemoryBufferConfig{Size: 1000}
+	t.Run("BothStreamsOneOrder", func(t *testing.T) {
+		// Both nodes append records events of one record concurrently; a
+		// watches the record's stream, b the collection's: they get every
+		// event, in the same order, and Since finds it in both streams.
+		n := start(t, newNodes, cfg)
+		rec := recKey("77")
+		col := collKey(rec)
+		watch(t, n.a, rec)
+		watch(t, n.b, col)
+		const workers, per = 4, 50
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				br := []realtime.Broker{n.a, n.b}[w%2]
+				for i := range per {
+					ev := event(rec, fmt.Sprintf("w%d-%03d", w, i), time.Now())
+					if err := br.AppendRecord(t.Context(), ev); err != nil {
+						t.Errorf("AppendRecord: %v", err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		const total = workers * per
+		recGot := n.ra.WaitDeliveries(t, rec, total)
+		colGot := n.rb.WaitDeliveries(t, col, total)
+		if len(recGot) != total || len(colGot) != total {
+			t.Fatalf("deliveries: %d of the record, %d of the collection, want %d each", len(recGot), len(colGot), total)
+		}
+		for i := range total {
+			if recGot[i].Event.ETag != colGot[i].Event.ETag {
+				t.Fatalf("delivery %d: record stream has %s, collection stream %s: not one order", i, recGot[i].Event.ETag, colGot[i].Event.ETag)
+			}
+		}
+		first := recGot[0].Event.ETag
+		for _, key := range []realtime.StreamKey{rec, col} {
+			if lk := since(t, n.a, key, first); lk.Status != realtime.LookupFound || len(lk.Events) != total-1 {
+				t.Fatalf("Since(%v, first) = %v with %d events, want found with %d", key, lk.Status, len(lk.Events), total-1)
+			}
+		}
+	})
+}
