@@ -49,8 +49,9 @@ type runConfig struct {
 	skipIdle    bool
 	skipBurst   bool
 	verbose     bool
-	ws          bool  // WebSocket mode: realtime-ws and melody
-	wsQueues    []int // extra idle columns: realtime-ws with these WSSendQueue values
+	ws          bool   // WebSocket mode: realtime-ws and melody
+	redis       string // realtime-redis: two nodes sharing this Redis
+	wsQueues    []int  // extra idle columns: realtime-ws with these WSSendQueue values
 }
 
 // isWS reports whether impl is a WebSocket server.
@@ -82,6 +83,7 @@ func runMain(args []string) error {
 	writers := fs.Int("writers", 0, "realtime server's Config.Writers (0: the plugin's default)")
 	ws := fs.Bool("ws", false, "WebSocket mode: measure realtime-ws (the plugin's WebSocket, rt.Notify on a channel) and melody (defaults, m.Broadcast); -impls defaults to realtime-ws,melody, -burst to 2000, -sweep to none")
 	wsQueues := fs.String("ws-queues", "64,32", "WebSocket mode: also measure idle memory of realtime-ws with these WSSendQueue values")
+	redisURL := fs.String("redis", "", "also measure realtime-redis: two plugin nodes sharing this Redis (e.g. redis://127.0.0.1:6379/0), subscribers on one, the publisher on the other (latency and throughput; its idle memory is realtime's)")
 	_ = fs.Parse(args)
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -101,7 +103,10 @@ func runMain(args []string) error {
 		conns: *conns, subs: *subs, procs: max(*procs, 1), perProc: max(*perProc, 1), ports: *ports,
 		size: *size, warmup: *warmup, latRate: *latRate, latDur: *latDur, burst: *burst, burstMax: *burstMax,
 		sweepDur: *sweepDur, profDir: *profDir, profSecs: *profSecs, profPhase: *profPhase, clientProcs: *clientProcs, batch: *batch, writers: *writers, skipIdle: *skipIdle, verbose: *verbose,
-		skipBurst: *burst <= 0, ws: *ws,
+		skipBurst: *burst <= 0, ws: *ws, redis: *redisURL,
+	}
+	if cfg.redis != "" && !cfg.ws && !set["impls"] {
+		*impls += ",realtime-redis"
 	}
 	if *ws {
 		for _, q := range strings.Split(*wsQueues, ",") {
@@ -141,7 +146,7 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	o := &orchestrator{cfg: cfg, self: self}
+	o := &orchestrator{cfg: cfg, self: self, redisPrefix: fmt.Sprintf("rtbench:%d:", time.Now().UnixNano())}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -158,6 +163,7 @@ func runMain(args []string) error {
 	for _, name := range cfg.impls {
 		switch {
 		case !cfg.ws && (name == "realtime" || name == "plain"):
+		case !cfg.ws && name == "realtime-redis" && cfg.redis != "":
 		case cfg.ws && isWS(name):
 		default:
 			return fmt.Errorf("unknown implementation %q (want realtime or plain; with -ws realtime-ws or melody)", name)
@@ -190,6 +196,9 @@ func runMain(args []string) error {
 			r := results[col]
 			if r.idleOnly && ph.name != "idle" {
 				continue
+			}
+			if r.impl == "realtime-redis" && ph.name == "idle" {
+				continue // a node's idle connections cost what realtime's do
 			}
 			if err := ph.run(r.impl, r); err != nil {
 				return fmt.Errorf("%s %s: %w", col, ph.name, err)
@@ -254,6 +263,8 @@ type orchestrator struct {
 
 	mu       sync.Mutex
 	children []*child
+
+	redisPrefix string // realtime-redis: the run's own keys and channels
 }
 
 func (o *orchestrator) logf(format string, args ...any) {
@@ -346,6 +357,25 @@ type server struct {
 	*child
 	ready serverReady
 	http  *http.Client
+	// pub, for realtime-redis, is the other node: the publisher's.
+	pub *server
+}
+
+// publisher is the server events are published on: the other node for
+// realtime-redis, else s.
+func (s *server) publisher() *server {
+	if s.pub != nil {
+		return s.pub
+	}
+	return s
+}
+
+// stopServer stops s and, for realtime-redis, the other node.
+func (o *orchestrator) stopServer(s *server) {
+	if s.pub != nil {
+		o.stop(s.pub.child, "")
+	}
+	o.stop(s.child, "")
 }
 
 func (o *orchestrator) startServer(impl string, queue int) (*server, error) {
@@ -353,8 +383,13 @@ func (o *orchestrator) startServer(impl string, queue int) (*server, error) {
 	for i := range addrs {
 		addrs[i] = "127.0.0.1:0"
 	}
-	c, err := o.start("server "+impl, nil, "server", "-impl", impl, "-addr", strings.Join(addrs, ","),
-		"-ctl", "127.0.0.1:0", "-queue", strconv.Itoa(queue), "-writers", strconv.Itoa(o.cfg.writers))
+	args := []string{"server", "-impl", impl, "-addr", strings.Join(addrs, ","),
+		"-ctl", "127.0.0.1:0", "-queue", strconv.Itoa(queue), "-writers", strconv.Itoa(o.cfg.writers)}
+	if impl == "realtime-redis" {
+		args[2] = "realtime"
+		args = append(args, "-redis", o.cfg.redis, "-redis-prefix", o.redisPrefix)
+	}
+	c, err := o.start("server "+impl, nil, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -628,26 +663,32 @@ func (o *orchestrator) subscribe(impl string, queue int) (*server, *clientGroup,
 	if err != nil {
 		return nil, nil, err
 	}
+	if impl == "realtime-redis" {
+		if s.pub, err = o.startServer(impl, queue); err != nil {
+			o.stop(s.child, "")
+			return nil, nil, err
+		}
+	}
 	g, st, err := o.startClients(s, o.cfg.subs, false)
 	if err != nil {
-		o.stop(s.child, "")
+		o.stopServer(s)
 		return nil, nil, err
 	}
 	if st.Opened != int64(o.cfg.subs) {
 		o.stopClients(g)
-		o.stop(s.child, "")
+		o.stopServer(s)
 		return nil, nil, fmt.Errorf("only %d of %d subscribers connected: %s", st.Opened, o.cfg.subs, st.FirstErr)
 	}
 	fail := func(err error) (*server, *clientGroup, error) {
 		o.stopClients(g)
-		o.stop(s.child, "")
+		o.stopServer(s)
 		return nil, nil, err
 	}
 	if err := s.waitSubscribers(int64(o.cfg.subs), 20*time.Second); err != nil {
 		return fail(err)
 	}
 	if o.cfg.warmup > 0 {
-		if _, err := s.publish(o.cfg.warmup, 200, o.cfg.size, time.Minute); err != nil {
+		if _, err := s.publisher().publish(o.cfg.warmup, 200, o.cfg.size, time.Minute); err != nil {
 			return fail(err)
 		}
 		st, _, err := g.waitEvents(int64(o.cfg.warmup*o.cfg.subs), time.Second, 10*time.Second)
@@ -687,7 +728,7 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, maxD
 			return res, err
 		}
 	}
-	pub, err := s.publish(n, rate, o.cfg.size, maxDur)
+	pub, err := s.publisher().publish(n, rate, o.cfg.size, maxDur)
 	if err != nil {
 		return res, err
 	}
@@ -735,7 +776,7 @@ func (o *orchestrator) paced(impl string, r *implResult) error {
 	if err != nil {
 		return err
 	}
-	defer func() { o.stopClients(g); o.stop(s.child, "") }()
+	defer func() { o.stopClients(g); o.stopServer(s) }()
 	n := int(o.cfg.latRate * o.cfg.latDur.Seconds())
 	o.logf("%s latency: %d events at %g/s to %d subscribers", impl, n, o.cfg.latRate, o.cfg.subs)
 	prof := ""
@@ -774,7 +815,7 @@ func (o *orchestrator) burstRun(impl string, r *implResult) error {
 	if err != nil {
 		return err
 	}
-	defer func() { o.stopClients(g); o.stop(s.child, "") }()
+	defer func() { o.stopClients(g); o.stopServer(s) }()
 	prof := ""
 	if o.cfg.profDir != "" && o.cfg.profPhase == "throughput" {
 		prof = filepath.Join(o.cfg.profDir, "server-"+impl+"-burst.pprof") // clients: clients-<impl>-burst-<pid>.pprof

@@ -25,6 +25,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/ginrealtime/realtime"
+	"github.com/ginrealtime/realtime/redisbroker"
+	"github.com/redis/go-redis/v9"
 )
 
 // Paths of the SSE endpoints. The realtime server takes any record id; the
@@ -81,12 +83,14 @@ func serverMain(args []string) error {
 	ctl := fs.String("ctl", "127.0.0.1:0", "control listen address (stats, publish, pprof)")
 	queue := fs.Int("queue", 0, "subscriber queue bound in events (0: the default: 512 for SSE; realtime-ws: Config.WSSendQueue, 256; melody: MessageBufferSize, 256)")
 	writers := fs.Int("writers", 0, "realtime: Config.Writers (0: the plugin's default, 4 × GOMAXPROCS)")
+	redisURL := fs.String("redis", "", "realtime: a Redis URL: the plugin is one node of several sharing it (redisbroker)")
+	redisPrefix := fs.String("redis-prefix", "rtbench:", "realtime with -redis: the broker's key and channel prefix")
 	_ = fs.Parse(args)
 
 	var im impl
 	switch *implName {
 	case "realtime":
-		r, err := newRealtimeImpl(*queue, *writers)
+		r, err := newRealtimeImpl(*queue, *writers, *redisURL, *redisPrefix)
 		if err != nil {
 			return err
 		}
@@ -272,14 +276,33 @@ func readRSSKiB() int64 {
 type realtimeImpl struct {
 	rt     *realtime.Plugin
 	engine *gin.Engine
+	redis  *redis.Client // with -redis
 }
 
-func newRealtimeImpl(queue, writers int) (*realtimeImpl, error) {
-	rt, e, err := newPluginApp(realtime.Config{QueueSize: queue, Writers: writers})
+func newRealtimeImpl(queue, writers int, redisURL, redisPrefix string) (*realtimeImpl, error) {
+	cfg := realtime.Config{QueueSize: queue, Writers: writers}
+	var client *redis.Client
+	if redisURL != "" {
+		opts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return nil, err
+		}
+		client = redis.NewClient(opts)
+		b, err := redisbroker.New(client, redisbroker.Config{Prefix: redisPrefix})
+		if err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+		cfg.Broker = b
+	}
+	rt, e, err := newPluginApp(cfg)
 	if err != nil {
+		if client != nil {
+			_ = client.Close()
+		}
 		return nil, err
 	}
-	return &realtimeImpl{rt: rt, engine: e}, nil
+	return &realtimeImpl{rt: rt, engine: e, redis: client}, nil
 }
 
 // newPluginApp is the plugin as an app mounts it: gin in release mode
@@ -314,6 +337,9 @@ func (r *realtimeImpl) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = r.rt.Close(ctx)
+	if r.redis != nil {
+		_ = r.redis.Close()
+	}
 }
 
 // plainImpl is the reference: a minimal net/http SSE handler. Each

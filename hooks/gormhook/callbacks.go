@@ -416,6 +416,14 @@ func (h *Hook) emit(db *gorm.DB, cs []change) {
 	}
 	switch t, inTx := txOf(db.Statement.ConnPool); {
 	case t != nil:
+		if h.outbox != nil {
+			// In the write's transaction: the rows commit or roll back with
+			// it. Without them the write is not durable: fail it (the
+			// changes stay queued in case the caller commits anyway).
+			if err := h.outboxInsert(db, cs); err != nil {
+				db.AddError(err)
+			}
+		}
 		t.add(cs...)
 	case inTx:
 		// guard refuses such writes; this is a transaction swapped in
@@ -423,6 +431,14 @@ func (h *Hook) emit(db *gorm.DB, cs []change) {
 		h.log.Error("gormhook: write in an unmanaged transaction; events not published",
 			"collection", cs[0].w.collection, "err", ErrUnmanagedTx)
 	default:
+		if h.outbox != nil {
+			// The write is committed already (SkipDefaultTransaction): the
+			// row is a statement of its own, written before publishing.
+			if err := h.outboxInsert(db, cs); err != nil {
+				h.log.Error("gormhook: cannot write the outbox rows of a write outside a transaction",
+					"collection", cs[0].w.collection, "err", err)
+			}
+		}
 		h.flush(db.Statement.ConnPool, cs)
 	}
 }

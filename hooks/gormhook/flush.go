@@ -20,6 +20,7 @@ type change struct {
 	key    []any // primary key values, to reload the record
 	record any   // pointer to a model struct: the in-memory copy, or for a delete the row before it (published as Prior)
 	reload bool  // publish the record as stored after commit
+	outbox int64 // the change's outbox row (WithOutbox), 0 if none
 }
 
 // reloadChunk bounds the bind variables of one reload query.
@@ -29,7 +30,9 @@ const reloadChunk = 500
 // first, one query per model and chunk of keys, on pool (the pool the
 // transaction came from, so that a single-connection pool cannot deadlock).
 // Concurrent flushes are ordered by the sequencer. Errors are logged: the
-// write is committed and its caller gone.
+// write is committed and its caller gone. With the outbox, the rows of the
+// changes handled are deleted at the end (one statement); the others stay
+// for the drainer.
 func (h *Hook) flush(pool gorm.ConnPool, cs []change) {
 	if len(cs) == 0 {
 		return
@@ -41,6 +44,10 @@ func (h *Hook) flush(pool gorm.ConnPool, cs []change) {
 			h.log.Error("gormhook: panic while publishing committed changes", "panic", fmt.Sprint(r))
 		}
 	}()
+	var handled []int64 // outbox rows of the changes published (or not to be published)
+	if h.outbox != nil {
+		defer func() { h.outboxDelete(context.Background(), pool, handled) }()
+	}
 
 	// Reload what must be reloaded.
 	type group struct {
@@ -76,31 +83,49 @@ func (h *Hook) flush(pool gorm.ConnPool, cs []change) {
 		loaded[w] = m
 	}
 
-	resynced := map[[2]string]bool{}
-	sent := map[[2]string]bool{} // records already published as reloaded in this flush
+	resynced := map[[2]string]error{}
+	sent := map[[2]string]bool{}   // records already published as reloaded in this flush
+	failed := map[[2]string]bool{} // records whose publish failed in this flush
 	for _, c := range cs {
-		if c.event == realtime.EventResync || (c.reload && loaded[c.w] == nil) {
-			h.resync(c, resynced)
-			continue
-		}
-		ref := [2]string{c.w.collection, c.id}
-		rec := c.record
-		if c.reload {
-			// Every reloaded event of a record carries the same, final
-			// version: publish it once, at the record's first event.
-			if rec = loaded[c.w][c.id]; rec == nil || sent[ref] {
-				continue // gone since (deleted later, hidden by the default scope), or already sent
-			}
-			sent[ref] = true
-		}
-		if c.event == realtime.EventDeleted {
-			delete(sent, ref)
-		}
-		if !h.seq.publish(c.w.collection+"\x00"+c.id, seq, func() { h.publish(c, rec) }) {
-			h.log.Debug("gormhook: a newer version was published by a later commit; skipping",
-				"collection", c.w.collection, "id", c.id, "event", c.event)
+		if ok := h.flushOne(c, seq, loaded, resynced, sent, failed); ok && c.outbox != 0 {
+			handled = append(handled, c.outbox)
 		}
 	}
+}
+
+// flushOne publishes one change of a flush; it reports whether the change
+// is handled (published, resynced, or not to be published).
+func (h *Hook) flushOne(c change, seq uint64, loaded map[*watched]map[string]any,
+	resynced map[[2]string]error, sent, failed map[[2]string]bool) bool {
+	if c.event == realtime.EventResync || (c.reload && loaded[c.w] == nil) {
+		return h.resync(c, resynced) == nil
+	}
+	ref := [2]string{c.w.collection, c.id}
+	rec := c.record
+	if c.reload {
+		// Every reloaded event of a record carries the same, final
+		// version: publish it once, at the record's first event.
+		if rec = loaded[c.w][c.id]; rec == nil {
+			return true // gone since (deleted later, hidden by the default scope)
+		}
+		if sent[ref] {
+			return !failed[ref] // already sent
+		}
+		sent[ref] = true
+	}
+	if c.event == realtime.EventDeleted {
+		delete(sent, ref)
+	}
+	var err error
+	if !h.seq.publish(c.w.collection+"\x00"+c.id, seq, func() { err = h.publishOne(c, rec) }) {
+		h.log.Debug("gormhook: a newer version was published by a later commit; skipping",
+			"collection", c.w.collection, "id", c.id, "event", c.event)
+	}
+	if err != nil {
+		failed[ref] = true
+		return false
+	}
+	return true
 }
 
 func (h *Hook) tenant(ctx context.Context, record any) string {
@@ -112,7 +137,7 @@ func (h *Hook) tenant(ctx context.Context, record any) string {
 	return realtime.TenantFrom(ctx)
 }
 
-func (h *Hook) publish(c change, rec any) {
+func (h *Hook) publishOne(c change, rec any) error {
 	pub := realtime.Publication{
 		Tenant:     h.tenant(c.ctx, rec),
 		Collection: c.w.collection,
@@ -120,23 +145,24 @@ func (h *Hook) publish(c change, rec any) {
 		Event:      c.event,
 	}
 	pub.Record = rec // for deleted: the row before the delete, shown only to the Authorizer
-	if _, err := h.pub.Publish(c.ctx, pub); err != nil {
-		h.log.Error("gormhook: publish after commit failed",
-			"collection", pub.Collection, "id", pub.ID, "event", pub.Event, "tenant", pub.Tenant, "err", err)
-	}
+	_, err := h.pub.Publish(c.ctx, pub)
+	h.published(err, "publish after commit",
+		"collection", pub.Collection, "id", pub.ID, "event", pub.Event, "tenant", pub.Tenant)
+	return err
 }
 
-func (h *Hook) resync(c change, done map[[2]string]bool) {
+// resync resyncs c's collection once per tenant and flush, and returns the
+// outcome of that resync.
+func (h *Hook) resync(c change, done map[[2]string]error) error {
 	tenant := h.tenant(c.ctx, c.record)
 	k := [2]string{tenant, c.w.collection}
-	if done[k] {
-		return
+	if err, ok := done[k]; ok {
+		return err
 	}
-	done[k] = true
-	if err := h.pub.Resync(realtime.WithTenant(c.ctx, tenant), c.w.collection); err != nil {
-		h.log.Error("gormhook: resync after commit failed",
-			"collection", c.w.collection, "tenant", tenant, "err", err)
-	}
+	err := h.pub.Resync(realtime.WithTenant(c.ctx, tenant), c.w.collection)
+	h.published(err, "resync after commit", "collection", c.w.collection, "tenant", tenant)
+	done[k] = err
+	return err
 }
 
 // load reads the records with the given keys as the app reads them (the
@@ -150,7 +176,9 @@ func (h *Hook) load(ctx context.Context, pool gorm.ConnPool, w *watched, keys []
 		col, vals := schema.ToQueryValues(clause.CurrentTable, w.schema.PrimaryFieldDBNames, part)
 		dest := reflect.New(reflect.SliceOf(w.schema.ModelType))
 		q := h.db.Session(&gorm.Session{NewDB: true, Context: ctx})
-		q.Statement.ConnPool = pool
+		if pool != nil {
+			q.Statement.ConnPool = pool
+		}
 		if err := q.Where(clause.IN{Column: col, Values: vals}).Find(dest.Interface()).Error; err != nil {
 			return nil, fmt.Errorf("gormhook: reload %s: %w", w.collection, err)
 		}

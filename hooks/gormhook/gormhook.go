@@ -91,8 +91,10 @@ type Hook struct {
 	maxAffected int
 	tenantFn    func(ctx context.Context, record any) string
 	log         *slog.Logger
+	outboxCfg   *OutboxConfig
 
 	db      *gorm.DB
+	outbox  *outbox // nil without WithOutbox
 	seq     *sequencer
 	byType  map[reflect.Type]*watched
 	byTable map[string]*watched
@@ -116,7 +118,8 @@ func (h *Hook) Name() string { return "realtime:gormhook" }
 
 // Initialize implements gorm.Plugin: it checks the options, wraps db's
 // connection pool so that the transactions it begins report their commit,
-// and registers the hook's callbacks.
+// and registers the hook's callbacks. With WithOutbox it also creates the
+// outbox table when missing and starts the drainer (stop it with Close).
 func (h *Hook) Initialize(db *gorm.DB) error {
 	if err := h.init(db); err != nil {
 		return fmt.Errorf("gormhook: initialize: %w", err)
@@ -170,7 +173,15 @@ func (h *Hook) init(db *gorm.DB) error {
 		}
 	}
 	h.db = db
+	if err := h.initOutbox(db); err != nil {
+		h.db = nil
+		return err
+	}
 	h.seq = newSequencer()
 	h.wrapRootPool(db)
-	return h.registerCallbacks(db)
+	if err := h.registerCallbacks(db); err != nil {
+		return err
+	}
+	h.startOutbox()
+	return nil
 }

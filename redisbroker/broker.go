@@ -1,0 +1,330 @@
+package redisbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ginrealtime/realtime"
+	"github.com/redis/go-redis/v9"
+)
+
+// Broker is a realtime.Broker and realtime.PresenceStore on Redis: one per
+// node (app instance), all sharing one Redis (or Redis Cluster) and one
+// Config.Prefix. See the package documentation.
+type Broker struct {
+	client redis.UniversalClient
+	cfg    Config
+	log    *slog.Logger
+	keys   keys
+	id     string // random: names the probe channel
+	probe  string // probe channel
+
+	// now is the clock of the age bound (MaxAge) of Since: tests set it.
+	now func() time.Time
+
+	// cmdMu orders the subscription commands: the decision to (un)subscribe
+	// a channel, the queuing of its confirmation and the write of the
+	// command happen under it, so the confirmations come back in that order.
+	cmdMu sync.Mutex
+	// dmu is held by run around each node call about a channel, and
+	// taken by Unwatch and Unlisten once the channel is dropped.
+	dmu sync.Mutex
+
+	mu      sync.Mutex
+	node    realtime.Node
+	started bool
+	stopped bool
+	chans   map[string]*chanState // wanted channels, by name
+	sess    *session              // current Pub/Sub link; nil while down
+	// linkCh is closed and replaced whenever the link changes state.
+	linkCh chan struct{}
+	// tried is set once the first link attempt has ended (up or not):
+	// before, Watch and Listen wait for it instead of failing.
+	tried   bool
+	healthy bool // last state reported to Node.Health
+	seq     int  // sessions opened
+
+	stop   chan struct{}
+	ctx    context.Context // ended by Stop: the link's commands
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var (
+	_ realtime.Broker        = (*Broker)(nil)
+	_ realtime.PresenceStore = (*Broker)(nil)
+)
+
+// New returns a Broker on client with cfg (zero fields take their
+// defaults). It does not contact Redis: Start does. The app closes client
+// itself, after Stop.
+func New(client redis.UniversalClient, cfg Config) (*Broker, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{
+		client:  client,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		keys:    keys{prefix: cfg.Prefix},
+		id:      randomID(),
+		now:     time.Now,
+		chans:   make(map[string]*chanState),
+		linkCh:  make(chan struct{}),
+		healthy: true,
+		stop:    make(chan struct{}),
+	}
+	b.probe = b.keys.probe(b.id)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	return b, nil
+}
+
+// randomID returns 128 random bits in hex.
+func randomID() string {
+	var r [16]byte
+	_, _ = rand.Read(r[:]) // never fails (crypto/rand panics instead)
+	return hex.EncodeToString(r[:])
+}
+
+// Append implements realtime.Buffer: one script stores the event at the end
+// of its stream, links it to the previous one and publishes it. A retry of
+// the script (go-redis retries a command whose connection broke) carries the
+// same dedupe id and returns the entry written by the first run.
+func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtime.Event) (uint64, error) {
+	seqs, err := b.appendOnce(ctx, []realtime.StreamKey{key}, ev, randomID())
+	if err != nil {
+		return 0, err
+	}
+	return seqs[0], nil
+}
+
+// AppendRecord implements realtime.Broker: the event is appended to the
+// record's stream and to its collection's by one script (both or neither,
+// nothing between them), deduplicated like Append.
+func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event) error {
+	if ev == nil {
+		return fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
+	}
+	coll := realtime.StreamKey{Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection}
+	_, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID())
+	return err
+}
+
+// appendOnce appends ev to streams (of one collection) with the dedupe id
+// given (tests call it twice with one id, as a retry would).
+func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string) ([]uint64, error) {
+	if ev == nil {
+		return nil, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
+	}
+	data, err := realtime.MarshalEvent(ev)
+	if err != nil {
+		return nil, fmt.Errorf("redisbroker: append: %w: %w", realtime.ErrBadRequest, err)
+	}
+	first := streams[0]
+	ks := make([]string, 0, len(streams)+2)
+	for _, k := range streams {
+		ks = append(ks, b.keys.stream(k))
+	}
+	ks = append(ks, b.keys.index(first.Tenant, first.Collection), b.keys.dedupe(first, dedupe))
+	res, err := appendScript.Run(ctx, b.client, ks,
+		b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL/time.Second)).Slice()
+	if err != nil {
+		return nil, unavailable("append", err)
+	}
+	if len(res) != len(streams)+1 {
+		return nil, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
+	}
+	seqs := make([]uint64, len(streams))
+	for i := range streams {
+		id, _ := res[i].(string)
+		if seqs[i], err = position(id); err != nil {
+			return nil, err
+		}
+	}
+	return seqs, nil
+}
+
+// entry is a stream entry as stored.
+type entry struct {
+	id, prev string
+	seq      uint64
+	etag     string
+	ev       string // MarshalEvent bytes
+}
+
+func parseEntry(m redis.XMessage) (entry, error) {
+	e := entry{id: m.ID}
+	var ok1, ok2, ok3 bool
+	e.etag, ok1 = m.Values["etag"].(string)
+	e.prev, ok2 = m.Values["prev"].(string)
+	e.ev, ok3 = m.Values["ev"].(string)
+	if !ok1 || !ok2 || !ok3 {
+		return e, fmt.Errorf("%w: entry %s lacks a field", ErrCorrupt, m.ID)
+	}
+	var err error
+	e.seq, err = position(m.ID)
+	return e, err
+}
+
+func (e entry) decode() (realtime.Entry, error) {
+	ev, err := realtime.UnmarshalEvent([]byte(e.ev))
+	if err != nil {
+		return realtime.Entry{}, fmt.Errorf("%w: entry %s: %w", ErrCorrupt, e.id, err)
+	}
+	return realtime.Entry{Seq: e.seq, Event: ev}, nil
+}
+
+// Since implements realtime.Buffer with the answers of
+// realtime.MemoryBuffer: the stream's newest Size entries, without those
+// older than MaxAge (from the oldest on), are searched for lastID; an ETag
+// found twice is unknown; on a record stream the newest ETag is up to date
+// even when its entry aged out (trimming by count keeps the newest entry,
+// so it is always there).
+func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID string) (realtime.Lookup, error) {
+	msgs, err := b.client.XRevRangeN(ctx, b.keys.stream(key), "+", "-", int64(b.cfg.Size)).Result()
+	if err != nil {
+		return realtime.Lookup{}, unavailable("since", err)
+	}
+	if len(msgs) == 0 {
+		return realtime.Lookup{Status: realtime.LookupUnknown}, nil
+	}
+	// Oldest first.
+	ents := make([]entry, len(msgs))
+	for i, m := range msgs {
+		e, err := parseEntry(m)
+		if err != nil {
+			return realtime.Lookup{}, err
+		}
+		ents[len(msgs)-1-i] = e
+	}
+	head := ents[len(ents)-1]
+	if lastID == "" {
+		return realtime.Lookup{Status: realtime.LookupUnknown, Seq: head.seq}, nil
+	}
+	if key.ID != "" && lastID == head.etag {
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: head.seq}, nil
+	}
+	// The age bound, from the oldest on, as MemoryBuffer trims.
+	cutoff := b.now().Add(-b.cfg.MaxAge)
+	decoded := make([]realtime.Entry, 0, len(ents))
+	for i, e := range ents {
+		d, err := e.decode()
+		if err != nil {
+			return realtime.Lookup{}, err
+		}
+		if len(decoded) == 0 && d.Event.Time.Before(cutoff) {
+			ents[i] = entry{} // aged out
+			continue
+		}
+		decoded = append(decoded, d)
+	}
+	kept := ents[len(ents)-len(decoded):]
+	at := -1
+	for i := len(kept) - 1; i >= 0; i-- {
+		if kept[i].etag == lastID {
+			if at >= 0 {
+				return realtime.Lookup{Status: realtime.LookupUnknown}, nil // ambiguous
+			}
+			at = i
+		}
+	}
+	switch {
+	case at < 0:
+		return realtime.Lookup{Status: realtime.LookupUnknown}, nil
+	case at == len(kept)-1:
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq}, nil
+	}
+	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Events: decoded[at+1:]}, nil
+}
+
+// Invalidate implements realtime.Buffer: every stream of the collection is
+// emptied (in one script). An emptied stream keeps its last id, so later
+// positions are larger than every earlier one.
+func (b *Broker) Invalidate(ctx context.Context, tenant, collection string) error {
+	if err := invalidateScript.Run(ctx, b.client, []string{b.keys.index(tenant, collection)}).Err(); err != nil {
+		return unavailable("invalidate", err)
+	}
+	return nil
+}
+
+// lastID returns the last id generated in key's stream ("" for none).
+func (b *Broker) lastID(ctx context.Context, name string) (string, error) {
+	id, err := lastIDScript.Run(ctx, b.client, []string{name}).Text()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", unavailable("watch", err)
+	}
+	return id, nil
+}
+
+// readAfter returns the last id generated in stream name, and its entries
+// after id ("" for all), oldest first.
+func (b *Broker) readAfter(ctx context.Context, name, id string) (string, []entry, error) {
+	v, err := catchUpScript.Run(ctx, b.client, []string{name}, after(id)).Result()
+	if err != nil {
+		return "", nil, unavailable("catch up", err)
+	}
+	return parseCatchUp(v)
+}
+
+// parseCatchUp reads catchUpScript's answer.
+func parseCatchUp(v any) (string, []entry, error) {
+	bad := fmt.Errorf("%w: catch-up answer", ErrCorrupt)
+	top, ok := v.([]any)
+	if !ok || len(top) != 2 {
+		return "", nil, bad
+	}
+	last, ok1 := top[0].(string)
+	raw, ok2 := top[1].([]any)
+	if !ok1 || !ok2 {
+		return "", nil, bad
+	}
+	msgs := make([]redis.XMessage, len(raw))
+	for i, r := range raw {
+		pair, ok := r.([]any)
+		if !ok || len(pair) != 2 {
+			return "", nil, bad
+		}
+		id, ok1 := pair[0].(string)
+		kv, ok2 := pair[1].([]any)
+		if !ok1 || !ok2 || len(kv)%2 != 0 {
+			return "", nil, bad
+		}
+		vals := make(map[string]any, len(kv)/2)
+		for j := 0; j < len(kv); j += 2 {
+			k, _ := kv[j].(string)
+			vals[k] = kv[j+1]
+		}
+		msgs[i] = redis.XMessage{ID: id, Values: vals}
+	}
+	ents, err := parseEntries(msgs)
+	return last, ents, err
+}
+
+func parseEntries(msgs []redis.XMessage) ([]entry, error) {
+	out := make([]entry, len(msgs))
+	for i, m := range msgs {
+		e, err := parseEntry(m)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// itoa is strconv.Itoa, short.
+func itoa(n int) string { return strconv.Itoa(n) }
