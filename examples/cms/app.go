@@ -16,7 +16,9 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/ginrealtime/realtime"
 	"github.com/ginrealtime/realtime/hooks/gormhook"
+	"github.com/ginrealtime/realtime/redisbroker"
 	"github.com/glebarez/sqlite"
+	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
 	gormlogger "gorm.io/gorm/logger"
 )
@@ -32,6 +34,10 @@ type appConfig struct {
 	DBPath string
 	// Logger receives every log line of the app and the plugin. Default: slog.Default().
 	Logger *slog.Logger
+	// RedisURL, when set (redis://host:port/db), makes this instance one
+	// node of many sharing that Redis: record events, pushes, presence and
+	// acks span every instance. Default: empty, a single node in memory.
+	RedisURL string
 }
 
 // app is the CMS: a gin engine with the posts API, the realtime plugin
@@ -40,6 +46,8 @@ type app struct {
 	engine  *gin.Engine      // every route
 	rt      *realtime.Plugin // the realtime plugin
 	db      *gorm.DB
+	redis   *redis.Client // nil: a single node
+	hook    *gormhook.Hook
 	log     *slog.Logger
 	writeMu sync.Mutex // PATCH and DELETE compare and write under it
 	ready   atomic.Bool
@@ -79,13 +87,32 @@ func newApp(cfg appConfig) (*app, error) {
 			_ = sqlDB.Close()
 		}
 	}
-	rt, err := realtime.New(realtime.Config{
+	rtCfg := realtime.Config{
 		JWTSecret: cfg.JWTSecret,
 		Loader:    a.loadRecord,
 		Authorize: a.authorize,
 		Logger:    log,
-	})
+	}
+	if cfg.RedisURL != "" {
+		opts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			closeDB()
+			return nil, fmt.Errorf("cms: REDIS_URL: %w", err)
+		}
+		a.redis = redis.NewClient(opts)
+		broker, err := redisbroker.New(a.redis, redisbroker.Config{Logger: log})
+		if err != nil {
+			_ = a.redis.Close()
+			closeDB()
+			return nil, fmt.Errorf("cms: redis broker: %w", err)
+		}
+		rtCfg.Broker = broker
+	}
+	rt, err := realtime.New(rtCfg)
 	if err != nil {
+		if a.redis != nil {
+			_ = a.redis.Close()
+		}
 		closeDB()
 		return nil, fmt.Errorf("cms: realtime: %w", err)
 	}
@@ -94,14 +121,22 @@ func newApp(cfg appConfig) (*app, error) {
 	// Every committed write to posts becomes a record event, published after
 	// commit with the record reloaded from the database. The hook goes on
 	// the root *gorm.DB before anything else uses it.
-	if err := db.Use(gormhook.New(rt, gormhook.Watch(&Post{}, collection))); err != nil {
-		_ = rt.Close(context.Background())
-		closeDB()
+	// With Redis (many instances), each write also records an outbox row
+	// in its transaction: an event that cannot be published at commit (an
+	// outage, a crash) is published by whichever instance drains the row
+	// once Redis is back.
+	opts := []gormhook.Option{gormhook.Watch(&Post{}, collection)}
+	if a.redis != nil {
+		opts = append(opts, gormhook.WithOutbox(gormhook.OutboxConfig{}))
+	}
+	a.hook = gormhook.New(rt, opts...)
+	if err := db.Use(a.hook); err != nil {
+		a.hook = nil
+		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: gorm hook: %w", err)
 	}
 	if err := db.AutoMigrate(&Post{}); err != nil {
-		_ = rt.Close(context.Background())
-		closeDB()
+		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: migrate: %w", err)
 	}
 
@@ -134,6 +169,11 @@ func (a *app) routes() *gin.Engine {
 		c.Data(http.StatusOK, "text/html; charset=utf-8", indexHTML)
 	})
 
+	// The browser client, outside the authenticated group: a page loads it
+	// with <script type="module"> (no token); ETag and 304 from the plugin.
+	r.GET("/api/v1/realtime.js", a.rt.ClientHandler())
+	r.HEAD("/api/v1/realtime.js", a.rt.ClientHandler())
+
 	api := r.Group("/api/v1", a.rt.Authenticate())
 	api.GET("/posts", a.listPosts)
 	api.POST("/posts", a.createPost)
@@ -165,6 +205,12 @@ func (a *app) healthz(c *gin.Context) {
 		errorJSON(c, http.StatusServiceUnavailable, "unavailable", "database unavailable")
 		return
 	}
+	if err := a.rt.Health(); err != nil {
+		// Reads still work; writes answer 503 until the broker is back.
+		a.log.Warn("cms: health check: degraded", "err", err)
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "degraded", "error": "realtime engine unavailable"})
+		return
+	}
 	c.JSON(http.StatusOK, gin.H{"status": "ok"})
 }
 
@@ -174,7 +220,13 @@ func (a *app) Close(ctx context.Context) error {
 	var err error
 	a.closed.Do(func() {
 		a.ready.Store(false)
-		err = a.rt.Close(ctx)
+		if a.hook != nil { // the outbox's drainer publishes through rt: it stops first
+			err = a.hook.Close(ctx)
+		}
+		err = errors.Join(err, a.rt.Close(ctx))
+		if a.redis != nil {
+			err = errors.Join(err, a.redis.Close())
+		}
 		if sqlDB, dbErr := a.db.DB(); dbErr == nil {
 			err = errors.Join(err, sqlDB.Close())
 		}

@@ -27,10 +27,20 @@ func TestIndexPage(t *testing.T) {
 	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 		t.Errorf("Content-Type %q, want text/html", ct)
 	}
-	for _, want := range []string{"new EventSource(", "/subscribe", "token"} {
+	for _, want := range []string{`from "/api/v1/realtime.js"`, "new Realtime(", `rt.record("posts"`, `rt.collection("posts"`, "token"} {
 		if !strings.Contains(string(r.body), want) {
 			t.Errorf("page does not contain %q", want)
 		}
+	}
+
+	// The client module it imports is served without a token, with an ETag.
+	js := e.do("GET", "/api/v1/realtime.js", "", "")
+	wantStatus(t, "GET /api/v1/realtime.js", js, http.StatusOK)
+	if ct := js.header.Get("Content-Type"); ct != "text/javascript; charset=utf-8" {
+		t.Errorf("realtime.js Content-Type %q", ct)
+	}
+	if !strings.Contains(string(js.body), "export class Realtime") || js.header.Get("ETag") == "" {
+		t.Errorf("realtime.js: %d bytes, ETag %q", len(js.body), js.header.Get("ETag"))
 	}
 }
 

@@ -16,6 +16,14 @@ import (
 //     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
 //     401, ping, bad input, channel wildcards, tenants, multicast, filters,
 //     acks with a silent connection, presence, 1009 on an oversize frame.
+//   - client.test.mjs, the browser client (client/realtime.js) under
+//     Node with "ws" and "eventsource" injected: backoff schedule,
+//     resubscription after a dropped socket, resync → snapshot, restart,
+//     token refresh before expiry;
+//   - browser.test.mjs, the page in headless Chromium (playwright-core and
+//     Debian's chromium; skipped without it, a failure on CI): two tabs,
+//     a server restart, offline mode, a push and its ack; screenshots in
+//     conformance/screenshots/.
 //
 // Both share harness.mjs (build, start/stop, tokens, free port). It needs
 // node and npm (and the npm registry for `npm ci`); on CI a missing node is

@@ -21,8 +21,10 @@
 //	            token (sub "dev", tenant "default", scope "publish", 24 h) is
 //	            printed at start
 //	DB_PATH     SQLite database file (default cms.db)
-//	REDIS_URL   reserved for the distributed engine (not supported yet: the
-//	            app logs so and runs in memory)
+//	REDIS_URL   redis://host:port/db: this instance becomes one node of many
+//	            sharing that Redis (events, pushes, presence and acks span
+//	            every instance; run several on one DB_PATH behind a load
+//	            balancer). Unset: one node, everything in memory.
 //
 // GET /healthz answers 200 once the app is ready. SIGINT or SIGTERM shut it
 // down gracefully: open streams end cleanly and the database is closed.
@@ -53,7 +55,6 @@ type envConfig struct {
 	port int
 	// devToken is set when JWT_SECRET was not: a token signed with the random key.
 	devToken string
-	redisURL string
 }
 
 // devTokenTTL is how long the printed dev token is valid.
@@ -61,7 +62,8 @@ const devTokenTTL = 24 * time.Hour
 
 // loadEnv reads the configuration through getenv (os.Getenv in main).
 func loadEnv(getenv func(string) string) (envConfig, error) {
-	cfg := envConfig{port: 8080, redisURL: getenv("REDIS_URL")}
+	cfg := envConfig{port: 8080}
+	cfg.app.RedisURL = getenv("REDIS_URL")
 	if v := getenv("PORT"); v != "" {
 		p, err := strconv.Atoi(v)
 		if err != nil || p < 1 || p > 65535 {
@@ -133,9 +135,6 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	log := cfg.app.Logger
 	if log == nil {
 		log = slog.Default()
-	}
-	if cfg.redisURL != "" {
-		log.Warn("cms: REDIS_URL is set but the distributed engine is not supported yet; running in memory on this node only")
 	}
 	a, err := newApp(cfg.app)
 	if err != nil {

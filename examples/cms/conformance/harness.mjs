@@ -61,15 +61,21 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * startExample builds examples/cms into a fresh temporary directory and
  * starts it on a free port. The handle can stop and start the same binary
  * again (same port, same database: a restart) and close everything.
+ * Options: env (more environment, e.g. REDIS_URL), db (the SQLite file,
+ * to share one between instances; default: in the instance's directory),
+ * bin (an already built binary: ex.bin of another instance).
  */
-export async function startExample() {
+export async function startExample(opts = {}) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
-  const bin = path.join(work, "cms");
-  try {
-    execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
-  } catch (err) {
-    fs.rmSync(work, { recursive: true, force: true });
-    throw err;
+  const bin = opts.bin ?? path.join(work, "cms");
+  const db = opts.db ?? path.join(work, "cms.db");
+  if (!opts.bin) {
+    try {
+      execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
+    } catch (err) {
+      fs.rmSync(work, { recursive: true, force: true });
+      throw err;
+    }
   }
   const port = await freePort();
   let server;
@@ -77,11 +83,13 @@ export async function startExample() {
   const ex = {
     port,
     work,
+    bin,
+    db,
     url: `http://127.0.0.1:${port}`,
     /** start runs the binary and waits for /healthz. */
     async start() {
       server = spawn(bin, [], {
-        env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: path.join(work, "cms.db") },
+        env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: db, ...(opts.env ?? {}) },
         stdio: ["ignore", "ignore", fs.openSync(path.join(work, "cms.log"), "a")],
       });
       const until = Date.now() + guard;
@@ -99,6 +107,13 @@ export async function startExample() {
       if (!server || server.exitCode !== null || server.signalCode !== null) return;
       const exited = new Promise((r) => server.once("exit", r));
       server.kill("SIGTERM");
+      await exited;
+    },
+    /** kill ends the process at once (SIGKILL: no clean shutdown) and waits for it. */
+    async kill() {
+      if (!server || server.exitCode !== null || server.signalCode !== null) return;
+      const exited = new Promise((r) => server.once("exit", r));
+      server.kill("SIGKILL");
       await exited;
     },
     /** close stops the server and removes its directory. */

@@ -1,0 +1,248 @@
+// Two instances of examples/cms on one SQLite file and one real Redis
+// (PROTOCOL.md §9), driven by the npm "eventsource" and "ws" clients:
+// events, resumes, pushes, presence and acks across instances, and a Redis
+// that dies and comes back. The suite starts its own redis-server (on a free
+// port, nothing on disk) so it can kill it; on CI a missing redis-server is
+// a failure (.ci/run installs it), elsewhere the suite is skipped.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import net from "node:net";
+import { EventSource } from "eventsource";
+import WebSocket from "ws";
+import { freePort, guard, sleep, startExample, token } from "./harness.mjs";
+
+let redisBin = null;
+try {
+  execFileSync("redis-server", ["--version"], { stdio: "ignore" });
+  redisBin = "redis-server";
+} catch {
+  if (process.env.CI === "true") throw new Error("redis-server is required on CI (.ci/run installs it)");
+}
+const skip = redisBin ? false : "redis-server is not installed";
+
+let redisPort;
+let redis; // the redis-server process
+let a, b; // the two instances
+
+function startRedis() {
+  redis = spawn(redisBin, ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  return waitPort(redisPort);
+}
+
+async function waitPort(port) {
+  const until = Date.now() + guard;
+  while (Date.now() < until) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1");
+      s.once("connect", () => (s.destroy(), r(true)));
+      s.once("error", () => r(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+async function stopRedis() {
+  if (!redis || redis.exitCode !== null) return;
+  const exited = new Promise((r) => redis.once("exit", r));
+  redis.kill("SIGKILL");
+  await exited;
+}
+
+before(async () => {
+  if (skip) return;
+  redisPort = await freePort();
+  await startRedis();
+  const env = { REDIS_URL: `redis://127.0.0.1:${redisPort}/0` };
+  a = await startExample({ env });
+  b = await startExample({ env, db: a.db, bin: a.bin });
+});
+
+after(async () => {
+  await a?.close();
+  await b?.close();
+  await stopRedis();
+});
+
+const alice = token({ sub: "alice" });
+const backend = token({ sub: "backend", scope: "publish" });
+
+async function until(pred, what) {
+  const stop = Date.now() + guard;
+  while (!(await pred())) {
+    if (Date.now() > stop) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+async function createPost(ex, fields) {
+  const res = await ex.api("POST", "/posts", alice, fields);
+  assert.equal(res.status, 201);
+  return { post: await res.json(), etag: res.headers.get("etag") };
+}
+
+async function patchPost(ex, id, fields) {
+  const res = await ex.api("PATCH", `/posts/${id}`, alice, fields);
+  assert.equal(res.status, 200, await res.clone().text());
+  return res.headers.get("etag");
+}
+
+// follow opens an EventSource and records the contract's events in order.
+function follow(url) {
+  const es = new EventSource(url);
+  const events = [];
+  for (const type of ["snapshot", "changed", "deleted", "resync"]) {
+    es.addEventListener(type, (e) => events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) }));
+  }
+  return { es, events, until: (pred, what) => until(() => pred(events), `${what}; got ${JSON.stringify(events)}`) };
+}
+
+// connect opens a WebSocket, resolving once the connected frame arrived.
+async function connect(ex, tok) {
+  const ws = new WebSocket(`${ex.url.replace(/^http/, "ws")}/api/v1/ws?token=${encodeURIComponent(tok)}`);
+  const c = { ws, frames: [] };
+  ws.on("message", (d) => c.frames.push(JSON.parse(d.toString())));
+  ws.on("error", () => {});
+  c.next = (pred, what) =>
+    until(() => c.frames.some(pred), `${what}; frames ${JSON.stringify(c.frames)}`).then(() => c.frames.find(pred));
+  c.send = (m) => ws.send(JSON.stringify(m));
+  c.close = () => ws.close();
+  await c.next((f) => f.type === "connected", "connected");
+  return c;
+}
+
+test("a change on one instance reaches SSE and WebSocket subscribers of the other; a resume crosses instances", { skip }, async () => {
+  const { post, etag } = await createPost(a, { title: "t0", body: "b" });
+  const sse = follow(`${b.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  await sse.until((ev) => ev.length === 1, "the snapshot on B");
+  assert.deepEqual([sse.events[0].type, sse.events[0].id], ["snapshot", etag]);
+  const ws = await connect(b, alice);
+  ws.send({ type: "subscribe", records: [{ collection: "posts", id: String(post.id), lastEventId: etag }] });
+  await ws.next((f) => f.type === "subscribed", "subscribed");
+
+  const e1 = await patchPost(a, post.id, { title: "t1" });
+  await sse.until((ev) => ev.length === 2, "the change on B");
+  assert.deepEqual([sse.events[1].type, sse.events[1].id, sse.events[1].data.title], ["changed", e1, "t1"]);
+  const f = await ws.next((f) => f.type === "changed", "the change over B's WebSocket");
+  assert.equal(f.etag, e1);
+  sse.es.close();
+
+  // What B's client saw was e1; two more changes are made on B; the client
+  // resumes on A and gets exactly those.
+  const e2 = await patchPost(b, post.id, { title: "t2" });
+  const e3 = await patchPost(b, post.id, { title: "t3" });
+  const resumed = follow(`${a.url}/api/v1/posts/${post.id}/subscribe?token=${alice}&lastEventId=${encodeURIComponent(e1)}`);
+  await resumed.until((ev) => ev.length === 2, "the replay on A");
+  assert.deepEqual(resumed.events.map((e) => [e.type, e.id]), [["changed", e2], ["changed", e3]]);
+  resumed.es.close();
+  ws.close();
+});
+
+// balancer is a TCP load balancer in front of the instances: it sends new
+// connections to the current target, and can be switched.
+function balancer(port) {
+  let target = port;
+  const socks = new Set();
+  const srv = net.createServer((sock) => {
+    const up = net.connect(target, "127.0.0.1");
+    socks.add(sock);
+    const drop = () => (sock.destroy(), up.destroy(), socks.delete(sock));
+    sock.on("error", drop).on("close", drop);
+    up.on("error", drop).on("close", drop);
+    sock.pipe(up);
+    up.pipe(sock);
+  });
+  return new Promise((resolve) =>
+    srv.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${srv.address().port}`,
+        switchTo: (p) => (target = p),
+        close: () => (socks.forEach((s) => s.destroy()), new Promise((r) => srv.close(r))),
+      }),
+    ),
+  );
+}
+
+test("an instance killed mid-stream: its clients resume on the other with nothing lost", { skip }, async () => {
+  const lb = await balancer(b.port);
+  const { post } = await createPost(a, { title: "k0" });
+  const sse = follow(`${lb.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  await sse.until((ev) => ev.length === 1, "the snapshot through the balancer (on B)");
+  const e1 = await patchPost(a, post.id, { title: "k1" });
+  await sse.until((ev) => ev.length === 2, "k1");
+
+  await b.kill(); // no clean end: the client just loses its connection
+  lb.switchTo(a.port);
+  const e2 = await patchPost(a, post.id, { title: "k2" });
+  const e3 = await patchPost(a, post.id, { title: "k3" });
+  // The EventSource reconnects by itself (through the balancer, now to A)
+  // with Last-Event-ID e1: exactly k2 and k3, no resync, nothing twice.
+  await sse.until((ev) => ev.length === 4, "the missed events after the reconnect");
+  assert.deepEqual(sse.events.map((e) => [e.type, e.id]), [
+    ["snapshot", sse.events[0].id],
+    ["changed", e1],
+    ["changed", e2],
+    ["changed", e3],
+  ]);
+  sse.es.close();
+  await lb.close();
+  await b.start(); // back for the next tests
+});
+
+test("pushes, presence and acks across instances", { skip }, async () => {
+  const tenant = "cluster-push";
+  const pub = token({ sub: "backend", scope: "publish", tenant });
+  const onB = await connect(b, token({ sub: "u-b", tenant }));
+  const silentOnA = await connect(a, token({ sub: "u-a", tenant }));
+
+  let res = await a.api("GET", "/presence", pub);
+  assert.deepEqual(await res.json(), { tenant, users: ["u-a", "u-b"], connections: 2 });
+  res = await a.api("GET", "/presence/u-b", pub);
+  assert.deepEqual(await res.json(), { user: "u-b", online: true, connections: 1 });
+
+  const answer = a.api("POST", "/notify", pub, { users: ["u-b", "u-a", "u-b"], event: "hello", data: { n: 1 }, awaitAcks: "2s" });
+  const m = await onB.next((f) => f.type === "message", "the push on B");
+  assert.equal(m.event, "hello");
+  onB.send({ type: "ack", envelopeId: m.envelopeId, result: { seen: true } });
+  res = await answer;
+  const body = await res.json();
+  assert.equal(res.status, 200);
+  assert.equal(body.delivered, 2);
+  assert.equal(body.users, 2);
+  assert.deepEqual(body.acks.map((x) => [x.user, x.result]), [["u-b", { seen: true }]]);
+  assert.equal(body.timedOut, 1);
+  onB.close();
+  silentOnA.close();
+});
+
+test("Redis killed: publishing answers 503 and health is degraded; Redis back: subscribers end in the right state", { skip }, async () => {
+  const { post } = await createPost(a, { title: "before" });
+  const sse = follow(`${b.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
+  await sse.until((ev) => ev.length === 1, "the snapshot");
+
+  await stopRedis();
+  await until(async () => (await fetch(`${a.url}/healthz`)).status === 503, "A's health to be degraded");
+  let res = await a.api("POST", `/posts/${post.id}/events`, backend, { event: "changed", data: { id: String(post.id), title: "x" } });
+  assert.equal(res.status, 503);
+  res = await a.api("POST", "/notify", backend, { event: "e" });
+  assert.equal(res.status, 503);
+  // A write to the database during the outage: committed, its event cannot
+  // be sent now.
+  await patchPost(a, post.id, { title: "during" });
+
+  await startRedis(); // empty: every buffered event is gone
+  await until(async () => (await fetch(`${a.url}/healthz`)).status === 200, "A's health to recover");
+  await sse.until((ev) => ev.some((e) => e.data.title === "during"), "the subscriber to get the state written during the outage");
+  // Redis came back empty: what the subscriber had seen is gone from the
+  // buffer, so it was told (resync) and given the stored record.
+  assert.ok(sse.events.some((e) => e.type === "resync"), `no resync in ${JSON.stringify(sse.events)}`);
+  await sse.until((ev) => ev[ev.length - 1].data.title === "during", "the stored record last");
+  // Live events flow again.
+  const e = await patchPost(a, post.id, { title: "after" });
+  await sse.until((ev) => ev.some((x) => x.id === e), "a change after the outage");
+  sse.es.close();
+});
