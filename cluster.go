@@ -22,10 +22,15 @@ type cluster struct {
 
 	// ops is the bounded queue of broker calls made off the caller's
 	// goroutine (replies, acks, unwatch, unlisten, presence removal), run
-	// in order by one goroutine. When it is full the caller runs its call
-	// itself: nothing is dropped.
-	ops     chan func(context.Context)
-	opsDone chan struct{}
+	// in order by one goroutine. When it is full the call runs on a
+	// goroutine of its own (counted by overflow): nothing is dropped, and
+	// no caller waits, not even the broker's delivery goroutine calling
+	// the Node (a broker call made there could wait for that goroutine).
+	ops      chan func(context.Context)
+	opsDone  chan struct{}
+	overflow sync.WaitGroup
+	opsMu    sync.Mutex // guards opsOff and the sends on ops
+	opsOff   bool       // stop has begun: calls are no longer made
 
 	healthMu sync.Mutex
 	health   error
@@ -127,11 +132,15 @@ func (c *cluster) start() error {
 
 // stop ends the node: queued operations run, then the broker stops.
 func (c *cluster) stop(ctx context.Context) error {
+	c.opsMu.Lock()
+	c.opsOff = true
 	close(c.ops)
+	c.opsMu.Unlock()
 	select {
 	case <-c.opsDone:
 	case <-ctx.Done():
 	}
+	c.overflow.Wait() // each bounded by its own 5 s context
 	if err := c.b.Stop(ctx); err != nil {
 		return fmt.Errorf("realtime: broker stop: %w", err)
 	}
@@ -147,22 +156,25 @@ func (c *cluster) runOps() {
 	}
 }
 
-// async runs op on the ops goroutine, or here when its queue is full or
-// the node is stopping.
+// async runs op on the ops goroutine, or on a goroutine of its own when
+// the queue is full or closed (the node is stopping).
+// Once the node stops, calls are dropped: the broker stops too.
 func (c *cluster) async(op func(context.Context)) {
-	defer func() {
-		if recover() != nil { // ops closed: the node is stopping
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			op(ctx)
-			cancel()
-		}
-	}()
+	c.opsMu.Lock()
+	defer c.opsMu.Unlock()
+	if c.opsOff {
+		return
+	}
 	select {
 	case c.ops <- op:
 	default:
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		op(ctx)
-		cancel()
+		c.overflow.Add(1)
+		go func() {
+			defer c.overflow.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			op(ctx)
+		}()
 	}
 }
 

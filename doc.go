@@ -92,8 +92,8 @@
 //     without blocking. Broker calls that must not run on a caller's
 //     goroutine (delivery counts, forwarded acks, unwatch, unlisten,
 //     presence) go through one bounded queue (4,096) run in order by one
-//     goroutine; when it is full the caller makes its call itself (nothing
-//     is dropped). Subscribing calls Broker.Watch and opening a WebSocket
+//     goroutine; when it is full the call runs on a goroutine of its own
+//     (nothing is dropped, no caller waits; Close waits for them). Subscribing calls Broker.Watch and opening a WebSocket
 //     calls Broker.Listen on the subscriber's goroutine, before the first
 //     frames or the connected frame. Notify waits up to 2 s for the other
 //     nodes' delivery counts. Presence is renewed by a ticker of the
