@@ -277,3 +277,26 @@ func TestOneOrderRecordAndCollection(t *testing.T) {
 		t.Fatal("the record stream and the collection stream ordered the same events differently")
 	}
 }
+
+// A channel push from one node reaches the matching subscribers of every
+// node, and only them.
+func TestClusterChannelPush(t *testing.T) {
+	_, a, _, sa, sb := twoNodes(t, Config{})
+	onB, _ := connectWS(t, sb, userToken(t, "alice"))
+	defer onB.Close()
+	other, _ := connectWS(t, sa, userToken(t, "bob"))
+	defer other.Close()
+	sendWS(t, onB, `{"type":"subscribe","channels":["orders.*"]}`)
+	expectType(t, onB, "subscribed")
+	sendWS(t, other, `{"type":"subscribe","channels":["news.>"]}`)
+	expectType(t, other, "subscribed")
+	res, err := a.Notify(context.Background(), Notification{Channel: "orders.new", Event: "order_created", Data: map[string]int{"order_id": 1}})
+	if err != nil || res.Delivered != 1 || res.Users != 1 {
+		t.Fatalf("notify: %+v %v", res, err)
+	}
+	if m := expectType(t, onB, "message"); m.Channel != "orders.new" || m.Event != "order_created" {
+		t.Fatalf("got %s", m.raw)
+	}
+	sendWS(t, other, `{"type":"ping"}`)
+	expectType(t, other, "pong") // nothing was queued before it
+}
