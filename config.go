@@ -118,6 +118,13 @@ type Config struct {
 	PollMaxTimeout time.Duration
 	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
 	MaxBodyBytes int64
+	// CORSAllowedOrigins are the origins (scheme://host[:port], or "*")
+	// whose pages may call the publish endpoints (POST events, POST
+	// notify, GET presence) from a browser: their preflight is answered
+	// and their requests get CORS headers; a request from another origin
+	// is refused with 403 and no CORS headers. Default: none (no CORS: a
+	// cross-origin browser call fails its preflight).
+	CORSAllowedOrigins []string
 
 	// WSAllowedOrigins lists the Origin values (scheme://host[:port]) allowed
 	// to open a WebSocket on GET {base}/ws; "*" allows any. A request without
@@ -222,6 +229,11 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		if *n.v == 0 {
 			*n.v = n.def
+		}
+	}
+	if len(c.CORSAllowedOrigins) > 0 {
+		if _, err := corsConfig(c.CORSAllowedOrigins); err != nil {
+			return c, err
 		}
 	}
 	if c.BufferMemory < 0 || c.MaxBodyBytes < 0 {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gin-contrib/cors"
 	"github.com/gin-gonic/gin"
 )
 
@@ -25,6 +26,7 @@ type Plugin struct {
 	retry   []byte
 	ws      *wsServer
 	cluster *cluster // nil without a Broker
+	cors    gin.HandlerFunc // nil without Config.CORSAllowedOrigins
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -55,6 +57,10 @@ func New(cfg Config) (*Plugin, error) {
 		cancel:  cancel,
 		stop:    make(chan struct{}),
 		live:    make(map[*subscriber]struct{}),
+	}
+	if len(c.CORSAllowedOrigins) > 0 {
+		cc, _ := corsConfig(c.CORSAllowedOrigins) // validated by withDefaults
+		p.cors = cors.New(cc)
 	}
 	p.writers = newWriterPool(p, c.Writers)
 	p.ws = newWSServer(p)
@@ -128,7 +134,7 @@ func (p *Plugin) Register(rg gin.IRoutes) {
 	rg.GET("/:collection/subscribe", p.handleSubscribe("", false))
 	rg.GET("/:collection/:id/subscribe", p.handleSubscribe("", true))
 	rg.GET("/:collection/:id/poll", p.handlePoll(""))
-	rg.POST("/:collection/:id/events", p.handlePublish(""))
+	p.publishRoute(rg, http.MethodPost, "/:collection/:id/events", p.handlePublish(""))
 	p.ws.mount(rg)
 }
 
@@ -142,7 +148,7 @@ func (p *Plugin) RegisterCollection(rg gin.IRoutes, collections ...string) {
 		rg.GET(base+"/subscribe", p.handleSubscribe(name, false))
 		rg.GET(base+"/:id/subscribe", p.handleSubscribe(name, true))
 		rg.GET(base+"/:id/poll", p.handlePoll(name))
-		rg.POST(base+"/:id/events", p.handlePublish(name))
+		p.publishRoute(rg, http.MethodPost, base+"/:id/events", p.handlePublish(name))
 	}
 }
 
