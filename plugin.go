@@ -25,7 +25,7 @@ type Plugin struct {
 	writers *writerPool
 	retry   []byte
 	ws      *wsServer
-	cluster *cluster // nil without a Broker
+	cluster *cluster        // nil without a Broker
 	cors    gin.HandlerFunc // nil without Config.CORSAllowedOrigins
 
 	baseCtx context.Context
