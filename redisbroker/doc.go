@@ -105,4 +105,76 @@
 // channels already share their collection's slot, so the Append script
 // could SPUBLISH) would need one Pub/Sub connection per shard and a
 // cross-shard count; it is not done.
+//
+// # The queue
+//
+// Backends that cannot call the HTTP endpoints enqueue publish requests on
+// a Redis stream; a Queue on each node (NewQueue, Start, Close) consumes
+// it with one consumer group and hands each request to the plugin
+// (PROTOCOL.md §8):
+//
+//	q, err := redisbroker.NewQueue(rdb, plugin, redisbroker.QueueConfig{})
+//	err = q.Start()
+//	// on shutdown, before plugin.Close: q.Close(ctx)
+//
+// A request is one stream entry with one field, request, whose value is a
+// JSON object: a push (the body of POST {base}/notify with the tenant) or a
+// record event (the body of POST {base}/:collection/:id/events with the
+// tenant, collection and id):
+//
+//	{"type":"notify","tenant":"t1","users":["u1"],"excludeUsers":["u3"],
+//	 "channel":"orders.new","event":"order_created","data":{"order_id":123}}
+//	{"type":"publish","tenant":"t1","collection":"posts","id":"42",
+//	 "event":"changed","data":{"id":"42","title":"Hello"},"etag":"\"v7\""}
+//
+// type is required; tenant defaults to "default"; the other fields mean
+// what they mean over HTTP and are checked the same way (the plugin's
+// Notify and Publish do it). awaitAcks is refused (nobody waits for the
+// answer), and so are the fields of the other type. Other fields of the
+// entry are ignored (and kept in a dead letter). From redis-cli:
+//
+//	redis-cli XADD rt:queue '*' request '{"type":"notify","tenant":"t1","channel":"orders.new","event":"order_created","data":{"order_id":123}}'
+//
+// From Python (redis-py):
+//
+//	r.xadd("rt:queue", {"request": json.dumps({"type": "publish", "tenant": "t1",
+//	    "collection": "posts", "id": "42", "event": "changed", "data": post})})
+//
+// Delivery. The group is created (with MKSTREAM) reading from the stream's
+// start, "0", not "$": requests XADDed before any node ever ran are
+// delivered too. Each Queue reads up to Batch new requests at once
+// (XREADGROUP), processes them concurrently (at most Concurrency at once),
+// then acknowledges (XACK) and deletes (XDEL) those done: the stream only
+// holds requests not yet processed, so producers need not trim it (a
+// MAXLEN on XADD may drop requests not yet read) and it must not be read
+// by other groups. Requests about one record (tenant, collection, id), and
+// pushes to one channel, are processed in stream order within a batch;
+// nothing orders requests of different batches read by different nodes, or
+// a retried request against later ones.
+//
+// Failures. A request that is bad (not JSON, unknown type, a check the
+// plugin fails with realtime.ErrBadRequest) is written to the dead-letter
+// stream (QueueConfig.DeadLetter, "rt:queue:dead") at once and acknowledged:
+// it blocks nothing. Any other failure (realtime.ErrUnavailable while the
+// broker is down, the plugin closing) leaves the request pending; a Queue
+// claims requests pending longer than RetryAfter (XPENDING IDLE for their
+// delivery counts, then XCLAIM) and retries them, up to MaxAttempts
+// deliveries, then dead-letters them. This also recovers what a node that
+// died was processing; a request delivered MaxAttempts times without an
+// answer (a request that kills nodes) is dead-lettered unprocessed. While a
+// batch is processed its entries are re-claimed every RetryAfter/3 (XCLAIM
+// JUSTID) so that no other node takes them meanwhile; each request gets
+// RetryAfter to complete. A dead letter holds the original fields, then
+// reason, attempts (deliveries) and entry (its id in the queue stream):
+//
+//	redis-cli XRANGE rt:queue:dead - +
+//
+// To retry dead letters, XADD their request fields to the queue again.
+//
+// Delivery is at least once: a node that dies (or loses Redis) after
+// processing requests and before XACK leaves them pending, and they are
+// processed again: a record event is then published twice (same ETag, the
+// same version again), a push pushed twice (with a new envelopeId). On a
+// Redis Cluster the queue and dead-letter streams may live in different
+// slots: no command spans both.
 package redisbroker
