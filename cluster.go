@@ -81,6 +81,7 @@ type clusterMsg struct {
 	Event    string          `json:"event,omitempty"`
 	Data     json.RawMessage `json:"data,omitempty"`
 	AwaitMs  int64           `json:"awaitMs,omitempty"`
+	Seq      uint64          `json:"seq,omitempty"` // the push's position in its channel's buffer
 	// count: the connections a node delivered to, with their users
 	Conns []connRef `json:"conns,omitempty"`
 	// ack
@@ -92,6 +93,8 @@ type clusterMsg struct {
 type connRef struct {
 	ID   string `json:"id"`
 	User string `json:"user"`
+	// Stream: an SSE channel stream, which cannot ack.
+	Stream bool `json:"s,omitempty"`
 }
 
 const (
@@ -276,17 +279,14 @@ func (c *cluster) deliverNotify(m *clusterMsg) {
 	p := c.p
 	targets := p.ws.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	conns := make([]connRef, 0, len(targets))
-	var sched []*wsConn
+	lp := &localPush{channel: m.Channel, event: m.Event, id: m.Envelope, seq: m.Seq, frame: m.Frame}
+	var batch pushBatch
 	for _, t := range targets {
-		ok, schedule := t.enqueue(m.Frame)
-		if schedule {
-			sched = append(sched, t)
-		}
-		if ok {
-			conns = append(conns, connRef{ID: t.id, User: t.user})
+		if batch.push(t, lp) {
+			conns = append(conns, connRef{ID: t.id, User: t.user, Stream: t.stream != nil})
 		}
 	}
-	p.writers.addConns(sched)
+	batch.flush(p)
 	if m.AwaitMs > 0 && len(conns) > 0 {
 		c.ackMu.Lock()
 		c.remoteAcks[m.Envelope] = remoteAck{origin: m.Origin,
@@ -361,7 +361,7 @@ func (w *countWait) add(conns []connRef) {
 // notify is Notify through the broker: the push is published to the
 // topics of its targets, every node delivers to its own connections and
 // answers with what it delivered.
-func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id string, frame, data json.RawMessage) (NotifyResult, error) {
+func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id string, frame, data json.RawMessage, seq uint64) (NotifyResult, error) {
 	p := c.p
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	var wait *ackWait
@@ -373,7 +373,9 @@ func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id 
 	if wait != nil {
 		cw.onConns = func(conns []connRef) {
 			for _, cr := range conns {
-				wait.expect(cr.ID)
+				if !cr.Stream {
+					wait.expect(cr.ID)
+				}
 			}
 		}
 	}
@@ -387,7 +389,7 @@ func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id 
 	}()
 
 	m := clusterMsg{Type: "notify", Origin: c.nodeID, Envelope: id, Frame: frame, Tenant: tenant,
-		Exclude: n.ExcludeUsers, Channel: n.Channel, Event: n.Event, Data: data, AwaitMs: n.AwaitAcks.Milliseconds()}
+		Exclude: n.ExcludeUsers, Channel: n.Channel, Event: n.Event, Data: data, AwaitMs: n.AwaitAcks.Milliseconds(), Seq: seq}
 	var topics []string
 	var perTopic [][]string
 	if len(n.Users) > 0 {
@@ -437,14 +439,18 @@ func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id 
 	conns := append([]connRef(nil), cw.conns...)
 	cw.mu.Unlock()
 	users := make(map[string]struct{})
+	awaiting := 0
 	for _, cr := range conns {
 		users[cr.User] = struct{}{}
+		if !cr.Stream {
+			awaiting++
+		}
 	}
 	res.Delivered = len(conns)
 	res.Users = len(users)
-	if wait != nil && res.Delivered > 0 {
+	if wait != nil && awaiting > 0 {
 		res.Acks = wait.wait(ctx, n.AwaitAcks, p.ws.acks.closed)
-		res.TimedOut = res.Delivered - len(res.Acks)
+		res.TimedOut = awaiting - len(res.Acks)
 	}
 	return res, nil
 }
@@ -476,6 +482,27 @@ func (c *cluster) connClosed(conn *wsConn) {
 		if c.ps != nil {
 			_ = c.ps.RemovePresence(ctx, PresenceConn{Tenant: tenant, User: user, ConnID: id})
 		}
+	})
+}
+
+// streamOpened makes the broker bring this node the pushes an SSE channel
+// stream of (tenant, user) may be targeted by (no presence: a stream is
+// not a connection of §7's presence).
+func (c *cluster) streamOpened(tenant, user string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, t := range []string{topicTenant(tenant), topicUser(tenant, user)} {
+		if err := c.b.Listen(ctx, t); err != nil {
+			c.p.log.Warn("realtime: broker listen failed", "err", err)
+		}
+	}
+}
+
+// streamClosed undoes streamOpened, off the caller's goroutine.
+func (c *cluster) streamClosed(tenant, user string) {
+	c.async(func(ctx context.Context) {
+		_ = c.b.Unlisten(ctx, topicTenant(tenant))
+		_ = c.b.Unlisten(ctx, topicUser(tenant, user))
 	})
 }
 

@@ -72,6 +72,12 @@ type Config struct {
 	// Authorize is checked at subscribe time and before each frame. Default: nil,
 	// every identity may see every record of its own tenant.
 	Authorize Authorizer
+	// AuthorizeChannel decides who may subscribe to a channel (WebSocket
+	// subscribe, SSE channel stream) or read its history (PROTOCOL.md §8).
+	// It sees patterns as sent and must refuse those that would reach a
+	// channel the identity may not read (see ChannelAuthorizer). Default:
+	// nil, every channel of the token's tenant.
+	AuthorizeChannel ChannelAuthorizer
 	// ETag computes record ETags. Default: DefaultETag. A record value that
 	// implements ETagger supplies its own ETag instead.
 	ETag ETagFunc
@@ -84,7 +90,8 @@ type Config struct {
 	// pushes, presence and acks span every node sharing it, and it is the
 	// shared buffer. Default: nil, a single node.
 	Broker Broker
-	// BufferSize is the number of events kept per record and per collection. Default: 100.
+	// BufferSize is the number of events kept per record, per collection
+	// and per channel (channel history), and the largest history limit. Default: 100.
 	BufferSize int
 	// BufferMaxAge is how long an event is kept. Default: 1h.
 	BufferMaxAge time.Duration

@@ -84,6 +84,30 @@
 //     answer is queued before the first frames. Unsubscribe, the end of the
 //     connection and Close detach and untrack every such subscriber exactly
 //     once (whoever removes it from the connection's record set).
+//   - A push with a channel is appended to the channel's buffer (the
+//     records' Buffer, stream key {tenant, "\x00channel", channel}) on the
+//     caller's goroutine before it is handed to any target (with a Broker,
+//     before it is published to the other nodes); its position travels
+//     with it. A WebSocket subscribe with since runs on the connection's
+//     inbox goroutine: it marks the channels as holding (a per-connection
+//     list, under the connection's own lock, which pushes to that channel
+//     then take), subscribes them, reads the buffer, queues the subscribed
+//     answer, the replay and the held pushes, then stops holding; a push
+//     at or below the newest position the replay read is dropped, so a
+//     Notify racing the subscribe is delivered once. A connection without
+//     such channels takes no extra lock (an atomic flag). The hold is
+//     bounded by Config.WSSendQueue (overflow closes with 1013).
+//   - An SSE channel stream (GET …/channels/subscribe) is a subscriber
+//     like a record stream (same writer pool or handler goroutine, same
+//     heartbeats, bounded queue with disconnect on overflow, Close) that
+//     is also registered in the WebSocket registry as a push target of
+//     its (tenant, user) with its patterns: Notify reaches it through the
+//     same indexes, with the same cost, without presence, slot or acks.
+//     It holds from the start, so its Last-Event-ID replay and the pushes
+//     racing it are handed over by position as for records.
+//   - Config.AuthorizeChannel is called on the WebSocket inbox goroutine
+//     and on handler goroutines, once per channel or pattern at subscribe
+//     or history time, never per push.
 //   - Notify with AwaitAcks blocks its caller (never a connection) until the
 //     acks arrive, AwaitAcks passes, its context ends or the plugin closes.
 //   - With a Broker (many nodes), Publish hands the event to the broker and

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,17 +71,26 @@ type envelope struct {
 	Timestamp  string          `json:"timestamp"`
 }
 
-// Notify pushes n to the WebSocket connections it targets (PROTOCOL.md §7).
-// It never waits for a connection: each target's frame is queued (a full
-// queue closes that connection with 1013). With AwaitAcks it then waits for
-// the delivered connections' acks, until ctx ends or the plugin closes.
-// Errors wrap ErrBadRequest or ErrClosed.
+// Notify pushes n to the WebSocket connections it targets (PROTOCOL.md §7)
+// and, for a push with a Channel, to the SSE channel streams subscribed
+// to it (§8). It never waits for a connection: each target's frame is
+// queued (a full queue closes that connection with 1013, that stream
+// ends). A push with a Channel is first appended to the channel's buffer
+// (history, since, Last-Event-ID); when that fails nothing is delivered
+// and the error wraps ErrUnavailable. With AwaitAcks it then waits for the
+// delivered WebSockets' acks (SSE streams cannot ack and are not awaited),
+// until ctx ends or the plugin closes. Errors wrap ErrBadRequest,
+// ErrUnavailable or ErrClosed.
 func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, error) {
 	if p.closed.Load() {
 		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", ErrClosed)
 	}
 	if n.Event == "" {
 		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("event is required"))
+	}
+	if strings.ContainsAny(n.Event, "\r\n\x00") {
+		// It is the SSE event field of channel streams.
+		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("event must not contain CR, LF or NUL"))
 	}
 	if n.AwaitAcks < 0 || n.AwaitAcks > MaxAwaitAcks {
 		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("awaitAcks must be between 0 and 30s"))
@@ -99,15 +109,28 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 		tenant = TenantFrom(ctx)
 	}
 	id := uuid.NewString()
+	now := time.Now()
 	frame, err := json.Marshal(envelope{
 		Type: "message", EnvelopeID: id, Channel: n.Channel, Event: n.Event, Data: data,
-		Timestamp: time.Now().UTC().Format(time.RFC3339Nano),
+		Timestamp: now.UTC().Format(time.RFC3339Nano),
 	})
 	if err != nil {
 		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("data is not valid JSON"))
 	}
+	lp := &localPush{channel: n.Channel, event: n.Event, id: id, frame: frame}
+	if n.Channel != "" {
+		// Buffered before it is delivered anywhere: a subscriber that
+		// resumes finds in the buffer whatever it did not get live.
+		ev := &Event{Type: n.Event, Ref: channelKey(tenant, n.Channel), ETag: id, Data: frame,
+			Prior: targetingJSON(n.Users, n.ExcludeUsers), Time: now}
+		seq, err := p.cfg.Buffer.Append(ctx, ev.Ref, ev)
+		if err != nil {
+			return NotifyResult{}, fmt.Errorf("realtime: notify: buffer: %w: %w", ErrUnavailable, err)
+		}
+		lp.seq, lp.ev = seq, ev
+	}
 	if p.cluster != nil {
-		res, err := p.cluster.notify(ctx, tenant, n, id, frame, data)
+		res, err := p.cluster.notify(ctx, tenant, n, id, frame, data, lp.seq)
 		if err != nil {
 			return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
 		}
@@ -122,31 +145,83 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 	}
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	users := make(map[string]struct{})
-	var sched []*wsConn
+	var (
+		batch    pushBatch
+		awaiting int // delivered connections that can ack (WebSockets)
+	)
 	for _, c := range targets {
-		if wait != nil {
+		acks := wait != nil && c.stream == nil
+		if acks {
 			wait.expect(c.id)
 		}
-		ok, schedule := c.enqueue(frame)
-		if schedule {
-			sched = append(sched, c)
-		}
-		if !ok {
-			if wait != nil {
+		if !batch.push(c, lp) {
+			if acks {
 				wait.forget(c.id)
 			}
 			continue
 		}
+		if c.stream == nil {
+			awaiting++
+		}
 		res.Delivered++
 		users[c.user] = struct{}{}
 	}
-	p.writers.addConns(sched) // one lock for all of them
+	batch.flush(p) // one lock for all of them
 	res.Users = len(users)
-	if wait != nil && res.Delivered > 0 {
+	if wait != nil && awaiting > 0 {
 		res.Acks = wait.wait(ctx, n.AwaitAcks, p.ws.acks.closed)
-		res.TimedOut = res.Delivered - len(res.Acks)
+		res.TimedOut = awaiting - len(res.Acks)
 	}
 	return res, nil
+}
+
+// localPush is one push on its way to this node's targets.
+type localPush struct {
+	channel, event, id string
+	// seq is the push's position in its channel's buffer (0 without a
+	// channel): a connection resumed past it already has it.
+	seq   uint64
+	frame []byte // the envelope: the WebSocket frame
+	ev    *Event // the SSE event of channel streams, built on first use
+}
+
+// sseEvent is the push as an SSE channel stream writes it (event: name,
+// id: envelopeId, data: envelope), encoded once for all streams.
+func (lp *localPush) sseEvent() *Event {
+	if lp.ev == nil {
+		lp.ev = &Event{Type: lp.event, ETag: lp.id, Data: lp.frame, Time: time.Now()}
+	}
+	return lp.ev
+}
+
+// pushBatch collects the targets to schedule on the writer pool.
+type pushBatch struct {
+	conns []*wsConn
+	subs  []*subscriber
+}
+
+// push queues lp to c (a WebSocket or an SSE channel stream) without
+// blocking; false when c is closing or overflowed.
+func (b *pushBatch) push(c *wsConn, lp *localPush) bool {
+	if s := c.stream; s != nil {
+		var seq uint64
+		if c.streamSeq {
+			seq = lp.seq
+		}
+		b.subs = s.offer(item{ev: lp.sseEvent(), seq: seq}, b.subs)
+		return s.open()
+	}
+	ok, schedule := c.pushFrame(lp.channel, lp.seq, lp.frame)
+	if schedule {
+		b.conns = append(b.conns, c)
+	}
+	return ok
+}
+
+// flush schedules the batch's targets.
+func (b *pushBatch) flush(p *Plugin) {
+	p.writers.addConns(b.conns)
+	p.writers.addMany(b.subs)
 }
 
 // dataJSON returns the JSON of a push's data ("null" for nil).
@@ -218,6 +293,9 @@ func (r *wsRegistry) targets(tenant string, users, exclude []string, channel, ev
 			}
 			seen[u] = struct{}{}
 			for c := range r.users[userKey{tenant: tenant, user: u}] {
+				if channel == "" && c.stream != nil {
+					continue // SSE channel streams get channel pushes only
+				}
 				if channel != "" && !c.subscribedTo(channel) {
 					continue
 				}

@@ -81,6 +81,10 @@ func New(cfg Config) (*Plugin, error) {
 // detach removes s from its stream's subscribers and, with a Broker,
 // undoes its watch.
 func (p *Plugin) detach(s *subscriber) {
+	if s.stream != nil {
+		p.dropChannelStream(s.stream)
+		return
+	}
 	p.hub.detach(s)
 	if s.watched.Swap(false) && p.cluster != nil {
 		p.cluster.unwatch(s.key)
@@ -124,9 +128,12 @@ func (p *Plugin) HealthHandler() gin.HandlerFunc {
 //	GET  /ws                          WebSocket (pushes, channels, presence)
 //	POST /notify                      push to users (publish scope)
 //	GET  /presence, /presence/:user   presence (publish scope)
+//	GET  /channels/subscribe          channel pushes as SSE (?channels=…)
+//	GET  /channels/:channel/history   a channel's buffered pushes
 //
-// The last four are mounted once per group, whether by Register or by
-// RegisterCollection (which may be called several times on one group).
+// The last six are mounted once per group, whether by Register or by
+// RegisterCollection (which may be called several times on one group);
+// "channels" is therefore not usable as a collection name with Register.
 //
 // gin's router does not backtrack: when the app has its own routes under rg
 // such as GET /posts/:id, use RegisterCollection for those collections.

@@ -56,6 +56,7 @@ type subscriber struct {
 	poll      bool          // a long poll: no heartbeats
 	conn      net.Conn      // viaPool
 	ws        *wsConn       // viaSocket
+	stream    *wsConn       // an SSE channel stream: its push target in the registry
 	deadline  time.Time     // viaPool: the conn's write deadline, kept by its writer
 	wake      chan struct{} // viaHandler, capacity 1
 	done      chan struct{} // closed when the subscriber is closed
@@ -259,6 +260,13 @@ func (s *subscriber) end() {
 	}
 }
 
+// open reports whether the subscriber still takes frames.
+func (s *subscriber) open() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == subOpen
+}
+
 // close closes the subscriber at once with cause.
 func (s *subscriber) close(cause error) {
 	s.mu.Lock()
@@ -294,6 +302,9 @@ func (s *subscriber) closeLocked(cause error) {
 // longer see its record (the stream must end).
 func (s *subscriber) filter(ctx context.Context, batch []item, out []*Event) ([]*Event, bool) {
 	auth := s.p.cfg.Authorize
+	if s.key.Collection == channelCollection {
+		auth = nil // a channel stream: AuthorizeChannel decided at subscribe time
+	}
 	for _, it := range batch {
 		ev := it.ev
 		if auth != nil && ev.ETag != "" {

@@ -125,7 +125,8 @@ func (w *wsServer) originAllowed(r *http.Request) bool {
 	return false
 }
 
-// mount adds GET /ws, POST /notify and GET /presence[/:user] to rg, once
+// mount adds GET /ws, POST /notify, GET /presence[/:user],
+// GET /channels/subscribe and GET /channels/:channel/history to rg, once
 // per group (Register and RegisterCollection may both be called, the
 // latter several times).
 func (w *wsServer) mount(rg gin.IRoutes) {
@@ -143,6 +144,8 @@ func (w *wsServer) mount(rg gin.IRoutes) {
 	rg.POST("/notify", w.p.handleNotify)
 	rg.GET("/presence", w.p.handlePresence)
 	rg.GET("/presence/:user", w.p.handleUserPresence)
+	rg.GET("/channels/subscribe", w.p.handleChannelSubscribe)
+	rg.GET("/channels/:channel/history", w.p.handleChannelHistory)
 }
 
 // handleWS serves GET {base}/ws.

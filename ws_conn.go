@@ -51,6 +51,20 @@ type wsConn struct {
 	channels map[string]struct{}
 	filters  []pushFilter
 
+	// stream is set on the registry entry of an SSE channel stream (not a
+	// WebSocket): pushes go to that subscriber; streamSeq when it follows
+	// one concrete channel (positions drop what its resume replayed).
+	stream    *subscriber
+	streamSeq bool
+
+	// resume holds the channels subscribed with since (channel_resume.go):
+	// their live pushes are held while the replay is read, then dropped
+	// when replayed. hasResume is set while resume is not empty (so that a
+	// push to a connection without any takes no lock). Guarded by resMu.
+	resMu     sync.Mutex
+	resume    map[string]*chanResume
+	hasResume atomic.Bool
+
 	// ident is the connection's verified identity, for the Authorizer.
 	ident *Identity
 	// records are the records c follows, one subscriber each; recClosed
@@ -314,6 +328,7 @@ type wsIn struct {
 	Channels   []string          `json:"channels"`
 	Filters    []json.RawMessage `json:"filters"`
 	Records    json.RawMessage   `json:"records"`
+	Since      json.RawMessage   `json:"since"`
 	EnvelopeID string            `json:"envelopeId"`
 	Result     json.RawMessage   `json:"result"`
 }
@@ -378,9 +393,12 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 			return
 		}
 	}
+	hasSince := sub && len(m.Since) > 0 && !bytes.Equal(m.Since, []byte("null"))
 	reg := c.ws.reg
 	if m.Channels == nil && m.Filters == nil {
 		switch {
+		case hasSince:
+			c.badInput("since needs channels")
 		case hasRecords && sub:
 			c.subscribeRecords(reqs, nil)
 		case hasRecords:
@@ -392,7 +410,9 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 			// A bare unsubscribe removes every channel, filter and record.
 			reg.removeFilters(c, nil, true)
 			c.unsubscribeRecords(nil, true)
-			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, c.channelsSnapshot())})
+			left := reg.unsubscribe(c, c.channelsSnapshot())
+			c.dropResume(nil, true)
+			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: left})
 		}
 		return
 	}
@@ -405,6 +425,14 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 	if sub && len(m.Channels) > c.ws.p.cfg.WSMaxChannels {
 		c.badInput("too many channels")
 		return
+	}
+	var since map[string]string
+	if hasSince {
+		var err error
+		if since, err = parseSince(m.Since, m.Channels); err != nil {
+			c.badInput(publicMessage(err))
+			return
+		}
 	}
 	var fs []pushFilter
 	if m.Filters != nil {
@@ -421,17 +449,22 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 		if hasRecords {
 			c.unsubscribeRecords(reqs, false)
 		}
-		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.unsubscribe(c, m.Channels), Records: c.recordList()})
+		left := reg.unsubscribe(c, m.Channels)
+		c.dropResume(m.Channels, false)
+		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: left, Records: c.recordList()})
 		return
 	}
+	channels := c.authorizedChannels(m.Channels, since)
 	if len(fs) > 0 {
 		if err := reg.addFilters(c, fs); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
 	}
-	all, err := reg.subscribe(c, m.Channels, c.ws.p.cfg.WSMaxChannels)
+	hold := c.holdChannels(since) // live pushes of these wait for their replay
+	all, err := reg.subscribe(c, channels, c.ws.p.cfg.WSMaxChannels)
 	if err != nil {
+		c.dropResume(hold, false)
 		if errors.Is(err, ErrBadRequest) {
 			if len(fs) > 0 {
 				reg.removeFilters(c, fs, false) // all or nothing
@@ -440,11 +473,54 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 		}
 		return
 	}
+	type replay struct {
+		ch     string
+		frames [][]byte
+		base   uint64
+		ok     bool
+	}
+	replays := make([]replay, 0, len(hold))
+	for _, ch := range hold {
+		frames, base, ok := c.replayChannel(ch, since[ch])
+		replays = append(replays, replay{ch, frames, base, ok})
+	}
 	if hasRecords {
 		c.subscribeRecords(reqs, all)
-		return
+	} else {
+		c.sendJSON(wsChannels{Type: "subscribed", Channels: all, Records: c.recordList()})
 	}
-	c.sendJSON(wsChannels{Type: "subscribed", Channels: all, Records: c.recordList()})
+	for _, r := range replays {
+		c.releaseChannel(r.ch, r.frames, r.base, r.ok)
+	}
+}
+
+// wsChannelError refuses one channel of a subscribe.
+type wsChannelError struct {
+	Type    string `json:"type"`
+	Code    string `json:"code"`
+	Channel string `json:"channel"`
+	Message string `json:"message"`
+}
+
+// authorizedChannels returns the channels of a subscribe that
+// Config.AuthorizeChannel allows, answering an error frame for each one
+// refused (the others are subscribed) and removing it from since.
+func (c *wsConn) authorizedChannels(channels []string, since map[string]string) []string {
+	p := c.ws.p
+	if p.cfg.AuthorizeChannel == nil {
+		return channels
+	}
+	out := make([]string, 0, len(channels))
+	for _, ch := range channels {
+		if err := p.authorizeChannel(p.baseCtx, c.ident, ch, ChannelOpSubscribe); err != nil {
+			_, code, msg := statusOf(err)
+			c.sendJSON(wsChannelError{Type: "error", Code: code, Channel: ch, Message: msg})
+			delete(since, ch)
+			continue
+		}
+		out = append(out, ch)
+	}
+	return out
 }
 
 // channelsSnapshot returns c's channels under the registry's read lock.

@@ -17,6 +17,7 @@ type wsTenant struct {
 	// stamps. add and remove run under the registry's write lock.
 	matchMu  sync.Mutex
 	reserved int // slots held: registered connections plus upgrades under way
+	streams  int // SSE channel streams registered (not in conns, not in presence)
 }
 
 // wsRegistry indexes the open WebSockets: by id, by (tenant, user) and by
@@ -86,7 +87,7 @@ func (r *wsRegistry) releaseLocked(k userKey) {
 	}
 	if ts := r.tenants[k.tenant]; ts != nil {
 		ts.reserved--
-		if ts.reserved <= 0 && len(ts.conns) == 0 {
+		if ts.reserved <= 0 && len(ts.conns) == 0 && ts.streams == 0 {
 			delete(r.tenants, k.tenant)
 		}
 	}
@@ -252,9 +253,70 @@ func (r *wsRegistry) presence(tenant string) ([]string, int) {
 	return users, n
 }
 
-// userConns returns the number of open connections of one user.
+// userConns returns the number of open connections of one user (SSE
+// channel streams are not counted).
 func (r *wsRegistry) userConns(k userKey) int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return len(r.users[k])
+	n := 0
+	for c := range r.users[k] {
+		if c.stream == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// addStream registers an SSE channel stream (c.stream set) as a push
+// target of its (tenant, user) with patterns: indexed by user and by
+// channel pattern like a WebSocket, but not by id nor among the tenant's
+// connections (no presence, no slot, no ping). False once closed.
+func (r *wsRegistry) addStream(c *wsConn, patterns []string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	k := c.key()
+	m := r.users[k]
+	if m == nil {
+		m = make(map[*wsConn]struct{})
+		r.users[k] = m
+	}
+	m[c] = struct{}{}
+	ts := r.tenant(k.tenant)
+	ts.streams++
+	c.channels = make(map[string]struct{}, len(patterns))
+	for _, p := range patterns {
+		c.channels[p] = struct{}{}
+		ts.channels.add(p, c)
+	}
+	return true
+}
+
+// removeStream undoes addStream; it reports whether c was registered
+// (false on a second call).
+func (r *wsRegistry) removeStream(c *wsConn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := c.key()
+	m := r.users[k]
+	if _, ok := m[c]; !ok {
+		return false
+	}
+	delete(m, c)
+	if len(m) == 0 {
+		delete(r.users, k)
+	}
+	if ts := r.tenants[k.tenant]; ts != nil {
+		for p := range c.channels {
+			ts.channels.remove(p, c)
+		}
+		ts.streams--
+		if ts.reserved <= 0 && len(ts.conns) == 0 && ts.streams == 0 {
+			delete(r.tenants, k.tenant)
+		}
+	}
+	c.channels = nil
+	return true
 }

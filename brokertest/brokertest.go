@@ -62,6 +62,7 @@ func Run(t *testing.T, newNodes func(t *testing.T, cfg realtime.MemoryBufferConf
 	t.Run("Invalidate", func(t *testing.T) { testInvalidate(t, newNodes) })
 	t.Run("Delivery", func(t *testing.T) { testDelivery(t, newNodes) })
 	t.Run("AppendRecord", func(t *testing.T) { testAppendRecord(t, newNodes) })
+	t.Run("Recent", func(t *testing.T) { testRecent(t, newNodes) })
 	t.Run("Topics", func(t *testing.T) { testTopics(t, newNodes) })
 	t.Run("Presence", func(t *testing.T) { testPresence(t, newNodes) })
 	t.Run("Stop", func(t *testing.T) { testStop(t, newNodes) })

@@ -308,3 +308,30 @@ func testInvalidate(t *testing.T, newNodes factory) {
 		}
 	})
 }
+
+// testRecent checks the optional realtime.RecentReader (channel history).
+func testRecent(t *testing.T, newNodes factory) {
+	n := start(t, newNodes, realtime.MemoryBufferConfig{Size: 5})
+	rr, ok := n.a.(realtime.RecentReader)
+	if !ok {
+		t.Skip("the broker does not implement realtime.RecentReader")
+	}
+	key := recKey("recent")
+	if got, err := rr.Recent(t.Context(), key, 3); err != nil || len(got) != 0 {
+		t.Fatalf("Recent of an unknown stream: %v %v", got, err)
+	}
+	evs, seqs := appendAll(t, []realtime.Broker{n.a, n.b}, key, "r", 7, time.Now)
+	for _, c := range []struct{ n, want int }{{3, 3}, {5, 5}, {50, 5}, {0, 0}} {
+		got, err := rr.Recent(t.Context(), key, c.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.want == 0 {
+			if len(got) != 0 {
+				t.Fatalf("Recent(%d): %d entries", c.n, len(got))
+			}
+			continue
+		}
+		wantEntries(t, fmt.Sprintf("Recent(%d)", c.n), got, evs[len(evs)-c.want:], seqs[len(seqs)-c.want:])
+	}
+}

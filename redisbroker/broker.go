@@ -328,3 +328,35 @@ func parseEntries(msgs []redis.XMessage) ([]entry, error) {
 
 // itoa is strconv.Itoa, short.
 func itoa(n int) string { return strconv.Itoa(n) }
+
+var _ realtime.RecentReader = (*Broker)(nil)
+
+// Recent implements realtime.RecentReader (channel history): key's newest
+// n entries still kept (at most Size; leading entries older than MaxAge
+// dropped, as Since trims), oldest first.
+func (b *Broker) Recent(ctx context.Context, key realtime.StreamKey, n int) ([]realtime.Entry, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	msgs, err := b.client.XRevRangeN(ctx, b.keys.stream(key), "+", "-", int64(min(n, b.cfg.Size))).Result()
+	if err != nil {
+		return nil, unavailable("recent", err)
+	}
+	cutoff := b.now().Add(-b.cfg.MaxAge)
+	out := make([]realtime.Entry, 0, len(msgs))
+	for i := len(msgs) - 1; i >= 0; i-- {
+		e, err := parseEntry(msgs[i])
+		if err != nil {
+			return nil, err
+		}
+		d, err := e.decode()
+		if err != nil {
+			return nil, err
+		}
+		if len(out) == 0 && d.Event.Time.Before(cutoff) {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

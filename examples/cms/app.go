@@ -46,12 +46,16 @@ type app struct {
 	engine  *gin.Engine      // every route
 	rt      *realtime.Plugin // the realtime plugin
 	db      *gorm.DB
-	redis   *redis.Client // nil: a single node
+	redis   *redis.Client      // nil: a single node
+	queue   *redisbroker.Queue // with Redis: consumes the publish queue (redisbroker "The queue")
 	hook    *gormhook.Hook
 	log     *slog.Logger
 	writeMu sync.Mutex // PATCH and DELETE compare and write under it
 	ready   atomic.Bool
 	closed  sync.Once
+
+	feedersOnce sync.Once
+	feedersErr  error
 }
 
 // newApp opens the database, migrates it and builds the routes. It listens
@@ -92,6 +96,8 @@ func newApp(cfg appConfig) (*app, error) {
 		Loader:    a.loadRecord,
 		Authorize: a.authorize,
 		Logger:    log,
+		// user.<sub> channels are private to their user (channels.go).
+		AuthorizeChannel: authorizeChannel,
 	}
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
@@ -138,6 +144,19 @@ func newApp(cfg appConfig) (*app, error) {
 	if err := db.AutoMigrate(&Post{}); err != nil {
 		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: migrate: %w", err)
+	}
+
+	if a.redis != nil {
+		// Other backends' publish requests queued on the stream rt:queue.
+		q, err := redisbroker.NewQueue(a.redis, rt, redisbroker.QueueConfig{Logger: log})
+		if err == nil {
+			err = q.Start()
+		}
+		if err != nil {
+			_ = a.Close(context.Background())
+			return nil, fmt.Errorf("cms: redis queue: %w", err)
+		}
+		a.queue = q
 	}
 
 	a.engine = a.routes()
@@ -220,10 +239,7 @@ func (a *app) Close(ctx context.Context) error {
 	var err error
 	a.closed.Do(func() {
 		a.ready.Store(false)
-		if a.hook != nil { // the outbox's drainer publishes through rt: it stops first
-			err = a.hook.Close(ctx)
-		}
-		err = errors.Join(err, a.rt.Close(ctx))
+		err = errors.Join(a.stopFeeders(ctx), a.rt.Close(ctx))
 		if a.redis != nil {
 			err = errors.Join(err, a.redis.Close())
 		}
@@ -232,6 +248,21 @@ func (a *app) Close(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// stopFeeders stops what publishes through rt on its own, the Redis queue
+// consumer and the outbox drainer, before rt closes. Once; later calls
+// return the first outcome.
+func (a *app) stopFeeders(ctx context.Context) error {
+	a.feedersOnce.Do(func() {
+		if a.queue != nil {
+			a.feedersErr = a.queue.Close(ctx)
+		}
+		if a.hook != nil {
+			a.feedersErr = errors.Join(a.feedersErr, a.hook.Close(ctx))
+		}
+	})
+	return a.feedersErr
 }
 
 // accessLog logs each request through slog. Only the path is logged, never

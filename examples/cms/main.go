@@ -14,6 +14,29 @@
 // and every REST ETag header equals the SSE id of the event of that version.
 // Posts belong to the token's tenant; a private post is seen only by its author.
 //
+// Channels (PROTOCOL.md §8): a backend pushes with POST /api/v1/notify
+// (publish scope) {"channel":"orders.new","event":"order_created","data":…};
+// every channel push is kept in that channel's buffer (memory, or Redis
+// Streams with REDIS_URL). Clients:
+//
+//	// WebSocket: resume a channel after a disconnect from the last envelopeId seen
+//	ws.send(JSON.stringify({type: "subscribe", channels: ["orders.new"], since: {"orders.new": lastId}}))
+//	// → the missed pushes, then live ones; or {"type":"resync","channel":"orders.new","reason":"buffer-miss"}
+//
+//	// SSE, wildcards allowed; with one concrete channel the EventSource resumes by itself (Last-Event-ID)
+//	const es = new EventSource('/api/v1/channels/subscribe?channels=orders.*,user.' + sub + '&token=' + token)
+//	es.addEventListener('order_created', (e) => JSON.parse(e.data)) // the same envelope as on the WebSocket
+//
+//	// History, oldest first
+//	fetch('/api/v1/channels/orders.new/history?limit=50', {headers: {Authorization: 'Bearer ' + token}})
+//	// → {"channel":"orders.new","messages":[{"type":"message","envelopeId":…}, …]}
+//
+// user.<sub> channels are private (channels.go, Config.AuthorizeChannel): the
+// token whose sub is 123 may subscribe to user.123 and read its history; any
+// other is refused (a forbidden error frame on the WebSocket, 403 on SSE and
+// history), and so is a pattern that could reach another user's channel
+// (user.*, user.>, *.123, >).
+//
 // Environment:
 //
 //	PORT        listen port (default 8080)
@@ -170,9 +193,12 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	a.ready.Store(false) // healthz: 503 from now on
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Shutdown closes the listener and waits for busy connections; the
+	// What publishes on its own (the Redis queue consumer, the outbox
+	// drainer) stops first, so nothing it handles meets a closed plugin.
+	// Then Shutdown closes the listener and waits for busy connections; the
 	// plugin's Close, meanwhile, ends the streams they are busy with (and
 	// the hijacked ones Shutdown does not see). The database goes last.
+	feedErr := a.stopFeeders(sctx)
 	rtClosed := make(chan error, 1)
 	go func() { rtClosed <- a.rt.Close(sctx) }()
 	shutErr := srv.Shutdown(sctx)
@@ -184,7 +210,7 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
-	if err := errors.Join(err, shutErr, rtErr, closeErr); err != nil {
+	if err := errors.Join(err, feedErr, shutErr, rtErr, closeErr); err != nil {
 		return err
 	}
 	log.Info("cms: stopped")

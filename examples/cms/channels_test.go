@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/ginrealtime/realtime"
+)
+
+func TestAuthorizeChannel(t *testing.T) {
+	for _, c := range []struct {
+		user, channel string
+		pattern, ok   bool
+	}{
+		{"123", "user.123", false, true},
+		{"123", "user.123.inbox", false, true},
+		{"123", "user.123.>", true, true},
+		{"456", "user.123", false, false},
+		{"456", "user.123.inbox", false, false},
+		{"456", "user.*", true, false},
+		{"456", "user.>", true, false},
+		{"456", "*.123", true, false},
+		{"456", ">", true, false},
+		{"456", "orders.*", true, true},
+		{"456", "news", false, true},
+	} {
+		err := authorizeChannel(context.Background(), realtime.ChannelAccess{
+			Identity: &realtime.Identity{User: c.user}, Channel: c.channel, Pattern: c.pattern, Op: realtime.ChannelOpSubscribe})
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, realtime.ErrForbidden)) {
+			t.Errorf("%s on %s: %v, want allowed=%v", c.user, c.channel, err, c.ok)
+		}
+	}
+}
