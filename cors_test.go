@@ -41,7 +41,7 @@ func TestCORSPublishEndpoints(t *testing.T) {
 	events := "/api/v1/posts/1/events"
 	body := `{"event":"changed","data":{"id":"1"}}`
 	pub := publisherToken(t)
-	cases := []struct {
+	type corsCase struct {
 		name      string
 		srv       string
 		method    string
@@ -50,7 +50,8 @@ func TestCORSPublishEndpoints(t *testing.T) {
 		preflight bool
 		status    int // 0: anything but 403
 		acao      string
-	}{
+	}
+	cases := []corsCase{
 		{"preflight from an allowed origin", srv.URL, http.MethodOptions, "https://dash.example", "", true, http.StatusNoContent, "https://dash.example"},
 		{"preflight from another origin", srv.URL, http.MethodOptions, "https://evil.example", "", true, http.StatusForbidden, ""},
 		{"publish from an allowed origin", srv.URL, http.MethodPost, "https://dash.example", pub, false, 0, "https://dash.example"},
@@ -58,9 +59,16 @@ func TestCORSPublishEndpoints(t *testing.T) {
 		{"publish without Origin (a backend)", srv.URL, http.MethodPost, "", pub, false, 0, ""},
 		{"no CORS configured: preflight", plain.URL, http.MethodOptions, "https://dash.example", "", true, http.StatusNotFound, ""},
 	}
+	for _, path := range []string{"/api/v1/notify", "/api/v1/presence", "/api/v1/presence/u1"} {
+		cases = append(cases, corsCase{"preflight of " + path, srv.URL, http.MethodOptions, "https://dash.example", "", true, http.StatusNoContent, "https://dash.example"})
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			resp := corsRequest(t, c.method, c.srv+events, c.origin, c.tok, body, c.preflight)
+			url := c.srv + events
+			if p, ok := strings.CutPrefix(c.name, "preflight of "); ok {
+				url = c.srv + p
+			}
+			resp := corsRequest(t, c.method, url, c.origin, c.tok, body, c.preflight)
 			if c.status != 0 && resp.StatusCode != c.status {
 				t.Errorf("status %d, want %d", resp.StatusCode, c.status)
 			}

@@ -141,9 +141,10 @@ func (w *wsServer) mount(rg gin.IRoutes) {
 	}
 	w.mounted[key] = true
 	rg.GET("/ws", w.handleWS)
-	rg.POST("/notify", w.p.handleNotify)
-	rg.GET("/presence", w.p.handlePresence)
-	rg.GET("/presence/:user", w.p.handleUserPresence)
+	// The publish-scope API, with CORS for Config.CORSAllowedOrigins.
+	w.p.publishRoute(rg, http.MethodPost, "/notify", w.p.handleNotify)
+	w.p.publishRoute(rg, http.MethodGet, "/presence", w.p.handlePresence)
+	w.p.publishRoute(rg, http.MethodGet, "/presence/:user", w.p.handleUserPresence)
 	rg.GET("/channels/subscribe", w.p.handleChannelSubscribe)
 	rg.GET("/channels/:channel/history", w.p.handleChannelHistory)
 }
