@@ -110,9 +110,16 @@ func (p *Plugin) identify(c *gin.Context) (*Identity, bool) {
 
 // Authenticate is a gin middleware that requires a valid token (same sources
 // and checks as the plugin's own routes) and stores its identity for
-// IdentityFrom. Requests without one are answered 401.
+// IdentityFrom. Requests without one are answered 401, except CORS
+// preflights (OPTIONS with Access-Control-Request-Method), which a browser
+// sends without credentials: they go on to the route, where the CORS
+// handler of Config.CORSAllowedOrigins answers them (no route: 404).
 func (p *Plugin) Authenticate() gin.HandlerFunc {
 	return func(c *gin.Context) {
+		if c.Request.Method == http.MethodOptions && c.GetHeader("Access-Control-Request-Method") != "" {
+			c.Next()
+			return
+		}
 		if _, ok := p.identify(c); !ok {
 			c.Abort()
 			return

@@ -3,8 +3,11 @@ package realtime
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/gin-gonic/gin"
 )
 
 func corsRequest(t *testing.T, method, url, origin, tok, body string, preflight bool) *http.Response {
@@ -115,5 +118,30 @@ func TestCORSConfig(t *testing.T) {
 		if err := rt.Close(t.Context()); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// Behind the app's Authenticate middleware (as in examples/cms), a
+// preflight carries no credentials and must still reach the CORS handler;
+// any other request without a token stays 401.
+func TestCORSPreflightThroughAuthenticate(t *testing.T) {
+	rt, err := New(Config{JWTSecret: testSecret, CORSAllowedOrigins: []string{"https://dash.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := gin.New()
+	api := r.Group("/api/v1", rt.Authenticate())
+	rt.RegisterCollection(api, "posts")
+	srv := httptest.NewServer(r)
+	defer closeAll(t, rt, srv)
+	if resp := corsRequest(t, http.MethodOptions, srv.URL+"/api/v1/notify", "https://dash.example", "", "", true); resp.StatusCode != http.StatusNoContent ||
+		resp.Header.Get("Access-Control-Allow-Origin") != "https://dash.example" {
+		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp := corsRequest(t, http.MethodOptions, srv.URL+"/api/v1/notify", "https://dash.example", "", "", false); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("OPTIONS that is no preflight: %d, want 401", resp.StatusCode)
+	}
+	if resp := corsRequest(t, http.MethodPost, srv.URL+"/api/v1/notify", "https://dash.example", "", `{"event":"e"}`, false); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("POST without token: %d, want 401", resp.StatusCode)
 	}
 }

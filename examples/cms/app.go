@@ -38,6 +38,9 @@ type appConfig struct {
 	// node of many sharing that Redis: record events, pushes, presence and
 	// acks span every instance. Default: empty, a single node in memory.
 	RedisURL string
+	// CORSOrigins may call the publish API from a browser
+	// (realtime.Config.CORSAllowedOrigins). Default: none.
+	CORSOrigins []string
 }
 
 // app is the CMS: a gin engine with the posts API, the realtime plugin
@@ -98,6 +101,8 @@ func newApp(cfg appConfig) (*app, error) {
 		Logger:    log,
 		// user.<sub> channels are private to their user (channels.go).
 		AuthorizeChannel: authorizeChannel,
+		// Dashboards on these origins may publish and notify from a browser.
+		CORSAllowedOrigins: cfg.CORSOrigins,
 	}
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)

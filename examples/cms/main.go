@@ -48,6 +48,10 @@
 //	            sharing that Redis (events, pushes, presence and acks span
 //	            every instance; run several on one DB_PATH behind a load
 //	            balancer). Unset: one node, everything in memory.
+//	CORS_ORIGINS comma-separated origins whose pages may call the publish
+//	            API (POST /api/v1/posts/:id/events, /notify, GET /presence)
+//	            from a browser; "none" for no CORS (default
+//	            http://localhost:3000, a dashboard in development)
 //
 // GET /healthz answers 200 once the app is ready. SIGINT or SIGTERM shut it
 // down gracefully: open streams end cleanly and the database is closed.
@@ -65,6 +69,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -80,6 +85,10 @@ type envConfig struct {
 	devToken string
 }
 
+// defaultCORSOrigin is the origin allowed to call the publish API from a
+// browser when CORS_ORIGINS is unset: a dashboard in development.
+const defaultCORSOrigin = "http://localhost:3000"
+
 // devTokenTTL is how long the printed dev token is valid.
 const devTokenTTL = 24 * time.Hour
 
@@ -87,6 +96,17 @@ const devTokenTTL = 24 * time.Hour
 func loadEnv(getenv func(string) string) (envConfig, error) {
 	cfg := envConfig{port: 8080}
 	cfg.app.RedisURL = getenv("REDIS_URL")
+	cfg.app.CORSOrigins = []string{defaultCORSOrigin}
+	if v := strings.TrimSpace(getenv("CORS_ORIGINS")); v == "none" {
+		cfg.app.CORSOrigins = nil
+	} else if v != "" {
+		cfg.app.CORSOrigins = nil
+		for _, o := range strings.Split(v, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				cfg.app.CORSOrigins = append(cfg.app.CORSOrigins, o)
+			}
+		}
+	}
 	if v := getenv("PORT"); v != "" {
 		p, err := strconv.Atoi(v)
 		if err != nil || p < 1 || p > 65535 {

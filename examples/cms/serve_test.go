@@ -26,10 +26,13 @@ func TestLoadEnv(t *testing.T) {
 		port    int
 		db      string
 		secret  string // "" : random, with a dev token
+		cors    string // CORSOrigins joined by ","
 		wantErr bool
 	}{
-		{name: "defaults", env: nil, port: 8080, db: "cms.db"},
-		{name: "all set", env: map[string]string{"PORT": "9090", "DB_PATH": "/tmp/x.db", "JWT_SECRET": "s3cret", "REDIS_URL": "redis://localhost:6379"}, port: 9090, db: "/tmp/x.db", secret: "s3cret"},
+		{name: "defaults", env: nil, port: 8080, db: "cms.db", cors: "http://localhost:3000"},
+		{name: "all set", env: map[string]string{"PORT": "9090", "DB_PATH": "/tmp/x.db", "JWT_SECRET": "s3cret", "REDIS_URL": "redis://localhost:6379",
+			"CORS_ORIGINS": " https://a.example, https://b.example ,"}, port: 9090, db: "/tmp/x.db", secret: "s3cret", cors: "https://a.example,https://b.example"},
+		{name: "no CORS", env: map[string]string{"CORS_ORIGINS": "none"}, port: 8080, db: "cms.db", cors: ""},
 		{name: "bad port", env: map[string]string{"PORT": "http"}, wantErr: true},
 		{name: "port out of range", env: map[string]string{"PORT": "70000"}, wantErr: true},
 	}
@@ -45,8 +48,8 @@ func TestLoadEnv(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.port != c.port || cfg.app.DBPath != c.db || cfg.app.RedisURL != c.env["REDIS_URL"] {
-				t.Errorf("got port %d db %q redis %q", cfg.port, cfg.app.DBPath, cfg.app.RedisURL)
+			if cfg.port != c.port || cfg.app.DBPath != c.db || cfg.app.RedisURL != c.env["REDIS_URL"] || strings.Join(cfg.app.CORSOrigins, ",") != c.cors {
+				t.Errorf("got port %d db %q redis %q cors %q", cfg.port, cfg.app.DBPath, cfg.app.RedisURL, cfg.app.CORSOrigins)
 			}
 			if c.secret != "" {
 				if string(cfg.app.JWTSecret) != c.secret || cfg.devToken != "" {
