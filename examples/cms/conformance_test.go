@@ -15,7 +15,7 @@ import (
 //   - ws.test.mjs, the npm "ws" package against /api/v1/ws, /notify and
 //     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
 //     401, ping, bad input, channel wildcards, tenants, multicast, filters,
-//     acks with a silent connection, presence, 1009 on an oversize frame.
+//     acks with a silent connection, presence, 1009 on an oversize frame;
 //   - channels.test.mjs, "ws" and "eventsource" on channels (§8): since
 //     resume and resync, an EventSource on channels/subscribe with
 //     wildcards and its Last-Event-ID resume through a cut connection,
@@ -27,9 +27,17 @@ import (
 //   - browser.test.mjs, the page in headless Chromium (playwright-core and
 //     Debian's chromium; skipped without it, a failure on CI): two tabs,
 //     a server restart, offline mode, a push and its ack; screenshots in
-//     conformance/screenshots/.
+//     conformance/screenshots/;
+//   - cluster.test.mjs, two instances on one SQLite file and a
+//     redis-server of its own (§9): events, resume and a killed instance
+//     across instances, pushes, presence and acks, Redis killed and back;
+//   - queue.test.mjs, requests XADDed with redis-cli reaching both
+//     instances' WebSocket and SSE subscribers, malformed ones in the
+//     dead-letter stream;
+//   - cors.test.mjs, preflights of the publish API from an allowed and
+//     another origin.
 //
-// Both share harness.mjs (build, start/stop, tokens, free port). It needs
+// They share harness.mjs (build, start/stop, tokens, free port). It needs
 // node and npm (and the npm registry for `npm ci`); on CI a missing node is
 // a failure, elsewhere a skip.
 func TestNodeConformance(t *testing.T) {
