@@ -40,6 +40,12 @@ type chanState struct {
 	// Written by run only, once the state is in Broker.chans.
 	last      string
 	lastKnown bool
+	// fresh is set until the first catch-up after the watch began: an
+	// event missing from the stream then may have been appended after the
+	// subscription took effect (its message is queued, not lost), so the
+	// catch-up leaves it to the messages rather than report a Gap; an
+	// event that was really missed shows in the next message's prev.
+	fresh bool
 
 	// confirmed is closed once the channel is subscribed on the current
 	// session (isConfirmed); replaced when the session ends.
@@ -378,6 +384,9 @@ func (b *Broker) confirm(s *session, m *redis.Subscription) (bool, error) {
 	if o.sub && o.c != nil && b.chans[o.c.name] == o.c && !o.c.isConfirmed {
 		o.c.isConfirmed = true
 		close(o.c.confirmed)
+		if !o.setup {
+			o.c.fresh = false // subscribed on a live session: no catch-up follows
+		}
 	}
 	if o.setup {
 		s.setupLeft--
@@ -432,9 +441,11 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 		cs = cs[n:]
 		lasts := make([]string, n)
 		known := make([]bool, n)
+		fresh := make([]bool, n)
 		b.mu.Lock()
 		for i, c := range part {
-			lasts[i], known[i] = c.last, c.lastKnown
+			lasts[i], known[i], fresh[i] = c.last, c.lastKnown, c.fresh
+			c.fresh = false
 		}
 		b.mu.Unlock()
 		run := func() ([]redis.Cmder, error) {
@@ -469,6 +480,14 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 				b.toNode(c, func() { b.node.Gap(c.key) })
 				continue
 			}
+			if fresh[i] && !follows(ents, lasts[i]) {
+				// A watch that began with this session: what the stream no
+				// longer holds may still come as messages (see fresh).
+				continue
+			}
+			if fresh[i] && len(ents) == 0 {
+				continue // nothing after the watch's start, or all of it trimmed: the messages tell
+			}
 			if lost(lasts[i], lastGen) {
 				// The stream no longer holds what the node saw (Redis
 				// restarted without its data, or was flushed): whatever
@@ -481,6 +500,12 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 		}
 	}
 	return nil
+}
+
+// follows reports whether ents (oldest first) continue from last: empty,
+// or the first one's prev is last.
+func follows(ents []entry, last string) bool {
+	return len(ents) == 0 || ents[0].prev == last
 }
 
 // lost reports whether a stream whose last generated id is now lastGen
@@ -745,7 +770,7 @@ func (b *Broker) want(ctx context.Context, name string, kind int, key realtime.S
 				continue
 			}
 			c = &chanState{name: name, kind: kind, key: key, topic: topic,
-				last: base, lastKnown: baseErr == nil, confirmed: make(chan struct{})}
+				last: base, lastKnown: baseErr == nil, fresh: true, confirmed: make(chan struct{})}
 			b.chans[name] = c
 		}
 		c.count++
