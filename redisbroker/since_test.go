@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,23 +23,6 @@ func recKey(id string) realtime.StreamKey {
 
 func collOf(k realtime.StreamKey) realtime.StreamKey {
 	return realtime.StreamKey{Tenant: k.Tenant, Collection: k.Collection}
-}
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 func bufEvent(key realtime.StreamKey, tag string, at time.Time) *realtime.Event {
