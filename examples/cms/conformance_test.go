@@ -37,9 +37,10 @@ import (
 //   - cors.test.mjs, preflights of the publish API from an allowed and
 //     another origin.
 //
-// They share harness.mjs (build, start/stop, tokens, free port). It needs
-// node and npm (and the npm registry for `npm ci`); on CI a missing node is
-// a failure, elsewhere a skip.
+// They share harness.mjs (build, start/stop, tokens, free port, a private
+// redis-server) and clients.mjs (WebSocket and EventSource recorders, a
+// cuttable proxy). It needs node and npm (and the npm registry for `npm
+// ci`); on CI a missing node is a failure, elsewhere a skip.
 func TestNodeConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping the Node.js conformance suite")

@@ -10,17 +10,16 @@
 // behind a ping/pong barrier, never after a sleep.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import WebSocket from "ws";
 import { EventSource } from "eventsource";
-import { guard, startExample, token } from "./harness.mjs";
+import { startExample, token } from "./harness.mjs";
+import { connect, follow, startProxy } from "./clients.mjs";
 
 let ex; // the running example (harness.mjs)
 let proxy; // a TCP proxy in front of it that can cut and hold connections
 
 before(async () => {
   ex = await startExample();
-  proxy = await startProxy();
+  proxy = await startProxy(ex.port);
 });
 
 after(async () => {
@@ -28,7 +27,6 @@ after(async () => {
   await ex?.close();
 });
 
-const wsURL = (q = "") => `${ex.url.replace(/^http/, "ws")}/api/v1/ws${q}`;
 const publisher = (tenant) => token({ sub: "backend", scope: "publish", tenant });
 
 // push sends POST /notify as the tenant's backend and returns its envelopeId.
@@ -49,185 +47,6 @@ async function history(tenant, sub, channel, q = "") {
   return { status: res.status, body: await res.json() };
 }
 
-// withGuard rejects when p has not settled within the hang guard.
-function withGuard(p, what) {
-  let t;
-  return Promise.race([
-    p,
-    new Promise((_, reject) => {
-      t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), guard);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-
-// connect opens a WebSocket and resolves once the connected frame arrived.
-// Every frame is recorded in c.frames (parsed JSON).
-async function connect(tok, { header = false, origin } = {}) {
-  const headers = {};
-  if (header) headers.Authorization = `Bearer ${tok}`;
-  if (origin) headers.Origin = origin;
-  const ws = new WebSocket(header ? wsURL() : wsURL(`?token=${encodeURIComponent(tok)}`), { headers });
-  const c = { ws, frames: [], waiters: new Set(), closed: null };
-  c.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
-  ws.on("message", (data, isBinary) => {
-    const text = data.toString();
-    let f;
-    try {
-      f = JSON.parse(text);
-    } catch {
-      f = { unparsed: text, isBinary };
-    }
-    c.frames.push(f);
-    for (const w of c.waiters) w();
-  });
-  ws.on("error", () => {}); // reported through close / the waits
-  ws.on("close", () => {
-    for (const w of c.waiters) w();
-  });
-  // next waits for the first frame from index `from` matching pred and
-  // returns it.
-  c.next = (pred, what, from = 0) =>
-    withGuard(
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const f = c.frames.slice(from).find(pred);
-          if (f) {
-            c.waiters.delete(check);
-            resolve(f);
-          } else if (ws.readyState === WebSocket.CLOSED) {
-            c.waiters.delete(check);
-            reject(new Error(`connection closed while waiting for ${what}; frames: ${JSON.stringify(c.frames)}`));
-          }
-        };
-        c.waiters.add(check);
-        check();
-      }),
-      `${what}; frames so far: ${JSON.stringify(c.frames)}`,
-    );
-  c.send = (m) => ws.send(typeof m === "string" ? m : JSON.stringify(m));
-  // request sends m and waits for the first later frame matching pred.
-  c.request = (m, pred, what) => {
-    const from = c.frames.length;
-    c.send(m);
-    return c.next(pred, what, from);
-  };
-  // barrier returns once every frame queued to c before the call arrived.
-  c.barrier = () => c.request({ type: "ping" }, (f) => f.type === "pong", "the barrier pong");
-  c.pushes = () => c.frames.filter((f) => f.type === "message");
-  c.close = () => {
-    if (ws.readyState !== WebSocket.CLOSED) ws.close();
-    return c.closed;
-  };
-  await withGuard(
-    new Promise((resolve, reject) => {
-      ws.once("unexpected-response", (_req, res) => reject(new Error(`refused: ${res.statusCode}`)));
-      ws.once("close", () => reject(new Error("closed before connected")));
-      const check = () => {
-        if (c.frames.length > 0) {
-          c.waiters.delete(check);
-          resolve();
-        }
-      };
-      c.waiters.add(check);
-    }),
-    "the connected frame",
-  );
-  c.hello = c.frames[0];
-  return c;
-}
-
-function startProxy() {
-  const conns = new Set();
-  let holding = false;
-  let held = [];
-  const pipe = (sock) => {
-    const up = net.connect(ex.port, "127.0.0.1");
-    const pair = { sock, up };
-    conns.add(pair);
-    const drop = () => {
-      sock.destroy();
-      up.destroy();
-      conns.delete(pair);
-    };
-    sock.on("error", drop).on("close", drop);
-    up.on("error", drop).on("close", drop);
-    sock.pipe(up);
-    up.pipe(sock);
-  };
-  const srv = net.createServer((sock) => (holding ? held.push(sock) : pipe(sock)));
-  return new Promise((resolve) =>
-    srv.listen(0, "127.0.0.1", () =>
-      resolve({
-        url: `http://127.0.0.1:${srv.address().port}`,
-        // cut drops every open connection and holds new ones until release.
-        cut() {
-          holding = true;
-          for (const { sock, up } of conns) {
-            sock.destroy();
-            up.destroy();
-          }
-          conns.clear();
-        },
-        release() {
-          holding = false;
-          const h = held;
-          held = [];
-          h.forEach(pipe);
-        },
-        heldCount: () => held.length,
-        close() {
-          for (const { sock, up } of conns) {
-            sock.destroy();
-            up.destroy();
-          }
-          held.forEach((s) => s.destroy());
-          return new Promise((r) => srv.close(r));
-        },
-      }),
-    ),
-  );
-}
-
-
-// follow opens an EventSource on url and records the events named in types.
-function follow(url, types, init) {
-  const es = new EventSource(url, init);
-  const events = [];
-  const waiters = [];
-  for (const type of types) {
-    es.addEventListener(type, (e) => {
-      events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) });
-      waiters.splice(0).forEach((w) => w());
-    });
-  }
-  let opened = 0;
-  es.onopen = () => {
-    opened++;
-    waiters.splice(0).forEach((w) => w());
-  };
-  const until = async (pred, what) => {
-    const stop = Date.now() + guard;
-    while (!pred(events)) {
-      if (Date.now() > stop) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events)}`);
-      await new Promise((r) => {
-        waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  };
-  const opens = async (n) => {
-    const stop = Date.now() + guard;
-    while (opened < n) {
-      if (Date.now() > stop) throw new Error(`timed out waiting for open #${n}`);
-      await new Promise((r) => {
-        waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  };
-  return { es, events, until, opens };
-}
-
 const chanURL = (base, tenant, sub, channels) =>
   `${base}/api/v1/channels/subscribe?channels=${encodeURIComponent(channels)}&token=${token({ sub, tenant })}`;
 
@@ -236,7 +55,7 @@ const chanURL = (base, tenant, sub, channels) =>
 test("a WebSocket resuming with since gets exactly the pushes it missed, then live ones", async () => {
   const tenant = "ch-since";
   const tok = token({ sub: "alice", tenant });
-  const a = await connect(tok);
+  const a = await connect(ex, tok);
   await a.request({ type: "subscribe", channels: ["orders.new"] }, (f) => f.type === "subscribed", "subscribed");
   const seen = await pushMany(tenant, "orders.new", 0, 2);
   await a.next((f) => f.envelopeId === seen[1], "the second push");
@@ -244,7 +63,7 @@ test("a WebSocket resuming with since gets exactly the pushes it missed, then li
 
   const missed = await pushMany(tenant, "orders.new", 2, 5);
   await pushMany(tenant, "orders.other", 0, 1);
-  const b = await connect(tok);
+  const b = await connect(ex, tok);
   const from = b.frames.length;
   await b.request({ type: "subscribe", channels: ["orders.new"], since: { "orders.new": seen[1] } }, (f) => f.type === "subscribed", "subscribed");
   await b.next((f) => f.envelopeId === missed[2], "the last missed push", from);
@@ -259,7 +78,7 @@ test("a WebSocket resuming with since gets exactly the pushes it missed, then li
 test("since on an unknown envelopeId gives resync, then live pushes", async () => {
   const tenant = "ch-miss";
   await pushMany(tenant, "orders.new", 0, 1);
-  const c = await connect(token({ sub: "alice", tenant }));
+  const c = await connect(ex, token({ sub: "alice", tenant }));
   const f = await c.request(
     { type: "subscribe", channels: ["orders.new"], since: { "orders.new": "not-an-envelope" } },
     (f) => f.type === "resync",
@@ -335,7 +154,7 @@ test("user 456 is refused user.123 on the WebSocket, on SSE and on history", asy
   const secret = await push(tenant, { channel: "user.123", event: "secret", users: ["123"] });
   const mallory = token({ sub: "456", tenant });
 
-  const c = await connect(mallory);
+  const c = await connect(ex, mallory);
   const from = c.frames.length;
   await c.request(
     { type: "subscribe", channels: ["user.123", "user.*", "news", "user.456"], since: { "user.123": secret } },

@@ -8,7 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { EventSource } from "eventsource";
-import { guard, sleep, startExample, token } from "./harness.mjs";
+import { sleep, startExample, token, until } from "./harness.mjs";
 import { Backoff, DEFAULT_BACKOFF, Realtime, backoffDelay, channelMatches, tokenExpiry } from "../../../client/realtime.js";
 
 let ex;
@@ -38,15 +38,6 @@ function client(opts) {
   rt.on("error", () => {});
   clients.add(rt);
   return rt;
-}
-
-/** until polls cond until it is true (hang guard). */
-async function until(cond, what) {
-  const end = Date.now() + guard;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** recorder returns record handlers that log every call in calls. */

@@ -6,58 +6,18 @@
 // a failure (.ci/run installs it), elsewhere the suite is skipped.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import net from "node:net";
-import { EventSource } from "eventsource";
-import WebSocket from "ws";
-import { freePort, guard, sleep, startExample, token } from "./harness.mjs";
+import { needs, startExample, startRedis, token, until } from "./harness.mjs";
+import { connect, follow, startProxy } from "./clients.mjs";
 
-let redisBin = null;
-try {
-  execFileSync("redis-server", ["--version"], { stdio: "ignore" });
-  redisBin = "redis-server";
-} catch {
-  if (process.env.CI === "true") throw new Error("redis-server is required on CI (.ci/run installs it)");
-}
-const skip = redisBin ? false : "redis-server is not installed";
+const skip = needs("redis-server");
 
-let redisPort;
-let redis; // the redis-server process
+let redis; // the redis-server (harness.mjs)
 let a, b; // the two instances
-
-function startRedis() {
-  redis = spawn(redisBin, ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: "ignore",
-  });
-  return waitPort(redisPort);
-}
-
-async function waitPort(port) {
-  const until = Date.now() + guard;
-  while (Date.now() < until) {
-    const ok = await new Promise((r) => {
-      const s = net.connect(port, "127.0.0.1");
-      s.once("connect", () => (s.destroy(), r(true)));
-      s.once("error", () => r(false));
-    });
-    if (ok) return;
-    await sleep(50);
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
-
-async function stopRedis() {
-  if (!redis || redis.exitCode !== null) return;
-  const exited = new Promise((r) => redis.once("exit", r));
-  redis.kill("SIGKILL");
-  await exited;
-}
 
 before(async () => {
   if (skip) return;
-  redisPort = await freePort();
-  await startRedis();
-  const env = { REDIS_URL: `redis://127.0.0.1:${redisPort}/0` };
+  redis = await startRedis();
+  const env = { REDIS_URL: redis.url };
   a = await startExample({ env });
   b = await startExample({ env, db: a.db, bin: a.bin });
 });
@@ -65,19 +25,11 @@ before(async () => {
 after(async () => {
   await a?.close();
   await b?.close();
-  await stopRedis();
+  await redis?.kill();
 });
 
 const alice = token({ sub: "alice" });
 const backend = token({ sub: "backend", scope: "publish" });
-
-async function until(pred, what) {
-  const stop = Date.now() + guard;
-  while (!(await pred())) {
-    if (Date.now() > stop) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 async function createPost(ex, fields) {
   const res = await ex.api("POST", "/posts", alice, fields);
@@ -89,30 +41,6 @@ async function patchPost(ex, id, fields) {
   const res = await ex.api("PATCH", `/posts/${id}`, alice, fields);
   assert.equal(res.status, 200, await res.clone().text());
   return res.headers.get("etag");
-}
-
-// follow opens an EventSource and records the contract's events in order.
-function follow(url) {
-  const es = new EventSource(url);
-  const events = [];
-  for (const type of ["snapshot", "changed", "deleted", "resync"]) {
-    es.addEventListener(type, (e) => events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) }));
-  }
-  return { es, events, until: (pred, what) => until(() => pred(events), `${what}; got ${JSON.stringify(events)}`) };
-}
-
-// connect opens a WebSocket, resolving once the connected frame arrived.
-async function connect(ex, tok) {
-  const ws = new WebSocket(`${ex.url.replace(/^http/, "ws")}/api/v1/ws?token=${encodeURIComponent(tok)}`);
-  const c = { ws, frames: [] };
-  ws.on("message", (d) => c.frames.push(JSON.parse(d.toString())));
-  ws.on("error", () => {});
-  c.next = (pred, what) =>
-    until(() => c.frames.some(pred), `${what}; frames ${JSON.stringify(c.frames)}`).then(() => c.frames.find(pred));
-  c.send = (m) => ws.send(JSON.stringify(m));
-  c.close = () => ws.close();
-  await c.next((f) => f.type === "connected", "connected");
-  return c;
 }
 
 test("a change on one instance reaches SSE and WebSocket subscribers of the other; a resume crosses instances", { skip }, async () => {
@@ -142,33 +70,8 @@ test("a change on one instance reaches SSE and WebSocket subscribers of the othe
   ws.close();
 });
 
-// balancer is a TCP load balancer in front of the instances: it sends new
-// connections to the current target, and can be switched.
-function balancer(port) {
-  let target = port;
-  const socks = new Set();
-  const srv = net.createServer((sock) => {
-    const up = net.connect(target, "127.0.0.1");
-    socks.add(sock);
-    const drop = () => (sock.destroy(), up.destroy(), socks.delete(sock));
-    sock.on("error", drop).on("close", drop);
-    up.on("error", drop).on("close", drop);
-    sock.pipe(up);
-    up.pipe(sock);
-  });
-  return new Promise((resolve) =>
-    srv.listen(0, "127.0.0.1", () =>
-      resolve({
-        url: `http://127.0.0.1:${srv.address().port}`,
-        switchTo: (p) => (target = p),
-        close: () => (socks.forEach((s) => s.destroy()), new Promise((r) => srv.close(r))),
-      }),
-    ),
-  );
-}
-
 test("an instance killed mid-stream: its clients resume on the other with nothing lost", { skip }, async () => {
-  const lb = await balancer(b.port);
+  const lb = await startProxy(b.port); // the balancer: switchTo moves it to A
   const { post } = await createPost(a, { title: "k0" });
   const sse = follow(`${lb.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
   await sse.until((ev) => ev.length === 1, "the snapshot through the balancer (on B)");
@@ -224,7 +127,7 @@ test("Redis killed: publishing answers 503 and health is degraded; Redis back: s
   const sse = follow(`${b.url}/api/v1/posts/${post.id}/subscribe?token=${alice}`);
   await sse.until((ev) => ev.length === 1, "the snapshot");
 
-  await stopRedis();
+  await redis.kill();
   await until(async () => (await fetch(`${a.url}/healthz`)).status === 503, "A's health to be degraded");
   let res = await a.api("POST", `/posts/${post.id}/events`, backend, { event: "changed", data: { id: String(post.id), title: "x" } });
   assert.equal(res.status, 503);
@@ -234,7 +137,7 @@ test("Redis killed: publishing answers 503 and health is degraded; Redis back: s
   // be sent now.
   await patchPost(a, post.id, { title: "during" });
 
-  await startRedis(); // empty: every buffered event is gone
+  await redis.start(); // empty: every buffered event is gone
   await until(async () => (await fetch(`${a.url}/healthz`)).status === 200, "A's health to recover");
   await sse.until((ev) => ev.some((e) => e.data.title === "during"), "the subscriber to get the state written during the outage");
   // Redis came back empty: what the subscriber had seen is gone from the

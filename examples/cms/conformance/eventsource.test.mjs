@@ -3,9 +3,9 @@
 // build the example; .ci/run does both).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { EventSource } from "eventsource";
 import { b64, guard, startExample, tamper, token } from "./harness.mjs";
+import { follow, startProxy } from "./clients.mjs";
 
 let ex; // the running example (harness.mjs)
 let proxy; // a TCP proxy in front of it that can cut and hold connections
@@ -16,60 +16,6 @@ const backend = token({ sub: "backend", scope: "publish" });
 
 const startServer = () => ex.start();
 const stopServer = () => ex.stop();
-
-// --- the proxy ------------------------------------------------------------------
-
-function startProxy() {
-  const conns = new Set();
-  let holding = false;
-  let held = [];
-  const pipe = (sock) => {
-    const up = net.connect(ex.port, "127.0.0.1");
-    const pair = { sock, up };
-    conns.add(pair);
-    const drop = () => {
-      sock.destroy();
-      up.destroy();
-      conns.delete(pair);
-    };
-    sock.on("error", drop).on("close", drop);
-    up.on("error", drop).on("close", drop);
-    sock.pipe(up);
-    up.pipe(sock);
-  };
-  const srv = net.createServer((sock) => (holding ? held.push(sock) : pipe(sock)));
-  return new Promise((resolve) =>
-    srv.listen(0, "127.0.0.1", () =>
-      resolve({
-        url: `http://127.0.0.1:${srv.address().port}`,
-        // cut drops every open connection and holds new ones until release.
-        cut() {
-          holding = true;
-          for (const { sock, up } of conns) {
-            sock.destroy();
-            up.destroy();
-          }
-          conns.clear();
-        },
-        release() {
-          holding = false;
-          const h = held;
-          held = [];
-          h.forEach(pipe);
-        },
-        heldCount: () => held.length,
-        close() {
-          for (const { sock, up } of conns) {
-            sock.destroy();
-            up.destroy();
-          }
-          held.forEach((s) => s.destroy());
-          return new Promise((r) => srv.close(r));
-        },
-      }),
-    ),
-  );
-}
 
 // --- helpers ------------------------------------------------------------------
 
@@ -87,39 +33,9 @@ async function patchPost(tok, id, fields) {
   return res.headers.get("etag");
 }
 
-// follow opens an EventSource and records every contract event in order.
-function follow(url) {
-  const es = new EventSource(url);
-  const events = [];
-  const waiters = [];
-  const errors = [];
-  for (const type of ["snapshot", "changed", "deleted", "resync"]) {
-    es.addEventListener(type, (e) => {
-      events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) });
-      waiters.splice(0).forEach((w) => w());
-    });
-  }
-  es.onerror = (e) => {
-    errors.push(e);
-    waiters.splice(0).forEach((w) => w());
-  };
-  // until waits for pred(events) to hold, failing after the hang guard.
-  const until = async (pred, what) => {
-    const stop = Date.now() + guard;
-    while (!pred(events)) {
-      if (Date.now() > stop) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(events)}`);
-      await new Promise((r) => {
-        waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  };
-  return { es, events, errors, until };
-}
-
 before(async () => {
   ex = await startExample();
-  proxy = await startProxy();
+  proxy = await startProxy(ex.port);
 });
 
 after(async () => {

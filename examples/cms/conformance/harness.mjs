@@ -1,7 +1,9 @@
 // Shared set-up of the conformance suites: build examples/cms with `go
 // build`, run it on a free port with a known JWT secret, mint HS256 tokens
-// with node:crypto. Each test file (its own process under `node --test`)
-// starts its own server instance with startExample().
+// with node:crypto, run a private redis-server. Each test file (its own
+// process under `node --test`) starts its own server instance with
+// startExample(). The clients the suites drive (WebSocket, EventSource, a
+// TCP proxy) are in clients.mjs.
 import { execFileSync, spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -54,6 +56,91 @@ export function freePort() {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** until polls pred (may be async) until it is true, failing after the hang guard. */
+export async function until(pred, what) {
+  const stop = Date.now() + guard;
+  while (!(await pred())) {
+    if (Date.now() > stop) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+/** withGuard rejects when p has not settled within the hang guard. */
+export function withGuard(p, what) {
+  let t;
+  return Promise.race([
+    p,
+    new Promise((_, reject) => {
+      t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), guard);
+    }),
+  ]).finally(() => clearTimeout(t));
+}
+
+/** waitPort resolves once something accepts TCP connections on port. */
+export async function waitPort(port) {
+  const until = Date.now() + guard;
+  while (Date.now() < until) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1");
+      s.once("connect", () => (s.destroy(), r(true)));
+      s.once("error", () => r(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+// --- a private Redis --------------------------------------------------------
+
+/**
+ * needs returns a test's skip value for the programs bins: false when all
+ * run, else "<the first missing one> is not installed". On CI a missing
+ * one is a failure (.ci/run installs them).
+ */
+export function needs(...bins) {
+  let missing = null;
+  for (const bin of bins) {
+    try {
+      execFileSync(bin, ["--version"], { stdio: "ignore" });
+    } catch {
+      missing ??= bin;
+    }
+  }
+  if (missing && process.env.CI === "true") throw new Error(`${missing} is required on CI (.ci/run installs it)`);
+  return missing ? `${missing} is not installed` : false;
+}
+
+/**
+ * startRedis runs redis-server on a free port (nothing on disk) and waits
+ * for it. The handle can kill it (SIGKILL) and start it again on the same
+ * port (empty: a Redis that died and came back).
+ */
+export async function startRedis() {
+  const port = await freePort();
+  let proc;
+  const r = {
+    port,
+    url: `redis://127.0.0.1:${port}/0`,
+    /** start runs redis-server and waits for its port. */
+    start() {
+      proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+        stdio: "ignore",
+      });
+      return waitPort(port);
+    },
+    /** kill ends the process at once and waits for it. */
+    async kill() {
+      if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+  await r.start();
+  return r;
+}
 
 // --- the example server -----------------------------------------------------
 

@@ -7,49 +7,19 @@
 // skipped.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import net from "node:net";
-import { EventSource } from "eventsource";
-import WebSocket from "ws";
-import { freePort, guard, sleep, startExample, token } from "./harness.mjs";
+import { execFileSync } from "node:child_process";
+import { needs, startExample, startRedis, token, until } from "./harness.mjs";
+import { connect, follow } from "./clients.mjs";
 
-let missing = null;
-for (const bin of ["redis-server", "redis-cli"]) {
-  try {
-    execFileSync(bin, ["--version"], { stdio: "ignore" });
-  } catch {
-    missing ??= bin;
-  }
-}
-if (missing && process.env.CI === "true") throw new Error(`${missing} is required on CI (.ci/run installs it)`);
-const skip = missing ? `${missing} is not installed` : false;
+const skip = needs("redis-server", "redis-cli");
 
-let redisPort;
-let redis; // the redis-server process
+let redis; // the redis-server (harness.mjs)
 let a, b; // the two instances
-
-async function waitPort(port) {
-  const until = Date.now() + guard;
-  while (Date.now() < until) {
-    const ok = await new Promise((r) => {
-      const s = net.connect(port, "127.0.0.1");
-      s.once("connect", () => (s.destroy(), r(true)));
-      s.once("error", () => r(false));
-    });
-    if (ok) return;
-    await sleep(50);
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
 
 before(async () => {
   if (skip) return;
-  redisPort = await freePort();
-  redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: "ignore",
-  });
-  await waitPort(redisPort);
-  const env = { REDIS_URL: `redis://127.0.0.1:${redisPort}/0` };
+  redis = await startRedis();
+  const env = { REDIS_URL: redis.url };
   a = await startExample({ env });
   b = await startExample({ env, db: a.db, bin: a.bin });
 });
@@ -57,51 +27,17 @@ before(async () => {
 after(async () => {
   await a?.close();
   await b?.close();
-  if (redis && redis.exitCode === null) {
-    const exited = new Promise((r) => redis.once("exit", r));
-    redis.kill("SIGKILL");
-    await exited;
-  }
+  await redis?.kill();
 });
 
 /** cli runs the real redis-cli against the suite's Redis and returns its output. */
-const cli = (...args) => execFileSync("redis-cli", ["-p", String(redisPort), ...args], { encoding: "utf8" }).trim();
+const cli = (...args) => execFileSync("redis-cli", ["-p", String(redis.port), ...args], { encoding: "utf8" }).trim();
 
 /** enqueue XADDs a request (a JSON string or an object) and returns the entry id. */
 const enqueue = (request) =>
   cli("XADD", "rt:queue", "*", "request", typeof request === "string" ? request : JSON.stringify(request));
 
 const alice = token({ sub: "alice" });
-
-async function until(pred, what) {
-  const stop = Date.now() + guard;
-  while (!(await pred())) {
-    if (Date.now() > stop) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-function follow(url) {
-  const es = new EventSource(url);
-  const events = [];
-  for (const type of ["snapshot", "changed", "deleted", "resync"]) {
-    es.addEventListener(type, (e) => events.push({ type, id: e.lastEventId, data: JSON.parse(e.data) }));
-  }
-  return { es, events, until: (pred, what) => until(() => pred(events), `${what}; got ${JSON.stringify(events)}`) };
-}
-
-async function connect(ex, tok) {
-  const ws = new WebSocket(`${ex.url.replace(/^http/, "ws")}/api/v1/ws?token=${encodeURIComponent(tok)}`);
-  const c = { ws, frames: [] };
-  ws.on("message", (d) => c.frames.push(JSON.parse(d.toString())));
-  ws.on("error", () => {});
-  c.next = (pred, what) =>
-    until(() => c.frames.some(pred), `${what}; frames ${JSON.stringify(c.frames)}`).then(() => c.frames.find(pred));
-  c.send = (m) => ws.send(JSON.stringify(m));
-  c.close = () => ws.close();
-  await c.next((f) => f.type === "connected", "connected");
-  return c;
-}
 
 test("requests XADDed by redis-cli reach WebSocket and SSE subscribers on both instances", { skip }, async () => {
   const res = await a.api("POST", "/posts", alice, { title: "q0", body: "b" });

@@ -10,7 +10,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { guard, startExample, tamper, token } from "./harness.mjs";
+import { guard, startExample, tamper, token, withGuard } from "./harness.mjs";
+import { connect } from "./clients.mjs";
 
 let ex; // the running example (harness.mjs)
 
@@ -25,93 +26,6 @@ after(async () => {
 const uuidRE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const wsURL = (q = "") => `${ex.url.replace(/^http/, "ws")}/api/v1/ws${q}`;
 const publisher = (tenant) => token({ sub: "backend", scope: "publish", tenant });
-
-// withGuard rejects when p has not settled within the hang guard.
-function withGuard(p, what) {
-  let t;
-  return Promise.race([
-    p,
-    new Promise((_, reject) => {
-      t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), guard);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-
-// connect opens a WebSocket and resolves once the connected frame arrived.
-// Every frame is recorded in c.frames (parsed JSON).
-async function connect(tok, { header = false, origin } = {}) {
-  const headers = {};
-  if (header) headers.Authorization = `Bearer ${tok}`;
-  if (origin) headers.Origin = origin;
-  const ws = new WebSocket(header ? wsURL() : wsURL(`?token=${encodeURIComponent(tok)}`), { headers });
-  const c = { ws, frames: [], waiters: new Set(), closed: null };
-  c.closed = new Promise((resolve) => ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })));
-  ws.on("message", (data, isBinary) => {
-    const text = data.toString();
-    let f;
-    try {
-      f = JSON.parse(text);
-    } catch {
-      f = { unparsed: text, isBinary };
-    }
-    c.frames.push(f);
-    for (const w of c.waiters) w();
-  });
-  ws.on("error", () => {}); // reported through close / the waits
-  ws.on("close", () => {
-    for (const w of c.waiters) w();
-  });
-  // next waits for the first frame from index `from` matching pred and
-  // returns it.
-  c.next = (pred, what, from = 0) =>
-    withGuard(
-      new Promise((resolve, reject) => {
-        const check = () => {
-          const f = c.frames.slice(from).find(pred);
-          if (f) {
-            c.waiters.delete(check);
-            resolve(f);
-          } else if (ws.readyState === WebSocket.CLOSED) {
-            c.waiters.delete(check);
-            reject(new Error(`connection closed while waiting for ${what}; frames: ${JSON.stringify(c.frames)}`));
-          }
-        };
-        c.waiters.add(check);
-        check();
-      }),
-      `${what}; frames so far: ${JSON.stringify(c.frames)}`,
-    );
-  c.send = (m) => ws.send(typeof m === "string" ? m : JSON.stringify(m));
-  // request sends m and waits for the first later frame matching pred.
-  c.request = (m, pred, what) => {
-    const from = c.frames.length;
-    c.send(m);
-    return c.next(pred, what, from);
-  };
-  // barrier returns once every frame queued to c before the call arrived.
-  c.barrier = () => c.request({ type: "ping" }, (f) => f.type === "pong", "the barrier pong");
-  c.pushes = () => c.frames.filter((f) => f.type === "message");
-  c.close = () => {
-    if (ws.readyState !== WebSocket.CLOSED) ws.close();
-    return c.closed;
-  };
-  await withGuard(
-    new Promise((resolve, reject) => {
-      ws.once("unexpected-response", (_req, res) => reject(new Error(`refused: ${res.statusCode}`)));
-      ws.once("close", () => reject(new Error("closed before connected")));
-      const check = () => {
-        if (c.frames.length > 0) {
-          c.waiters.delete(check);
-          resolve();
-        }
-      };
-      c.waiters.add(check);
-    }),
-    "the connected frame",
-  );
-  c.hello = c.frames[0];
-  return c;
-}
 
 // refusal attempts an upgrade that must be refused and resolves its HTTP
 // status and JSON body (the ws client's unexpected-response event).
@@ -158,7 +72,7 @@ async function closeAll(...cs) {
 // --- connecting -----------------------------------------------------------------
 
 test("connect with ?token=: the connected frame names the connection, user and tenant", async () => {
-  const c = await connect(token({ sub: "alice" }));
+  const c = await connect(ex, token({ sub: "alice" }));
   try {
     assert.equal(c.hello.type, "connected");
     assert.match(c.hello.connectionId, uuidRE);
@@ -170,8 +84,8 @@ test("connect with ?token=: the connected frame names the connection, user and t
 });
 
 test("connect with an Authorization: Bearer header (and a tenant claim)", async () => {
-  const a = await connect(token({ sub: "alice", tenant: "t-header" }), { header: true });
-  const b = await connect(token({ sub: "alice", tenant: "t-header" }), { header: true });
+  const a = await connect(ex, token({ sub: "alice", tenant: "t-header" }), { header: true });
+  const b = await connect(ex, token({ sub: "alice", tenant: "t-header" }), { header: true });
   try {
     assert.deepEqual([a.hello.type, a.hello.user, a.hello.tenant], ["connected", "alice", "t-header"]);
     assert.match(a.hello.connectionId, uuidRE);
@@ -185,7 +99,7 @@ test("a foreign Origin is refused with 403 before the upgrade; the same host is 
   const tok = token({ sub: "alice" });
   const r = await refusal(wsURL(`?token=${tok}`), { Origin: "https://evil.example" });
   assert.equal(r.status, 403);
-  const same = await connect(tok, { origin: ex.url });
+  const same = await connect(ex, tok, { origin: ex.url });
   await closeAll(same);
 });
 
@@ -199,7 +113,7 @@ test("no token or a bad token is refused with 401 before the upgrade", async () 
 // --- frames -----------------------------------------------------------------------
 
 test("ping as JSON and as bare text (any case) is answered pong", async () => {
-  const c = await connect(token({ sub: "alice", tenant: "t-ping" }));
+  const c = await connect(ex, token({ sub: "alice", tenant: "t-ping" }));
   try {
     for (const m of [{ type: "ping" }, "ping", "PING", " Ping\n"]) {
       const f = await c.request(m, () => true, `the answer to ${JSON.stringify(m)}`);
@@ -211,7 +125,7 @@ test("ping as JSON and as bare text (any case) is answered pong", async () => {
 });
 
 test("bad input gives a bad_request error frame and the connection stays open", async () => {
-  const c = await connect(token({ sub: "alice", tenant: "t-bad" }));
+  const c = await connect(ex, token({ sub: "alice", tenant: "t-bad" }));
   try {
     for (const m of ["{not json", "[1,2]", "42", JSON.stringify({ type: "nope" }), JSON.stringify({ type: "subscribe", channels: ["a..b"] })]) {
       const f = await c.request(m, () => true, `the answer to ${m}`);
@@ -231,9 +145,9 @@ test("bad input gives a bad_request error frame and the connection stays open", 
 
 test("channel wildcards: * matches one segment, a trailing > one or more", async () => {
   const t = "t-channels";
-  const star = await connect(token({ sub: "u1", tenant: t }));
-  const rest = await connect(token({ sub: "u2", tenant: t }));
-  const none = await connect(token({ sub: "u3", tenant: t })); // no subscription
+  const star = await connect(ex, token({ sub: "u1", tenant: t }));
+  const rest = await connect(ex, token({ sub: "u2", tenant: t }));
+  const none = await connect(ex, token({ sub: "u3", tenant: t })); // no subscription
   try {
     assert.deepEqual((await subscribe(star, { channels: ["orders.*"] })).channels, ["orders.*"]);
     assert.deepEqual((await subscribe(rest, { channels: ["orders.>", "user.u2"] })).channels, ["orders.>", "user.u2"]);
@@ -274,8 +188,8 @@ test("channel wildcards: * matches one segment, a trailing > one or more", async
 });
 
 test("no cross-tenant delivery", async () => {
-  const a = await connect(token({ sub: "alice", tenant: "t-acme" }));
-  const b = await connect(token({ sub: "alice", tenant: "t-globex" })); // same user name, other tenant
+  const a = await connect(ex, token({ sub: "alice", tenant: "t-acme" }));
+  const b = await connect(ex, token({ sub: "alice", tenant: "t-globex" })); // same user name, other tenant
   try {
     await subscribe(a, { channels: ["news"] });
     await subscribe(b, { channels: ["news"] });
@@ -298,10 +212,10 @@ test("no cross-tenant delivery", async () => {
 
 test("multicast: duplicate users ignored, excludeUsers never reached", async () => {
   const t = "t-multicast";
-  const u1a = await connect(token({ sub: "u1", tenant: t }));
-  const u1b = await connect(token({ sub: "u1", tenant: t }));
-  const u2 = await connect(token({ sub: "u2", tenant: t }));
-  const u3 = await connect(token({ sub: "u3", tenant: t }));
+  const u1a = await connect(ex, token({ sub: "u1", tenant: t }));
+  const u1b = await connect(ex, token({ sub: "u1", tenant: t }));
+  const u2 = await connect(ex, token({ sub: "u2", tenant: t }));
+  const u3 = await connect(ex, token({ sub: "u3", tenant: t }));
   const all = [u1a, u1b, u2, u3];
   try {
     let r = await notify(t, { users: ["u1", "u1", "u2", "u3", "u2"], excludeUsers: ["u3"], event: "multi" });
@@ -326,8 +240,8 @@ test("multicast: duplicate users ignored, excludeUsers never reached", async () 
 
 test("filters: a connection with filters gets a push only when one matches", async () => {
   const t = "t-filters";
-  const f = await connect(token({ sub: "u1", tenant: t }));
-  const plain = await connect(token({ sub: "u2", tenant: t }));
+  const f = await connect(ex, token({ sub: "u1", tenant: t }));
+  const plain = await connect(ex, token({ sub: "u2", tenant: t }));
   try {
     await subscribe(f, { filters: [{ type: "chat_message", questId: "q1" }, { level: 3, done: true }] });
     const pushes = [
@@ -362,8 +276,8 @@ test("filters: a connection with filters gets a push only when one matches", asy
 
 test("acks: one connection acks, a silent one is reported as timed out", async () => {
   const t = "t-acks";
-  const acker = await connect(token({ sub: "u1", tenant: t }));
-  const silent = await connect(token({ sub: "u2", tenant: t }));
+  const acker = await connect(ex, token({ sub: "u1", tenant: t }));
+  const silent = await connect(ex, token({ sub: "u2", tenant: t }));
   try {
     const result = { ok: true, n: 7, list: ["a"] };
     acker.ws.on("message", (raw) => {
@@ -415,10 +329,10 @@ test("presence: users and connections of the token's tenant", async () => {
     assert.equal(res.status, 200);
     return res.json();
   };
-  const a1 = await connect(token({ sub: "ann", tenant: t }));
-  const a2 = await connect(token({ sub: "ann", tenant: t }));
-  const b = await connect(token({ sub: "bob", tenant: t }));
-  const other = await connect(token({ sub: "carl", tenant: "t-presence-other" }));
+  const a1 = await connect(ex, token({ sub: "ann", tenant: t }));
+  const a2 = await connect(ex, token({ sub: "ann", tenant: t }));
+  const b = await connect(ex, token({ sub: "bob", tenant: t }));
+  const other = await connect(ex, token({ sub: "carl", tenant: "t-presence-other" }));
   try {
     // connected is sent only once the connection counts for presence.
     assert.deepEqual(await get("/presence"), { tenant: t, users: ["ann", "bob"], connections: 3 });
@@ -437,7 +351,7 @@ test("presence: users and connections of the token's tenant", async () => {
 });
 
 test("a frame over 64 KiB closes the connection with 1009, and the client reads that code", async () => {
-  const c = await connect(token({ sub: "alice", tenant: "t-big" }));
+  const c = await connect(ex, token({ sub: "alice", tenant: "t-big" }));
   try {
     c.send(JSON.stringify({ type: "ping", pad: "x".repeat(64 * 1024) }));
     const { code } = await withGuard(c.closed, "the close");
@@ -446,7 +360,7 @@ test("a frame over 64 KiB closes the connection with 1009, and the client reads 
     await closeAll(c);
   }
   // Just under the limit is fine.
-  const ok = await connect(token({ sub: "alice", tenant: "t-big" }));
+  const ok = await connect(ex, token({ sub: "alice", tenant: "t-big" }));
   try {
     const pad = "x".repeat(64 * 1024 - 40);
     const f = await ok.request(JSON.stringify({ type: "ping", pad }), () => true, "pong to a large ping");
@@ -496,7 +410,7 @@ test("records: snapshot, resume from lastEventId, up to date, live changes, many
   const missed = [await patchPost(alice, resumed.id, { title: "r1" }), await patchPost(alice, resumed.id, { title: "r2" })];
   const fresh = await createPost(alice, { title: "fresh" });
   const current = await createPost(alice, { title: "current" });
-  const c = await connect(alice);
+  const c = await connect(ex, alice);
   try {
     const sub = await subscribeRecords(t, c, [
       { collection: "posts", id: resumed.id, lastEventId: resumed.etag },
@@ -531,7 +445,7 @@ test("records: an unknown resume point gives resync then the snapshot; refusals 
   const post = await createPost(alice, { title: "x" });
   const now = await patchPost(alice, post.id, { title: "y" });
   const secret = await createPost(alice, { title: "secret", private: true });
-  const c = await connect(bob);
+  const c = await connect(ex, bob);
   try {
     const sub = await subscribeRecords(t, c, [
       { collection: "posts", id: post.id, lastEventId: '"not-an-etag-of-ours"' },
