@@ -300,3 +300,31 @@ func TestClusterChannelPush(t *testing.T) {
 	sendWS(t, other, `{"type":"ping"}`)
 	expectType(t, other, "pong") // nothing was queued before it
 }
+
+// A gap in the broker's delivery (the engine lost events while down)
+// resyncs a record followed over a WebSocket: a resync frame, then the
+// record as stored now, then live events.
+func TestClusterGapResyncsWebSocketRecords(t *testing.T) {
+	store := newRecordStore()
+	m, a, _, _, sb := twoNodes(t, Config{Loader: store.Load})
+	store.put(Ref{Collection: "posts", ID: "1"}, rec{ID: "1"})
+	c, _ := connectWS(t, sb, userToken(t, "alice"))
+	defer c.Close()
+	subscribeRecords(t, c, "subscribe", wsRecordReq{Collection: "posts", ID: "1"})
+	expectRec(t, c, "subscribed", "")
+	expectRec(t, c, EventSnapshot, "1")
+
+	m.SetUnavailable(errors.New("connection refused"))
+	store.put(Ref{Collection: "posts", ID: "1"}, rec{ID: "1", N: 7}) // written while events cannot go out
+	m.SetUnavailable(nil)
+	if f := expectRec(t, c, EventResync, "1"); f.Reason != "buffer-miss" {
+		t.Fatalf("%s", f.raw)
+	}
+	if f := expectRec(t, c, EventSnapshot, "1"); string(f.Data) != `{"id":"1","n":7}` {
+		t.Fatalf("after the gap: %s, want the stored record", f.raw)
+	}
+	e := change(t, a, store, "1", 8)
+	if f := expectRec(t, c, EventChanged, "1"); f.ETag != e {
+		t.Fatalf("%s", f.raw)
+	}
+}

@@ -67,7 +67,8 @@ func (p *Plugin) Deleted(ctx context.Context, collection, id string) (string, er
 // its records' buffers are forgotten; collection streams get a resync frame
 // and SSE record streams end, so their clients resume and are resynced
 // against the stored record; records followed over a WebSocket get a resync
-// frame of their record (reason bulk-write) and stay subscribed.
+// frame of their record (reason bulk-write), then the record as stored now
+// (or deleted), then live events.
 func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	tenant := TenantFrom(ctx)
 	if err := validName("collection", collection); err != nil {
@@ -109,16 +110,20 @@ func (p *Plugin) resyncLocal(tenant, collection string) {
 
 // resyncSubscribers tells subs that they may have missed events: SSE record
 // streams end (their clients resume, from the buffer or with resync and
-// the stored record); collection streams and records followed over a
-// WebSocket get ev, a resync frame, and stay.
+// the stored record); records followed over a WebSocket get ev (a resync
+// frame) and then the stored record (resyncRecord); collection streams get
+// ev and stay.
 func (p *Plugin) resyncSubscribers(subs []*subscriber, ev *Event) {
 	var sched []*subscriber
 	for _, s := range subs {
-		if s.key.ID != "" && s.transport != viaSocket {
+		switch {
+		case s.key.ID != "" && s.transport == viaSocket:
+			s.ws.resyncRecord(s, ev)
+		case s.key.ID != "":
 			s.end()
-			continue
+		default:
+			sched = s.offer(item{ev: ev}, sched)
 		}
-		sched = s.offer(item{ev: ev}, sched)
 	}
 	p.writers.addMany(sched)
 }

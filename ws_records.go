@@ -181,6 +181,52 @@ func (c *wsConn) subscribeRecords(reqs []wsRecordReq, channels []string) {
 	}
 }
 
+// noResumePoint is a resume point no buffer holds (not a valid ETag): a
+// subscription resumed from it gets resync and the stored record (§3).
+const noResumePoint = "\x00"
+
+// resyncRecord tells a record followed over c that it may have missed
+// events (a bulk write's Resync, or a gap in the broker's delivery): the
+// subscription is replaced by one resumed from nowhere, so c gets ev (the
+// resync frame, with its reason), then the record as stored now
+// (snapshot, or deleted when gone), then live events, with the hand-over
+// of every subscription. It runs on a goroutine of its own (the Loader may
+// block), counted by the new subscriber's tracking.
+func (c *wsConn) resyncRecord(s *subscriber, ev *Event) {
+	p := c.ws.p
+	ns := newSubscriber(p, s.key, c.ident, viaSocket)
+	ns.ws = c
+	if !p.track(ns) {
+		return // closing: s ends with the connection
+	}
+	go func() {
+		key := s.key
+		if !c.dropRecord(s, ErrClosed) {
+			p.untrack(ns) // unsubscribed or gone meanwhile
+			return
+		}
+		first, base, skip, err := p.prepare(p.baseCtx, ns, noResumePoint)
+		if err != nil {
+			p.untrack(ns)
+			p.logFailure("websocket record resync", err)
+			_, code, _ := statusOf(err)
+			c.send(socketFrame(key, ev))
+			c.send(recordErrorFrame(code, key))
+			return
+		}
+		if len(first) > 0 && first[0].ev == resyncEvent {
+			first[0] = item{ev: ev} // the caller's reason
+		}
+		if !c.addRecord(wsRecordRef{key.Collection, key.ID}, ns) {
+			ns.close(ErrClosed)
+			p.detach(ns)
+			p.untrack(ns)
+			return
+		}
+		ns.release(first, base, skip)
+	}()
+}
+
 // addRecord registers s as c's subscriber of k; false once c's records
 // are closed.
 func (c *wsConn) addRecord(k wsRecordRef, s *subscriber) bool {
@@ -197,8 +243,9 @@ func (c *wsConn) addRecord(k wsRecordRef, s *subscriber) bool {
 }
 
 // dropRecord ends s's subscription with cause. Whoever removes s from c's
-// records detaches and untracks it: exactly once.
-func (c *wsConn) dropRecord(s *subscriber, cause error) {
+// records detaches and untracks it: exactly once. It reports whether this
+// call removed it.
+func (c *wsConn) dropRecord(s *subscriber, cause error) bool {
 	k := wsRecordRef{s.key.Collection, s.key.ID}
 	c.recMu.Lock()
 	owned := c.records[k] == s
@@ -211,6 +258,7 @@ func (c *wsConn) dropRecord(s *subscriber, cause error) {
 		c.ws.p.detach(s)
 		c.ws.p.untrack(s)
 	}
+	return owned
 }
 
 // unsubscribeRecords detaches the records of reqs (all of them with all).

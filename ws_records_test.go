@@ -378,7 +378,8 @@ func TestWSRecordsPluginClose(t *testing.T) {
 }
 
 // TestWSRecordsBulkResync: Plugin.Resync gives each followed record a
-// resync frame (reason bulk-write) and live events go on.
+// resync frame (reason bulk-write), then the record as stored now (§3), and
+// live events go on; a record deleted meanwhile comes as deleted.
 func TestWSRecordsBulkResync(t *testing.T) {
 	rt, srv, store := recordsServer(t, Config{})
 	store.put(Ref{Collection: "posts", ID: "1"}, rec{ID: "1"})
@@ -392,10 +393,20 @@ func TestWSRecordsBulkResync(t *testing.T) {
 	if f := expectRec(t, c, EventResync, "1"); f.Reason != "bulk-write" {
 		t.Fatalf("%s", f.raw)
 	}
+	if f := expectRec(t, c, EventSnapshot, "1"); string(f.Data) != `{"id":"1","n":0}` {
+		t.Fatalf("after the resync: %s, want the stored record", f.raw)
+	}
 	e := change(t, rt, store, "1", 1)
 	if f := expectRec(t, c, EventChanged, "1"); f.ETag != e {
 		t.Fatalf("%s", f.raw)
 	}
+	// Deleted in the store without an event, then a bulk resync: deleted.
+	store.del(Ref{Collection: "posts", ID: "1"})
+	if err := rt.Resync(context.Background(), "posts"); err != nil {
+		t.Fatal(err)
+	}
+	expectRec(t, c, EventResync, "1")
+	expectRec(t, c, EventDeleted, "1")
 }
 
 // TestWSRecordsHandoverProperty publishes to several records from several

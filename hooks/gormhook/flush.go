@@ -37,6 +37,12 @@ func (h *Hook) flush(pool gorm.ConnPool, cs []change) {
 	if len(cs) == 0 {
 		return
 	}
+	if h.outbox != nil && h.publisherDown() {
+		// The publisher says it cannot publish (its broker is unreachable):
+		// the commit does not wait for it to fail; the changes' outbox rows
+		// stay, and the drainer publishes them once it is back.
+		return
+	}
 	seq := h.seq.begin() // after the commit, before any reload
 	defer h.seq.end(seq)
 	defer func() {
@@ -95,6 +101,18 @@ func (h *Hook) flush(pool gorm.ConnPool, cs []change) {
 
 // flushOne publishes one change of a flush; it reports whether the change
 // is handled (published, resynced, or not to be published).
+// healthReporter is the optional ability of a Publisher to tell whether it
+// can publish now (*realtime.Plugin's Health).
+type healthReporter interface{ Health() error }
+
+var _ healthReporter = (*realtime.Plugin)(nil)
+
+// publisherDown reports whether the publisher says it cannot publish now.
+func (h *Hook) publisherDown() bool {
+	hr, ok := h.pub.(healthReporter)
+	return ok && hr.Health() != nil
+}
+
 func (h *Hook) flushOne(c change, seq uint64, loaded map[*watched]map[string]any,
 	resynced map[[2]string]error, sent, failed map[[2]string]bool) bool {
 	if c.event == realtime.EventResync || (c.reload && loaded[c.w] == nil) {

@@ -551,3 +551,44 @@ func TestOutboxPoisonRow(t *testing.T) {
 	mustNoErr(t, db.Table(gormhook.DefaultOutboxTable).Pluck("record_id", &left).Error)
 	equal(t, "rows left", left, []string{"1"})
 }
+
+// reporting is a flaky publisher that also reports its health, as
+// *realtime.Plugin does.
+type reporting struct{ flaky }
+
+func (r *reporting) Health() error {
+	if r.down.Load() {
+		return realtime.ErrUnavailable
+	}
+	return nil
+}
+
+// TestOutboxSkipsAPublisherThatIsDown: while the publisher reports itself
+// down, a commit does not even try to publish (it does not wait for the
+// failure); the rows stay and are drained once it is back.
+func TestOutboxSkipsAPublisherThatIsDown(t *testing.T) {
+	path := newPath(t)
+	db := openFile(t, path)
+	pub := &reporting{}
+	pub.down.Store(true)
+	h := useOutbox(t, db, pub, gormhook.OutboxConfig{Interval: time.Hour, Grace: time.Millisecond})
+	p := Post{Title: "t1"}
+	mustNoErr(t, db.Create(&p).Error)
+	if n := pub.tries.Load(); n != 0 {
+		t.Fatalf("%d publish attempts while the publisher reported itself down, want 0", n)
+	}
+	if n := outboxRows(t, db); n != 1 {
+		t.Fatalf("%d outbox rows, want 1", n)
+	}
+	pub.down.Store(false)
+	mustNoErr(t, h.Close(context.Background())) // no tick within the test: restart the drainer on a new hook
+	h2 := gormhook.New(pub, gormhook.Watch(&Post{}, "posts"), gormhook.WithOutbox(fastOutbox),
+		gormhook.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	db2 := openFile(t, path) // another process on the same database
+	mustNoErr(t, db2.Use(h2))
+	t.Cleanup(func() { _ = h2.Close(context.Background()) })
+	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, db) == 0 })
+	if evs := pub.take(); len(evs) != 1 || evs[0].String() != "changed posts/1@default" {
+		t.Fatalf("published %v, want the stored record as changed", evs)
+	}
+}
