@@ -81,7 +81,11 @@
 //     (an error frame), not the connection. The subscribe and unsubscribe
 //     messages run on the connection's inbox goroutine (which calls the
 //     RecordLoader and Authorizer for the first frames); its subscribed
-//     answer is queued before the first frames. Unsubscribe, the end of the
+//     answer is queued before the first frames. When such a record may have
+//     missed events (a bulk Resync, a gap in the broker's delivery), a
+//     short-lived goroutine, counted by Close through the new subscriber,
+//     replaces its subscriber with one resumed from nowhere (resync, then
+//     the stored record: the Loader runs there). Unsubscribe, the end of the
 //     connection and Close detach and untrack every such subscriber exactly
 //     once (whoever removes it from the connection's record set).
 //   - A push with a channel is appended to the channel's buffer (the
