@@ -406,14 +406,9 @@ func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id 
 		topics = []string{topicTenant(tenant)}
 		perTopic = [][]string{nil}
 	}
-	nodes := 0
-	for i, t := range topics {
-		m.Users = perTopic[i]
-		k, err := c.publish(ctx, t, m)
-		if err != nil {
-			return NotifyResult{}, err
-		}
-		nodes += k
+	nodes, err := c.publishAll(ctx, topics, perTopic, m)
+	if err != nil {
+		return NotifyResult{}, err
 	}
 	cw.mu.Lock()
 	cw.want = nodes
@@ -453,6 +448,45 @@ func (c *cluster) notify(ctx context.Context, tenant string, n Notification, id 
 		res.TimedOut = awaiting - len(res.Acks)
 	}
 	return res, nil
+}
+
+// notifyFanout bounds the topics a Notify publishes to at once.
+const notifyFanout = 16
+
+// publishAll publishes m to each topic (with that topic's users), up to
+// notifyFanout at once, and returns how many nodes received them in all;
+// the first error, if any (a push to k users costs about k/16 round trips,
+// not k).
+func (c *cluster) publishAll(ctx context.Context, topics []string, perTopic [][]string, m clusterMsg) (int, error) {
+	if len(topics) == 1 {
+		m.Users = perTopic[0]
+		return c.publish(ctx, topics[0], m)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		nodes    int
+		firstErr error
+	)
+	sem := make(chan struct{}, notifyFanout)
+	for i, t := range topics {
+		msg := m
+		msg.Users = perTopic[i]
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			k, err := c.publish(ctx, t, msg)
+			mu.Lock()
+			nodes += k
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return nodes, firstErr
 }
 
 // connOpened registers a new WebSocket with the broker: its tenant's and
