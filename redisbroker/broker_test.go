@@ -206,7 +206,7 @@ func TestTwoNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ra.waitFor(t, "the last event", func() bool { d := ra.deliveries[keyA]; return d[len(d)-1].Seq == last })
+	eventually(t, "the last event", func() bool { return ra.lastSeq(keyA) == last })
 	if got := ra.of(keyB); len(got) != 0 {
 		t.Fatalf("node a got %d events of a stream it does not watch", len(got))
 	}
@@ -234,7 +234,7 @@ func TestTwoNodes(t *testing.T) {
 	if len(got) != before+1 || got[before].Seq != seen {
 		t.Fatalf("after unwatch and watch: %d deliveries, last at %d, want %d then %d", len(got), got[len(got)-1].Seq, before+1, seen)
 	}
-	for _, r := range []*recorder{ra, rb} {
+	for _, r := range []recorder{ra, rb} {
 		if n := r.gapsOf(keyA) + r.gapsOf(keyB); n != 0 {
 			t.Errorf("%d gaps with a healthy Redis", n)
 		}
@@ -276,12 +276,12 @@ func TestTopics(t *testing.T) {
 	}
 	publish(a, "x", "m3", 2)
 	// A message received while Unlisten runs may be dropped: m3 first.
-	rb.waitFor(t, "3 messages", func() bool { return len(rb.messages["x"]) == 3 })
+	eventually(t, "3 messages", func() bool { return len(rb.messagesOf("x")) == 3 })
 	if err := b.Unlisten(bctx, "x"); err != nil {
 		t.Fatal(err)
 	}
 	publish(a, "x", "m4", 1)
-	ra.waitFor(t, "4 messages", func() bool { return len(ra.messages["x"]) == 4 })
+	eventually(t, "4 messages", func() bool { return len(ra.messagesOf("x")) == 4 })
 	if got := ra.messagesOf("x"); !slices.Equal(got, []string{"m1", "m2", "m3", "m4"}) {
 		t.Errorf("node a: %q", got)
 	}
@@ -291,7 +291,7 @@ func TestTopics(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish(a, "y", "later", 1)
-	rb.waitFor(t, "later", func() bool { return len(rb.messages["y"]) == 1 })
+	eventually(t, "later", func() bool { return len(rb.messagesOf("y")) == 1 })
 	if got := rb.messagesOf("x"); !slices.Equal(got, []string{"m1", "m2", "m3"}) {
 		t.Errorf("node b: %q", got)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ginrealtime/realtime"
+	"github.com/ginrealtime/realtime/brokertest"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 )
@@ -96,7 +97,7 @@ func newBroker(t testing.TB, c redis.UniversalClient, cfg Config) *Broker {
 }
 
 // startBroker starts b with a new recorder and stops it when t ends.
-func startBroker(t testing.TB, b *Broker) *recorder {
+func startBroker(t testing.TB, b *Broker) recorder {
 	t.Helper()
 	r := newRecorder()
 	if err := b.Start(r); err != nil {
@@ -115,129 +116,55 @@ func startBroker(t testing.TB, b *Broker) *recorder {
 	return r
 }
 
-// recorder is a fake realtime.Node recording every call.
-type recorder struct {
-	mu         sync.Mutex
-	changed    chan struct{}
-	deliveries map[realtime.StreamKey][]realtime.Entry
-	gaps       map[realtime.StreamKey]int
-	messages   map[string][]string
-	health     []error
-	inDeliver  int
-	bad        []string
-}
+// recorder is the conformance suite's recording Node (it also checks the
+// Node contract), with the shorthands these tests use.
+type recorder struct{ *brokertest.Recorder }
 
-func newRecorder() *recorder {
-	return &recorder{changed: make(chan struct{}), deliveries: make(map[realtime.StreamKey][]realtime.Entry),
-		gaps: make(map[realtime.StreamKey]int), messages: make(map[string][]string)}
-}
+func newRecorder() recorder { return recorder{brokertest.NewRecorder()} }
 
-func (r *recorder) signal() {
-	close(r.changed)
-	r.changed = make(chan struct{})
-}
+func (r recorder) problems() []string                         { return r.Problems() }
+func (r recorder) of(key realtime.StreamKey) []realtime.Entry { return r.DeliveriesOf(key) }
+func (r recorder) healthReports() []error                     { return r.HealthReports() }
 
-func (r *recorder) Deliver(key realtime.StreamKey, e realtime.Entry) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inDeliver++
-	if r.inDeliver > 1 {
-		r.bad = append(r.bad, "concurrent Deliver calls")
-	}
-	if d := r.deliveries[key]; len(d) > 0 && e.Seq <= d[len(d)-1].Seq {
-		r.bad = append(r.bad, fmt.Sprintf("Deliver %v at %d after %d", key, e.Seq, d[len(d)-1].Seq))
-	}
-	if e.Event == nil {
-		r.bad = append(r.bad, "nil event")
-	}
-	r.deliveries[key] = append(r.deliveries[key], e)
-	r.inDeliver--
-	r.signal()
-}
-
-func (r *recorder) Gap(key realtime.StreamKey) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.gaps[key]++
-	r.signal()
-}
-
-func (r *recorder) Message(topic string, msg []byte) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.messages[topic] = append(r.messages[topic], string(msg))
-	r.signal()
-}
-
-func (r *recorder) Health(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.health = append(r.health, err)
-	r.signal()
-}
-
-func (r *recorder) problems() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.bad...)
-}
-
-func (r *recorder) of(key realtime.StreamKey) []realtime.Entry {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]realtime.Entry(nil), r.deliveries[key]...)
-}
-
-func (r *recorder) gapsOf(key realtime.StreamKey) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.gaps[key]
-}
-
-func (r *recorder) healthReports() []error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]error(nil), r.health...)
-}
-
-func (r *recorder) messagesOf(topic string) []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.messages[topic]...)
-}
-
-// waitFor waits until cond (called with r locked) holds.
-func (r *recorder) waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for {
-		r.mu.Lock()
-		ok := cond()
-		ch := r.changed
-		r.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			t.Fatalf("gave up waiting for %s", what)
+func (r recorder) gapsOf(key realtime.StreamKey) int {
+	n := 0
+	for _, k := range r.Gaps() {
+		if k == key {
+			n++
 		}
 	}
+	return n
 }
 
-func (r *recorder) waitDeliveries(t testing.TB, key realtime.StreamKey, n int) []realtime.Entry {
-	t.Helper()
-	r.waitFor(t, fmt.Sprintf("%d deliveries of %v", n, key), func() bool { return len(r.deliveries[key]) >= n })
-	return r.of(key)
+func (r recorder) messagesOf(topic string) []string {
+	var out []string
+	for _, m := range r.MessagesOf(topic) {
+		out = append(out, string(m))
+	}
+	return out
 }
 
-// waitHealth waits for a Health report matching up (nil) or down.
-func (r *recorder) waitHealth(t testing.TB, from int, up bool) {
+func (r recorder) waitDeliveries(t testing.TB, key realtime.StreamKey, n int) []realtime.Entry {
 	t.Helper()
-	r.waitFor(t, fmt.Sprintf("Health(up=%v)", up), func() bool {
-		for _, err := range r.health[min(from, len(r.health)):] {
+	return r.WaitDeliveries(t, key, n)
+}
+
+// lastSeq is the position of key's last delivery (0 for none).
+func (r recorder) lastSeq(key realtime.StreamKey) uint64 {
+	d := r.DeliveriesOf(key)
+	if len(d) == 0 {
+		return 0
+	}
+	return d[len(d)-1].Seq
+}
+
+// waitHealth waits for a Health report, from the from-th on, matching up
+// (nil) or down.
+func (r recorder) waitHealth(t testing.TB, from int, up bool) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("Health(up=%v)", up), func() bool {
+		hs := r.HealthReports()
+		for _, err := range hs[min(from, len(hs)):] {
 			if (err == nil) == up {
 				return true
 			}

@@ -105,29 +105,23 @@ func TestOutageCut(t *testing.T) {
 	if n := ra.gapsOf(caught); n != 0 {
 		t.Errorf("%d gaps of a stream caught up", n)
 	}
-	ra.waitFor(t, "gap of the trimmed stream", func() bool { return ra.gaps[trimmed] > 0 })
-	ra.waitFor(t, "gap of the invalidated stream", func() bool { return ra.gaps[invalidated] > 0 })
-	ra.waitFor(t, "gap of the stream watched during the cut", func() bool { return ra.gaps[late] > 0 })
-	ra.waitFor(t, "gap of the stream whose data was lost", func() bool { return ra.gaps[wiped] > 0 })
+	eventually(t, "gap of the trimmed stream", func() bool { return ra.gapsOf(trimmed) > 0 })
+	eventually(t, "gap of the invalidated stream", func() bool { return ra.gapsOf(invalidated) > 0 })
+	eventually(t, "gap of the stream watched during the cut", func() bool { return ra.gapsOf(late) > 0 })
+	eventually(t, "gap of the stream whose data was lost", func() bool { return ra.gapsOf(wiped) > 0 })
 	// Every stream flows again, the late watch and listen included.
 	for _, k := range []realtime.StreamKey{caught, trimmed, invalidated, late, wiped} {
 		seq, err := a.Append(bctx, k, bufEvent(k, "after", time.Now()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ra.waitFor(t, fmt.Sprintf("%v after the cut", k), func() bool {
-			d := ra.deliveries[k]
-			return len(d) > 0 && d[len(d)-1].Seq == seq
-		})
-		rb.waitFor(t, fmt.Sprintf("%v after the cut on b", k), func() bool {
-			d := rb.deliveries[k]
-			return len(d) > 0 && d[len(d)-1].Seq == seq
-		})
+		eventually(t, fmt.Sprintf("%v after the cut", k), func() bool { return ra.lastSeq(k) == seq })
+		eventually(t, fmt.Sprintf("%v after the cut on b", k), func() bool { return rb.lastSeq(k) == seq })
 	}
 	if n, err := b.Publish(bctx, "late-topic", []byte("hi")); err != nil || n != 1 {
 		t.Fatalf("Publish to the topic listened during the cut: %d %v", n, err)
 	}
-	ra.waitFor(t, "late-topic", func() bool { return len(ra.messages["late-topic"]) == 1 })
+	eventually(t, "late-topic", func() bool { return len(ra.messagesOf("late-topic")) == 1 })
 	if n := rb.gapsOf(trimmed) + rb.gapsOf(caught) + rb.gapsOf(late); n != 0 {
 		t.Errorf("node b, always connected, got %d gaps", n)
 	}
@@ -171,8 +165,5 @@ func TestOutageStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ra.waitFor(t, "the event after the stall", func() bool {
-		d := ra.deliveries[key]
-		return d[len(d)-1].Seq == seq
-	})
+	eventually(t, "the event after the stall", func() bool { return ra.lastSeq(key) == seq })
 }
