@@ -179,12 +179,17 @@ func (n *memoryNode) Watch(_ context.Context, key StreamKey) error {
 func (n *memoryNode) Unwatch(_ context.Context, key StreamKey) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.watch[key] <= 1 {
-		delete(n.watch, key)
-	} else {
-		n.watch[key]--
-	}
+	uncount(n.watch, key)
 	return nil
+}
+
+// uncount undoes one count of k, forgetting it at zero.
+func uncount[K comparable](counts map[K]int, k K) {
+	if counts[k] <= 1 {
+		delete(counts, k)
+	} else {
+		counts[k]--
+	}
 }
 
 // Listen implements Broker.
@@ -201,11 +206,7 @@ func (n *memoryNode) Listen(_ context.Context, topic string) error {
 func (n *memoryNode) Unlisten(_ context.Context, topic string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.listen[topic] <= 1 {
-		delete(n.listen, topic)
-	} else {
-		n.listen[topic]--
-	}
+	uncount(n.listen, topic)
 	return nil
 }
 
