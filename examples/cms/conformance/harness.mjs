@@ -227,3 +227,27 @@ export async function startExample(opts = {}) {
   await ex.start();
   return ex;
 }
+
+/**
+ * startCluster starts a private redis-server and two instances of the
+ * example sharing it and one SQLite file (a and b: one binary, built once).
+ * close stops all three.
+ */
+export async function startCluster() {
+  const redis = await startRedis();
+  const env = { REDIS_URL: redis.url };
+  const c = { redis, a: null, b: null };
+  c.close = async () => {
+    await c.a?.close();
+    await c.b?.close();
+    await redis.kill();
+  };
+  try {
+    c.a = await startExample({ env });
+    c.b = await startExample({ env, db: c.a.db, bin: c.a.bin });
+  } catch (err) {
+    await c.close();
+    throw err;
+  }
+  return c;
+}

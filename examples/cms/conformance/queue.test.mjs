@@ -8,26 +8,22 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { needs, startExample, startRedis, token, until } from "./harness.mjs";
+import { needs, startCluster, token, until } from "./harness.mjs";
 import { connect, follow } from "./clients.mjs";
 
 const skip = needs("redis-server", "redis-cli");
 
-let redis; // the redis-server (harness.mjs)
-let a, b; // the two instances
+let cluster; // the redis-server and the two instances (harness.mjs)
+let redis, a, b;
 
 before(async () => {
   if (skip) return;
-  redis = await startRedis();
-  const env = { REDIS_URL: redis.url };
-  a = await startExample({ env });
-  b = await startExample({ env, db: a.db, bin: a.bin });
+  cluster = await startCluster();
+  ({ redis, a, b } = cluster);
 });
 
 after(async () => {
-  await a?.close();
-  await b?.close();
-  await redis?.kill();
+  await cluster?.close();
 });
 
 /** cli runs the real redis-cli against the suite's Redis and returns its output. */
