@@ -173,6 +173,10 @@ func TestQueueDeliversPublishAndNotify(t *testing.T) {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Different records and different channels (lanes): no order between
+	// them.
+	sort.Slice(f.pubs, func(i, j int) bool { return f.pubs[i].ID < f.pubs[j].ID })
+	sort.Slice(f.notes, func(i, j int) bool { return f.notes[i].Event > f.notes[j].Event })
 	n := f.notes[0]
 	if n.Event != "order_created" || n.Tenant != "t1" || n.Channel != "orders.new" ||
 		strings.Join(n.Users, ",") != "u1,u2" || strings.Join(n.ExcludeUsers, ",") != "u3" ||
@@ -182,9 +186,6 @@ func TestQueueDeliversPublishAndNotify(t *testing.T) {
 	if n := f.notes[1]; n.Tenant != realtime.DefaultTenant || n.Event != "hello" {
 		t.Errorf("notify with defaults: %+v", n)
 	}
-	// Different records and different channels: no order between them.
-	sort.Slice(f.pubs, func(i, j int) bool { return f.pubs[i].ID < f.pubs[j].ID })
-	sort.Slice(f.notes, func(i, j int) bool { return f.notes[i].Event > f.notes[j].Event })
 	p := f.pubs[0]
 	if p.Tenant != "t1" || p.Collection != "posts" || p.ID != "42" || p.Event != "changed" ||
 		string(p.Data) != `{"id":"42","title":"x"}` || p.ETag != `"v2"` {
