@@ -49,7 +49,17 @@ type Broker interface {
 	// between them), so that concurrent events of one record have the same
 	// order in both streams; each stream's watchers get it. The plugin
 	// publishes through it.
-	AppendRecord(ctx context.Context, ev *Event) error
+	//
+	// With ev.Version > 0 the append is idempotent and ordered on the
+	// record's versions, in the same step: a version at or below the last
+	// one appended for the record is a duplicate (dup true, nothing
+	// appended or delivered); a version beyond the next one (last + 1) is
+	// refused with an error wrapping ErrOutOfOrder, unless gap is set (the
+	// versions in between can never be published: the event is appended
+	// and subscribers see the jump). When the record's last version is
+	// unknown (never appended, or forgotten by the engine) any version is
+	// appended. Events without a version are always appended.
+	AppendRecord(ctx context.Context, ev *Event, gap bool) (dup bool, err error)
 	// Start begins delivering to n; the plugin calls it once, in New.
 	Start(n Node) error
 	// Watch makes the node receive key's events through Node.Deliver. It
@@ -100,13 +110,14 @@ type eventWire struct {
 	Data       json.RawMessage `json:"d,omitempty"`
 	Prior      json.RawMessage `json:"p,omitempty"`
 	Time       int64           `json:"ts"`
+	Version    uint64          `json:"v,omitempty"`
 }
 
 // MarshalEvent encodes ev for a Broker: UnmarshalEvent gives back an event
 // whose frames are byte-identical to ev's.
 func MarshalEvent(ev *Event) ([]byte, error) {
 	w := eventWire{Type: ev.Type, Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection, ID: ev.Ref.ID,
-		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior}
+		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior, Version: ev.Version}
 	if !ev.Time.IsZero() {
 		w.Time = ev.Time.UnixNano()
 	}
@@ -131,7 +142,7 @@ func UnmarshalEvent(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("realtime: decode event: %w: type and collection are required", ErrBadRequest)
 	}
 	ev := &Event{Type: w.Type, Ref: Ref{Tenant: w.Tenant, Collection: w.Collection, ID: w.ID},
-		ETag: w.ETag, Data: w.Data, Prior: w.Prior}
+		ETag: w.ETag, Data: w.Data, Prior: w.Prior, Version: w.Version}
 	if w.Time != 0 {
 		ev.Time = time.Unix(0, w.Time)
 	}

@@ -3,6 +3,7 @@ package realtime
 import (
 	"container/list"
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -99,6 +100,10 @@ type memStream struct {
 	// subscriber at the head is known to be up to date.
 	headSeq  uint64
 	headETag string
+	// version is the last record version appended (Event.Version; 0: none
+	// known). It is forgotten with the stream, like an engine forgetting a
+	// stream: any version is then appended.
+	version uint64
 }
 
 // NewMemoryBuffer returns an in-memory Buffer with cfg's bounds (zero fields
@@ -123,6 +128,11 @@ func NewMemoryBuffer(cfg MemoryBufferConfig) *MemoryBuffer {
 func (b *MemoryBuffer) Append(_ context.Context, key StreamKey, ev *Event) (uint64, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.appendLocked(key, ev).headSeq, nil
+}
+
+// appendLocked stores ev at the end of key's stream (b.mu held).
+func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 	s := b.streams[key]
 	if s == nil {
 		s = &memStream{key: key}
@@ -151,7 +161,48 @@ func (b *MemoryBuffer) Append(_ context.Context, key StreamKey, ev *Event) (uint
 			b.shift(s)
 		}
 	}
-	return s.headSeq, nil
+	return s
+}
+
+// appendRecord appends a record event to its record's and its
+// collection's streams in one step, applying the version rule of
+// Broker.AppendRecord (versionRule) on the record's stream.
+func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bool, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ev.Version > 0 {
+		var last uint64
+		if s := b.streams[ev.Ref]; s != nil {
+			last = s.version
+		}
+		if dup, err := versionRule(last, ev.Version, gap); dup || err != nil {
+			return seqs, dup, err
+		}
+	}
+	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+		s := b.appendLocked(key, ev)
+		seqs[i] = s.headSeq
+		if i == 0 && ev.Version > 0 {
+			s.version = ev.Version
+		}
+	}
+	return seqs, false, nil
+}
+
+// versionRule is the order of a record's versions (Broker.AppendRecord):
+// with last the record's last version appended (0: unknown), v is a
+// duplicate when at or below it, and out of order when beyond last + 1
+// unless gap allows the jump.
+func versionRule(last, v uint64, gap bool) (dup bool, err error) {
+	switch {
+	case last == 0:
+		return false, nil
+	case v <= last:
+		return true, nil
+	case v > last+1 && !gap:
+		return false, fmt.Errorf("%w: version %d after %d", ErrOutOfOrder, v, last)
+	}
+	return false, nil
 }
 
 // trim drops entries over the count and age bounds.

@@ -24,6 +24,10 @@ var (
 	ErrUnavailable = errors.New("realtime: unavailable")
 	// ErrSlowSubscriber is the reason a subscriber whose queue overflowed was disconnected.
 	ErrSlowSubscriber = errors.New("realtime: subscriber too slow")
+	// ErrOutOfOrder reports a record version published before the version
+	// it follows (Publication.Version): nothing was published; publish it
+	// again once the earlier versions are, or with Publication.Gap.
+	ErrOutOfOrder = errors.New("realtime: version out of order")
 	// ErrTooManyConnections reports a WebSocket refused by the per-user or
 	// per-tenant connection cap (429 too_many_connections).
 	ErrTooManyConnections = errors.New("realtime: too many connections")

@@ -18,6 +18,24 @@ type ETagger interface {
 	ETag() string
 }
 
+// Versioner is ETagger's sibling: implemented by records that carry their
+// position in their record's order (a version column kept by the app, 1,
+// 2, 3, … consecutive per record, in commit order). The plugin reads it from
+// the records a RecordLoader returns (a subscriber then never gets an event
+// older than its snapshot); publishers read it for Publication.Version.
+type Versioner interface {
+	RecordVersion() uint64
+}
+
+// VersionedRecord is what a RecordLoader may return instead of the bare
+// record when it knows the loaded version's position in the record's order
+// (read in one consistent snapshot with the record). Record nil means the
+// record is absent (deleted) at that version.
+type VersionedRecord struct {
+	Record  any
+	Version uint64
+}
+
 // DefaultETag is a strong ETag over collection, id and the record's JSON: the
 // same inputs give the same string on every node.
 func DefaultETag(collection, id string, recordJSON []byte) string {

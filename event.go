@@ -46,6 +46,11 @@ type Event struct {
 	Prior json.RawMessage
 	// Time is when the event was published.
 	Time time.Time
+	// Version is the event's position in its record's order: 1, 2, 3, …,
+	// consecutive per record, in commit order, assigned where the record's
+	// writes are serialized (Publication.Version). 0 when the publisher gave
+	// none: such events are ordered by their stream alone.
+	Version uint64
 
 	sseOnce sync.Once
 	sse     []byte

@@ -101,21 +101,21 @@ func (n *memoryNode) Append(ctx context.Context, key StreamKey, ev *Event) (uint
 }
 
 // AppendRecord implements Broker.
-func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event) error {
+func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, gap bool) (bool, error) {
 	m := n.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := n.unavailable("append"); err != nil {
-		return err
+		return false, err
 	}
-	for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
-		seq, err := m.buf.Append(ctx, key, ev)
-		if err != nil {
-			return err
-		}
-		m.deliverLocked(key, Entry{Seq: seq, Event: ev})
+	seqs, dup, err := m.buf.appendRecord(ev, gap)
+	if err != nil || dup {
+		return dup, err
 	}
-	return nil
+	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+		m.deliverLocked(key, Entry{Seq: seqs[i], Event: ev})
+	}
+	return false, nil
 }
 
 // deliverLocked hands e to every node watching key (m.mu held).

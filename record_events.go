@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -30,6 +31,21 @@ type Publication struct {
 	// ETag is the version's ETag. Default: computed like Plugin.ETag (for
 	// deleted: TombstoneETag).
 	ETag string
+	// Version is this version's position in the record's order: 1, 2, 3, …,
+	// consecutive per record, in commit order, assigned where the record's
+	// writes are serialized (the GORM hook's outbox assigns it in the
+	// write's transaction). With it, publishing is idempotent and ordered: a
+	// version at or below the last one published for the record is a
+	// duplicate (Publish returns its ETag and delivers nothing), and a
+	// version published before the one it follows fails with ErrOutOfOrder.
+	// Default: 0, taken from the record when it implements Versioner, else
+	// none (events are ordered by publish order alone).
+	Version uint64
+	// Gap, with Version, says that the versions between the last one
+	// published and this one can never be published: this one is published
+	// after them anyway, and every subscriber of the record gets resync and
+	// the current record before it. Default: false.
+	Gap bool
 }
 
 // Publish publishes a record event to every subscriber of the record and of
@@ -40,7 +56,7 @@ func (p *Plugin) Publish(ctx context.Context, pub Publication) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
 	}
-	if err := p.publish(ctx, ev); err != nil {
+	if err := p.publish(ctx, ev, pub.Gap); err != nil {
 		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
 	}
 	return ev.ETag, nil
@@ -139,7 +155,13 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 		}
 	}
 	ref := Ref{Tenant: pub.Tenant, Collection: pub.Collection, ID: pub.ID}
-	ev := &Event{Type: pub.Event, Ref: ref, Time: time.Now()}
+	ev := &Event{Type: pub.Event, Ref: ref, Time: time.Now(), Version: pub.Version}
+	if v, ok := pub.Record.(Versioner); ok && ev.Version == 0 {
+		ev.Version = v.RecordVersion()
+	}
+	if pub.Gap && ev.Version == 0 {
+		return nil, badRequest("gap needs a version")
+	}
 	switch pub.Event {
 	case EventSnapshot, EventChanged:
 		var err error
@@ -190,14 +212,17 @@ var schedPool = sync.Pool{New: func() any { s := make([]*subscriber, 0, 256); re
 
 // publish appends ev to the record's and the collection's streams and hands
 // it to their subscribers, under each stream's stripe lock.
-func (p *Plugin) publish(ctx context.Context, ev *Event) error {
+func (p *Plugin) publish(ctx context.Context, ev *Event, gap bool) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
 	if p.cluster != nil {
 		// The broker assigns the order and brings the event back to every
 		// node watching its streams, this one included (clusterNode.Deliver).
-		if err := p.cluster.b.AppendRecord(ctx, ev); err != nil {
+		if _, err := p.cluster.b.AppendRecord(ctx, ev, gap); err != nil {
+			if errors.Is(err, ErrOutOfOrder) {
+				return fmt.Errorf("broker: %w", err)
+			}
 			return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
 		}
 		return nil
@@ -209,13 +234,30 @@ func (p *Plugin) publish(ctx context.Context, ev *Event) error {
 	defer func() { clear(*sp); *sp = (*sp)[:0]; schedPool.Put(sp) }()
 	sched := (*sp)[:0]
 	si, sj := p.hub.lockPair(ev.Ref, ev.Ref.collectionKey())
-	for _, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
-		seq, err := p.cfg.Buffer.Append(ctx, key, ev)
-		if err != nil {
+	mb, ok := p.cfg.Buffer.(*MemoryBuffer)
+	var seqs [2]uint64
+	if ok {
+		var dup bool
+		var err error
+		seqs, dup, err = mb.appendRecord(ev, gap)
+		if err != nil || dup {
 			p.hub.unlockPair(si, sj)
-			p.writers.addMany(sched)
-			*sp = sched
-			return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
+			if err != nil {
+				return fmt.Errorf("buffer: %w", err)
+			}
+			return nil
+		}
+	}
+	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
+		seq := seqs[i]
+		if !ok {
+			var err error
+			if seq, err = p.cfg.Buffer.Append(ctx, key, ev); err != nil {
+				p.hub.unlockPair(si, sj)
+				p.writers.addMany(sched)
+				*sp = sched
+				return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
+			}
 		}
 		for _, s := range p.hub.subscribersLocked(key) {
 			sched = s.offer(item{ev: ev, seq: seq}, sched)

@@ -112,13 +112,13 @@ func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtim
 // AppendRecord implements realtime.Broker: the event is appended to the
 // record's stream and to its collection's by one script (both or neither,
 // nothing between them), deduplicated like Append.
-func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event) error {
+func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event, gap bool) (bool, error) {
 	if ev == nil {
-		return fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
+		return false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
 	coll := realtime.StreamKey{Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection}
 	_, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID())
-	return err
+	return false, err // TODO(issue 13): the version rule in the append script
 }
 
 // appendOnce appends ev to streams (of one collection) with the dedupe id

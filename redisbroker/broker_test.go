@@ -142,7 +142,7 @@ func TestAppendRecord(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			ev := bufEvent(key, fmt.Sprint("v", i), time.Now())
-			if err := a.AppendRecord(bctx, ev); err != nil {
+			if _, err := a.AppendRecord(bctx, ev, false); err != nil {
 				t.Error(err)
 			}
 		})
