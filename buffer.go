@@ -47,6 +47,10 @@ type Lookup struct {
 	Status LookupStatus
 	// Seq is the position of the resume point (Found, UpToDate).
 	Seq uint64
+	// Version is the record version of the resume point's event
+	// (Event.Version; Found, UpToDate; 0 when unknown): the replay must go
+	// on from the next one.
+	Version uint64
 	// Events are the events after the resume point, oldest first (Found).
 	Events []Entry
 }
@@ -182,7 +186,7 @@ func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bo
 	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
 		s := b.appendLocked(key, ev)
 		seqs[i] = s.headSeq
-		if i == 0 && ev.Version > 0 {
+		if i == 0 {
 			s.version = ev.Version
 		}
 	}
@@ -250,7 +254,7 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 		return Lookup{Status: LookupUnknown, Seq: s.headSeq}, nil
 	}
 	if key.ID != "" && lastID == s.headETag {
-		return Lookup{Status: LookupUpToDate, Seq: s.headSeq}, nil
+		return Lookup{Status: LookupUpToDate, Seq: s.headSeq, Version: s.version}, nil
 	}
 	at := -1
 	for i := len(s.entries) - 1; i >= 0; i-- {
@@ -264,10 +268,11 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 	if at < 0 {
 		return Lookup{Status: LookupUnknown}, nil
 	}
+	v := s.entries[at].Event.Version
 	if at == len(s.entries)-1 {
-		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq}, nil
+		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq, Version: v}, nil
 	}
-	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
+	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Version: v, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
 }
 
 // Invalidate implements Buffer.

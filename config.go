@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -16,28 +15,6 @@ import (
 // The returned value is marshalled with encoding/json; a json.RawMessage or
 // []byte is taken as the record's JSON as is.
 type RecordLoader func(ctx context.Context, ref Ref) (any, error)
-
-// Authorizer decides whether an identity may see a record or a collection.
-// It returns nil to allow, ErrForbidden to refuse (403) or ErrNotFound to hide
-// the record (404). It is called at subscribe time and again before every
-// event frame (with Access.Event and Access.Record set), on the plugin's
-// writer goroutines: it must be fast and must not block.
-type Authorizer func(ctx context.Context, a Access) error
-
-// Access is what an Authorizer decides on.
-type Access struct {
-	// Identity is the subscriber's verified token.
-	Identity *Identity
-	// Ref names the record; Ref.ID is empty for a collection subscription.
-	Ref Ref
-	// Event is empty at subscribe time, else the type of the event about to be sent.
-	Event string
-	// Record is the record's JSON when known: the loaded record at subscribe
-	// time, the event's data before a frame, and before a deleted frame the
-	// record as it was (Event.Prior), or {"id":…} when the publisher did not
-	// say. It is nil when the record is absent or no loader is configured.
-	Record json.RawMessage
-}
 
 // ETagFunc computes the ETag of a record version from its collection, id and
 // JSON. It must return a valid HTTP entity tag, quotes included.

@@ -92,17 +92,7 @@ func (e *Event) size() int64 {
 	return int64(2*len(e.Data) + len(e.Prior) + 2*len(e.ETag) + len(e.Ref.Tenant) + len(e.Ref.Collection) + len(e.Ref.ID) + 200)
 }
 
-// resyncEvent is the frame sent when a resume point cannot be served.
-var resyncEvent = &Event{Type: EventResync, Data: json.RawMessage(`{"reason":"buffer-miss"}`)}
-
 // keepaliveEvent marks a heartbeat in a subscriber's queue.
 var keepaliveEvent = &Event{Type: "keepalive", sse: keepaliveFrame}
 
 func init() { keepaliveEvent.sseOnce.Do(func() {}) }
-
-// pollEvent is an event in a long-poll answer.
-type pollEvent struct {
-	Event string          `json:"event"`
-	ID    string          `json:"id,omitempty"`
-	Data  json.RawMessage `json:"data"`
-}

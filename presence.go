@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
@@ -17,8 +18,8 @@ func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, c
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
-	if cl := p.cluster; cl != nil && cl.ps != nil {
-		users, conns, err = cl.ps.Presence(ctx, tenant)
+	if ps := p.node.ps; ps != nil {
+		users, conns, err = ps.Presence(ctx, tenant)
 		if err != nil {
 			return nil, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
 		}
@@ -27,7 +28,7 @@ func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, c
 		}
 		return users, conns, nil
 	}
-	users, conns = p.ws.reg.presence(tenant)
+	users, conns = p.pushes.reg.local(tenant)
 	return users, conns, nil
 }
 
@@ -37,15 +38,64 @@ func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online 
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
-	if cl := p.cluster; cl != nil && cl.ps != nil {
-		n, err := cl.ps.UserPresence(ctx, tenant, user)
+	if ps := p.node.ps; ps != nil {
+		n, err := ps.UserPresence(ctx, tenant, user)
 		if err != nil {
 			return false, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
 		}
 		return n > 0, n, nil
 	}
-	n := p.ws.reg.userConns(userKey{tenant: tenant, user: user})
+	n := 0
+	for _, t := range p.pushes.reg.socketsNow() {
+		if t.tenant == tenant && t.user == user {
+			n++
+		}
+	}
 	return n > 0, n, nil
+}
+
+// Presence is kept in the broker (PresenceStore): a WebSocket is recorded
+// when it opens, renewed every presenceTTL/3 by the heartbeat loop, and
+// removed when it closes; a node that dies is forgotten after presenceTTL.
+// A broker without a PresenceStore counts this node's WebSockets only.
+
+// present records a WebSocket's presence (on its handler goroutine,
+// before its connected frame).
+func (n *node) present(t *target) {
+	if n.ps == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.ps.AddPresence(ctx, presenceTTL, PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}); err != nil {
+		n.p.log.Warn("realtime: presence not recorded", "err", err)
+	}
+}
+
+// absent removes a WebSocket's presence, off the caller's goroutine.
+func (n *node) absent(t *target) {
+	if n.ps == nil {
+		return
+	}
+	pc := PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}
+	n.async(func(ctx context.Context) { _ = n.ps.RemovePresence(ctx, pc) })
+}
+
+// refreshPresence renews the presence of every open WebSocket of this node
+// (from the heartbeat loop, every presenceTTL/3).
+func (n *node) refreshPresence(sockets []*target) {
+	if n.ps == nil || len(sockets) == 0 {
+		return
+	}
+	pcs := make([]PresenceConn, len(sockets))
+	for i, t := range sockets {
+		pcs[i] = PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}
+	}
+	n.async(func(ctx context.Context) {
+		if err := n.ps.AddPresence(ctx, presenceTTL, pcs...); err != nil {
+			n.p.log.Warn("realtime: presence not refreshed", "err", err)
+		}
+	})
 }
 
 // publisher authenticates c and requires the publish scope; on failure it

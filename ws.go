@@ -15,27 +15,18 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 )
 
-// wsServer is the WebSocket side of a Plugin: one melody instance, the
-// registry of connections and the acks awaited by Notify.
+// wsServer is the WebSocket side of a Plugin (PROTOCOL.md §6): melody for
+// the upgrade and the read loop, the plugin's own writer for every frame
+// (ws_transport.go).
 type wsServer struct {
-	p    *Plugin
-	m    *melody.Melody
-	reg  *wsRegistry
-	acks *ackBoard
+	p *Plugin
+	m *melody.Melody
 
 	handlers sync.WaitGroup // one per reserved connection: the goroutine running its upgrade and read loop
-	closers  sync.WaitGroup // goroutines writing a server-initiated close frame
-
-	closeMu sync.Mutex
-	stopped bool // no more closer goroutines: close sockets directly
-
-	mountMu sync.Mutex
-	mounted map[any]bool
 
 	// sessions maps melody's sessions to their connections, from onConnect
 	// to onDisconnect.
@@ -50,13 +41,12 @@ const melodyNeverPing = 100 * 365 * 24 * time.Hour
 // for onConnect (melody session keys would cost a map per connection).
 type connCtxKey struct{}
 
-// wsWriteBuffers is shared by every connection's writes: an idle connection
-// holds no write buffer.
+// wsWriteBuffers is gorilla's write buffer pool: only its handshake and its
+// close answers write through it.
 var wsWriteBuffers = &sync.Pool{}
 
 func newWSServer(p *Plugin) *wsServer {
-	w := &wsServer{p: p, reg: newWSRegistry(), acks: newAckBoard(), mounted: make(map[any]bool),
-		sessions: make(map[*melody.Session]*wsConn)}
+	w := &wsServer{p: p, sessions: make(map[*melody.Session]*wsConn)}
 	m := melody.New()
 	m.Config.WriteWait = p.cfg.WriteTimeout
 	m.Config.PongWait = p.cfg.WSPongWait
@@ -89,9 +79,15 @@ func newWSServer(p *Plugin) *wsServer {
 	m.HandlePong(func(s *melody.Session) {
 		// melody renews the read deadline on every pong: keep the close
 		// grace of a connection being closed.
-		if c := w.connOf(s); c != nil && c.closing.Load() {
+		if c := w.connOf(s); c != nil && !c.c.open() {
 			_ = s.WebsocketConnection().SetReadDeadline(time.Now().Add(closeGrace))
 		}
+	})
+	m.HandleClose(func(s *melody.Session, code int, _ string) error {
+		if c := w.connOf(s); c != nil {
+			c.clientClosed(code)
+		}
+		return nil
 	})
 	m.HandleError(w.onError)
 	w.m = m
@@ -125,39 +121,16 @@ func (w *wsServer) originAllowed(r *http.Request) bool {
 	return false
 }
 
-// mount adds GET /ws, POST /notify, GET /presence[/:user],
-// GET /channels/subscribe and GET /channels/:channel/history to rg, once
-// per group (Register and RegisterCollection may both be called, the
-// latter several times).
-func (w *wsServer) mount(rg gin.IRoutes) {
-	var key any = rg
-	if g, ok := rg.(interface{ BasePath() string }); ok {
-		key = g.BasePath()
-	}
-	w.mountMu.Lock()
-	defer w.mountMu.Unlock()
-	if w.mounted[key] {
-		return
-	}
-	w.mounted[key] = true
-	rg.GET("/ws", w.handleWS)
-	// The publish-scope API, with CORS for Config.CORSAllowedOrigins.
-	w.p.publishRoute(rg, http.MethodPost, "/notify", w.p.handleNotify)
-	w.p.publishRoute(rg, http.MethodGet, "/presence", w.p.handlePresence)
-	w.p.publishRoute(rg, http.MethodGet, "/presence/:user", w.p.handleUserPresence)
-	rg.GET("/channels/subscribe", w.p.handleChannelSubscribe)
-	rg.GET("/channels/:channel/history", w.p.handleChannelHistory)
-}
-
 // handleWS serves GET {base}/ws.
 func (w *wsServer) handleWS(c *gin.Context) {
+	p := w.p
 	// The Origin first: a page of another site gets 403 whatever
 	// credentials its browser attached (cookies included).
 	if !w.originAllowed(c.Request) {
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
 		return
 	}
-	ident, ok := w.p.identify(c)
+	ident, ok := p.identify(c)
 	if !ok {
 		return
 	}
@@ -166,7 +139,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		return
 	}
 	k := userKey{tenant: ident.Tenant, user: ident.User}
-	if err := w.reg.reserve(k, w.p.cfg.WSMaxConnsPerUser, w.p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
+	if err := p.pushes.reg.reserve(k, p.cfg.WSMaxConnsPerUser, p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
 		if errors.Is(err, ErrTooManyConnections) {
 			writeErrorCode(c, http.StatusTooManyRequests, "too_many_connections", "too many connections")
 			return
@@ -174,10 +147,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		writeError(c, fmt.Errorf("websocket: %w", err))
 		return
 	}
-	conn := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: w, ident: ident}
-	if !ident.Expires.IsZero() {
-		conn.expires = ident.Expires.Add(w.p.cfg.JWTLeeway)
-	}
+	conn := newWSConn(w, ident)
 	// The connection does not keep the handler goroutine: the socket is
 	// taken over here and handed, with a trimmed copy of the request (no
 	// credentials), to a goroutine of its own that runs melody's upgrade
@@ -185,14 +155,14 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	// the handler's grown stack are released when this handler returns.
 	nc, brw, err := c.Writer.Hijack()
 	if err != nil {
-		w.reg.release(k)
+		p.pushes.reg.release(k)
 		w.handlers.Done()
 		writeError(c, fmt.Errorf("websocket: hijack: %w", err))
 		return
 	}
 	if brw.Reader.Buffered() > 0 { // data before the handshake completed
 		_ = nc.Close()
-		w.reg.release(k)
+		p.pushes.reg.release(k)
 		w.handlers.Done()
 		return
 	}
@@ -200,12 +170,12 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	req := handshakeRequest(c.Request, conn)
 	go func() {
 		defer w.handlers.Done()
-		// HandleRequestWithKeys runs the connection (onConnect …
-		// onDisconnect) and returns when it has ended; onDisconnect releases
-		// the slot. On an error before the session exists it is released here.
+		// HandleRequest runs the connection (onConnect … onDisconnect)
+		// and returns when it has ended; onDisconnect releases the slot.
+		// On an error before the session exists it is released here.
 		if err := w.m.HandleRequest(hw, req); err != nil {
 			_ = nc.Close()
-			w.reg.release(k)
+			p.pushes.reg.release(k)
 		}
 	}()
 }
@@ -260,49 +230,27 @@ func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, bufio.NewReadWriter(bufio.NewReaderSize(w.nc, 16), bufio.NewWriterSize(w.nc, 16)), nil
 }
 
-// onConnect registers the connection for pushes and presence, then sends
-// the connected frame. A connection that cannot register (the plugin is
-// closing) is closed with 1001.
+// onConnect starts the connection: its writer, then its registration for
+// pushes and presence, which queues the connected frame first. A
+// connection that cannot register (the plugin is closing) is closed with
+// 1001.
 func (w *wsServer) onConnect(s *melody.Session) {
 	c, _ := s.Request.Context().Value(connCtxKey{}).(*wsConn)
 	w.sessMu.Lock()
 	w.sessions[s] = c
 	w.sessMu.Unlock()
 	c.s = s
-	c.conn = s.WebsocketConnection()
 	// Nothing reads the handshake request after the upgrade: let it go
 	// (~1 KiB per connection).
 	s.Request = nil
-	connected := func() {
-		c.sendJSON(struct {
-			Type         string `json:"type"`
-			ConnectionID string `json:"connectionId"`
-			User         string `json:"user"`
-			Tenant       string `json:"tenant"`
-		}{"connected", c.id, c.user, c.tenant})
-	}
-	if cl := w.p.cluster; cl != nil {
-		cl.connOpened(c) // pushes from every node reach c before "connected"
-		c.clustered = true
-	}
-	if !w.reg.add(c, connected) {
-		c.closeWith(websocket.CloseGoingAway, "server closing")
-		return
-	}
-	c.registered = true
+	c.start(s.WebsocketConnection())
 }
 
 // onDisconnect removes the connection from every index, detaches its
-// record subscribers and frees its slot.
+// record subscriptions and frees its slot.
 func (w *wsServer) onDisconnect(s *melody.Session) {
 	c := w.connOf(s)
-	c.closing.Store(true)
-	c.stopInbox()
-	c.closeRecords()
-	w.reg.remove(c, c.registered)
-	if c.clustered {
-		w.p.cluster.connClosed(c)
-	}
+	c.stop()
 	w.sessMu.Lock()
 	delete(w.sessions, s)
 	w.sessMu.Unlock()
@@ -317,21 +265,9 @@ func (w *wsServer) onError(s *melody.Session, err error) {
 		return
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {
-		c.closing.Store(true)
+		c.c.close(ErrClosed) // gorilla wrote the close frame: nothing more
 		drain(s.WebsocketConnection().NetConn())
 	}
-}
-
-// ping asks the writer pool for a ping on every connection (from the
-// plugin's ping ticker: no timer per connection).
-func (w *wsServer) ping() {
-	var sched []*wsConn
-	for _, c := range w.reg.all() {
-		if c.queuePing() {
-			sched = append(sched, c)
-		}
-	}
-	w.p.writers.addConns(sched)
 }
 
 // drain reads and discards the client's input until it closes or
@@ -342,30 +278,13 @@ func drain(nc net.Conn) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(nc, 1<<30))
 }
 
-// expire closes with 1008 every connection whose token has expired
-// (called from the plugin's heartbeat loop).
-func (w *wsServer) expire(now time.Time) {
-	for _, c := range w.reg.all() {
-		if !c.expires.IsZero() && now.After(c.expires) {
-			c.closeWith(websocket.ClosePolicyViolation, "token expired")
-		}
-	}
-}
-
-// close closes every connection with 1001 and waits for their goroutines;
-// when ctx ends first the remaining sockets are closed at once.
+// close waits for every connection's goroutines once the plugin has
+// closed them (1001); when ctx ends first the remaining sockets are closed
+// at once.
 func (w *wsServer) close(ctx context.Context) error {
-	w.reg.close()
-	for _, c := range w.reg.all() {
-		c.closeWith(websocket.CloseGoingAway, "server closing")
-	}
 	done := make(chan struct{})
 	go func() {
 		w.handlers.Wait()
-		w.closeMu.Lock()
-		w.stopped = true
-		w.closeMu.Unlock()
-		w.closers.Wait()
 		close(done)
 	}()
 	var err error
@@ -381,6 +300,5 @@ func (w *wsServer) close(ctx context.Context) error {
 		<-done
 	}
 	_ = w.m.Close()
-	w.acks.close()
 	return err
 }

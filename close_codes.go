@@ -1,0 +1,25 @@
+package realtime
+
+import "time"
+
+// WebSocket close codes the plugin sends (PROTOCOL.md §6). Every close is
+// a close frame written after the frames already written, then the
+// connection is read (and what comes discarded) until the client answers
+// or closeGrace passes, so that the client reads the code: closing a
+// socket with unread input would reset it, and the client would see 1006.
+const (
+	// closeGoingAway (1001): the plugin is closing.
+	closeGoingAway = 1001
+	// closePolicyViolation (1008): the token expired.
+	closePolicyViolation = 1008
+	// closeMessageTooBig (1009): a client frame over WSMaxMessageBytes
+	// (written by gorilla's reader).
+	closeMessageTooBig = 1009
+	// closeTryAgainLater (1013): the connection could not keep up (its
+	// queue overflowed); the client reconnects and resumes.
+	closeTryAgainLater = 1013
+)
+
+// closeGrace is how long the server keeps reading after its close frame,
+// waiting for the client's, before it closes the TCP connection.
+const closeGrace = 2 * time.Second
