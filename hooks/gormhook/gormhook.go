@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
@@ -83,7 +84,8 @@ type watched struct {
 	table      string // the table name GORM's statements carry
 }
 
-// Hook is a gorm.Plugin. Create it with New and install it with db.Use.
+// Hook is a gorm.Plugin. Create it with New and install it with db.Use;
+// stop its outbox drainer with Close.
 type Hook struct {
 	pub         Publisher
 	watch       []watched
@@ -91,13 +93,15 @@ type Hook struct {
 	maxAffected int
 	tenantFn    func(ctx context.Context, record any) string
 	log         *slog.Logger
-	outboxCfg   *OutboxConfig
+	outboxCfg   OutboxConfig
 
 	db      *gorm.DB
-	outbox  *outbox // nil without WithOutbox
-	seq     *sequencer
-	byType  map[reflect.Type]*watched
-	byTable map[string]*watched
+	dialect string  // "sqlite", "postgres" or "mysql"
+	outbox  *outbox // set by db.Use
+	// plainSnapshot: the driver refused the Loader's transaction options.
+	plainSnapshot atomic.Bool
+	byType        map[reflect.Type]*watched
+	byTable       map[string]*watched
 }
 
 var _ gorm.Plugin = (*Hook)(nil)
@@ -116,10 +120,10 @@ func New(pub Publisher, opts ...Option) *Hook {
 // Name implements gorm.Plugin.
 func (h *Hook) Name() string { return "realtime:gormhook" }
 
-// Initialize implements gorm.Plugin: it checks the options, wraps db's
-// connection pool so that the transactions it begins report their commit,
-// and registers the hook's callbacks. With WithOutbox it also creates the
-// outbox table when missing and starts the drainer (stop it with Close).
+// Initialize implements gorm.Plugin: it checks the options, creates the
+// versions and outbox tables when missing, wraps db's connection pool so
+// that the transactions it begins report their commit, registers the hook's
+// callbacks and starts the outbox drainer (stop it with Close).
 func (h *Hook) Initialize(db *gorm.DB) error {
 	if err := h.init(db); err != nil {
 		return fmt.Errorf("gormhook: initialize: %w", err)
@@ -177,7 +181,6 @@ func (h *Hook) init(db *gorm.DB) error {
 		h.db = nil
 		return err
 	}
-	h.seq = newSequencer()
 	h.wrapRootPool(db)
 	if err := h.registerCallbacks(db); err != nil {
 		return err

@@ -64,7 +64,7 @@ func TestWithRealtimePlugin(t *testing.T) {
 	})
 	tap := &etagTap{Plugin: rt}
 	db := openRaw(t, nil)
-	mustNoErr(t, db.Use(gormhook.New(tap, gormhook.Watch(&Post{}, "posts"))))
+	use(t, db, gormhook.New(tap, gormhook.Watch(&Post{}, "posts")))
 
 	// What the app's GET handler sends as ETag.
 	restETag := func(id uint) string {
