@@ -42,13 +42,13 @@ func Watch(model any, collection string) Option {
 	return func(h *Hook) { h.watch = append(h.watch, watched{model: model, collection: collection}) }
 }
 
-// WithReload sets whether the records written are read again by primary key
-// after commit (default true), so that an event carries the whole stored
-// record, byte for byte what the app's GET handler marshals (database
-// defaults, timestamp precision, columns an Updates(map) did not touch).
-// With false the hook publishes the in-memory struct the write was given,
-// which may be partial; records written by condition have no such struct and
-// are always read again.
+// WithReload sets whether the records written are read by primary key in
+// the write's transaction, at commit (default true), so that an event
+// carries the whole stored record, byte for byte what the app's GET handler
+// marshals (database defaults, timestamp precision, columns an
+// Updates(map) did not touch). With false the hook publishes the in-memory
+// struct the write was given, which may be partial; records written by
+// condition have no such struct and are always read.
 func WithReload(reload bool) Option {
 	return func(h *Hook) { h.noReload = !reload }
 }
@@ -63,16 +63,16 @@ func WithMaxAffected(n int) Option {
 
 // WithTenant takes each event's tenant from the record instead of the write's
 // context. fn gets the statement's context and a pointer to the model struct
-// (the reloaded record, the in-memory one with WithReload(false), or for a
-// delete the row as it was before the delete); an empty result falls back to
-// realtime.TenantFrom(ctx). A collection resync always uses the context's
-// tenant.
+// (the record read in the transaction, the in-memory one with
+// WithReload(false), or for a delete the row as it was before the delete);
+// an empty result falls back to realtime.TenantFrom(ctx). A collection
+// resync always uses the context's tenant.
 func WithTenant(fn func(ctx context.Context, record any) string) Option {
 	return func(h *Hook) { h.tenantFn = fn }
 }
 
-// WithLogger sets where publish failures after commit are logged. Default:
-// slog.Default().
+// WithLogger sets where the hook logs publish failures, outages and outbox
+// trouble. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return func(h *Hook) { h.log = l }
 }

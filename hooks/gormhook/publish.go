@@ -68,9 +68,10 @@ var refusedRetries = []time.Duration{
 
 // publishCommitted publishes the rows a transaction has just committed, in
 // order, on the committing goroutine, and deletes those published. A row
-// refused as out of order is tried again a few times (refusedRetries); rows
-// that still cannot be published stay for the drainer, which publishes them
-// in version order. While the publisher reports itself down nothing is
+// refused as out of order is tried again a few times (refusedRetries),
+// unless its record has a backlog in the outbox (notBacklogged); rows that
+// still cannot be published stay for the drainer, which publishes them in
+// version order. While the publisher reports itself down nothing is
 // tried: the commit does not wait for its failures.
 func (h *Hook) publishCommitted(ctx context.Context, pool gorm.ConnPool, rows []outboxRow) {
 	if len(rows) == 0 || h.publisherDown() {
@@ -94,6 +95,7 @@ publish:
 			break publish
 		}
 	}
+	later = h.notBacklogged(ctx, pool, later)
 	for _, pause := range refusedRetries {
 		if len(later) == 0 {
 			break
@@ -111,6 +113,28 @@ publish:
 		later = still
 	}
 	h.deleteRows(ctx, pool, done)
+}
+
+// notBacklogged returns the refused rows worth retrying: those whose
+// record has no earlier version waiting in the outbox for longer than
+// Grace. Such a backlog (left by an outage) is the drainer's to publish
+// first; the commit leaves its row to it at once rather than retry in vain.
+// Younger earlier rows are commits still publishing: worth the wait.
+func (h *Hook) notBacklogged(ctx context.Context, pool gorm.ConnPool, rows []*outboxRow) []*outboxRow {
+	if len(rows) == 0 {
+		return rows
+	}
+	old := time.Now().UTC().Add(-h.outbox.cfg.Grace)
+	keep := rows[:0]
+	for _, r := range rows {
+		var n int64
+		err := h.outboxSession(ctx, pool).Where("ref = ? AND version < ? AND created_at < ?", r.Ref, r.Version, old).
+			Limit(1).Count(&n).Error
+		if err == nil && n == 0 {
+			keep = append(keep, r)
+		}
+	}
+	return keep
 }
 
 // healthReporter is the optional ability of a Publisher to tell whether it
