@@ -28,6 +28,7 @@ var nodeSecret = []byte("gormhook test secret")
 // tapCall is one Publish a tap saw, with its outcome.
 type tapCall struct {
 	Event, ID string
+	ETag      string // as the hook gave it
 	Version   uint64
 	Gap       bool
 	Err       error
@@ -55,7 +56,7 @@ func (tp *tap) Publish(ctx context.Context, p realtime.Publication) (string, err
 		etag, err = tp.Plugin.Publish(ctx, p)
 	}
 	tp.mu.Lock()
-	tp.calls = append(tp.calls, tapCall{Event: p.Event, ID: p.ID, Version: p.Version, Gap: p.Gap, Err: err})
+	tp.calls = append(tp.calls, tapCall{Event: p.Event, ID: p.ID, ETag: p.ETag, Version: p.Version, Gap: p.Gap, Err: err})
 	tp.mu.Unlock()
 	if tp.after != nil {
 		tp.after(p, err)
