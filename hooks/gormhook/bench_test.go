@@ -3,6 +3,7 @@ package gormhook_test
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ginrealtime/realtime"
@@ -41,13 +42,36 @@ func BenchmarkUpdate(b *testing.B) {
 					if err := db.Create(&p).Error; err != nil {
 						b.Fatal(err)
 					}
+					stmts := countStatements(b, db)
 					for b.Loop() {
 						if err := db.Model(&Post{ID: p.ID}).Update("views", gorm.Expr("views + 1")).Error; err != nil {
 							b.Fatal(err)
 						}
 					}
+					b.ReportMetric(float64(stmts.Load())/float64(b.N), "stmts/op")
 				})
 			}
 		})
 	}
+}
+
+// countStatements counts the SQL statements run through db's callbacks
+// from now on (transaction BEGIN and COMMIT aside).
+func countStatements(b *testing.B, db *gorm.DB) *atomic.Int64 {
+	var n atomic.Int64
+	count := func(*gorm.DB) { n.Add(1) }
+	cb := db.Callback()
+	for _, err := range []error{
+		cb.Create().Before("gorm:create").Register("bench:count", count),
+		cb.Query().Before("gorm:query").Register("bench:count", count),
+		cb.Update().Before("gorm:update").Register("bench:count", count),
+		cb.Delete().Before("gorm:delete").Register("bench:count", count),
+		cb.Row().Before("gorm:row").Register("bench:count", count),
+		cb.Raw().Before("gorm:raw").Register("bench:count", count),
+	} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return &n
 }
