@@ -25,7 +25,8 @@ func (h *Hook) drainLoop(ctx context.Context) {
 }
 
 // drain claims and publishes one batch of rows older than Grace. It reports
-// whether the batch was full and drained without an outage. While the
+// whether the batch was full and published at least in part, without an
+// outage. While the
 // publisher is down it claims one row, as a probe.
 func (h *Hook) drain(ctx context.Context) (more bool) {
 	o := h.outbox
@@ -103,7 +104,9 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 		_ = h.outboxSession(bg, nil).Where("id IN ? AND claimed_by = ?", rest, token).
 			Updates(map[string]any{"claimed_by": "", "claimed_at": nil}).Error
 	}
-	return ok && len(cand) == limit
+	// Another batch at once only after progress: a full batch refused
+	// (waiting for versions another process holds) waits for the next tick.
+	return ok && len(cand) == limit && len(done) > 0
 }
 
 // drainRows publishes claimed rows: each record's rows in version order,
