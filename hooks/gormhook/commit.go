@@ -222,7 +222,8 @@ const loadChunk = 500
 
 // load reads the records with the given keys as the app reads them (the
 // model's default scope and query callbacks, AfterFind hooks), on pool (the
-// transaction), and returns pointers to them by ID.
+// transaction), and returns pointers to them by ID. On MySQL the read locks
+// the rows (FOR UPDATE).
 func (h *Hook) load(ctx context.Context, pool gorm.ConnPool, w *watched, keys [][]any) (map[string]any, error) {
 	out := make(map[string]any, len(keys))
 	chunk := max(1, loadChunk/len(w.schema.PrimaryFields))
@@ -232,6 +233,13 @@ func (h *Hook) load(ctx context.Context, pool gorm.ConnPool, w *watched, keys []
 		dest := reflect.New(reflect.SliceOf(w.schema.ModelType))
 		q := h.db.Session(&gorm.Session{NewDB: true, Context: ctx})
 		q.Statement.ConnPool = pool
+		if h.dialect == "mysql" {
+			// Under REPEATABLE READ a plain read returns the transaction's
+			// snapshot, which may predate a version committed since for a
+			// row this transaction named but did not change; a locking read
+			// returns the latest (the version row's lock orders them).
+			q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
+		}
 		if err := q.Where(clause.IN{Column: col, Values: vals}).Find(dest.Interface()).Error; err != nil {
 			return nil, fmt.Errorf("gormhook: read the written records of %s: %w", w.collection, err)
 		}

@@ -49,7 +49,10 @@
 // JSON the handler marshals (encoding/json), and the ETag the handler sends
 // (Publisher's ETag when it has one, as *realtime.Plugin does: the record's
 // realtime.ETagger, else Config.ETag over that JSON; else the record's
-// ETagger, else realtime.DefaultETag). WithReload(false) publishes the
+// ETagger, else realtime.DefaultETag). On MySQL that read is a locking one
+// (FOR UPDATE): under REPEATABLE READ a plain read would return the
+// transaction's snapshot, older than a version committed since for a row it
+// named without changing it. WithReload(false) publishes the
 // in-memory struct of the write instead (records written by condition are
 // always read).
 //
