@@ -249,3 +249,41 @@ func TestLoaderSnapshot(t *testing.T) {
 		}
 	})
 }
+
+// TestCommitReadsLatest: a record a transaction names without changing it
+// (an update by condition whose new value it already had) gets the next
+// version with its latest state, not the one of the transaction's snapshot
+// (MySQL's REPEATABLE READ began it before another process committed a
+// newer version). SQLite has one writer at a time: no such interleaving.
+func TestCommitReadsLatest(t *testing.T) {
+	for _, d := range []string{"postgres", "mysql"} {
+		t.Run(d, func(t *testing.T) {
+			tdb := newTestDB(t, d)
+			db, other := tdb.open(t), tdb.open(t)
+			rec := &recorder{}
+			useOutbox(t, db, rec, noDrain)
+			useOutbox(t, other, &recorder{}, noDrain)
+			mustNoErr(t, db.Create(&[]Post{{Title: "a", Body: "same"}, {Title: "b", Body: "old"}}).Error)
+			rec.take()
+			mustNoErr(t, db.Transaction(func(tx *gorm.DB) error {
+				var n int64
+				if err := tx.Model(&Post{}).Count(&n).Error; err != nil { // MySQL takes the snapshot here
+					return err
+				}
+				if err := other.Model(&Post{ID: 1}).Update("title", "a2").Error; err != nil { // version 2 of post 1
+					return err
+				}
+				return tx.Model(&Post{}).Where("id IN ?", []uint{1, 2}).UpdateColumn("body", "same").Error
+			}))
+			evs := rec.take()
+			if len(evs) != 2 {
+				t.Fatalf("events %v", evs)
+			}
+			for _, e := range evs {
+				if e.ID == "1" && (e.Version != 3 || e.Record.(*Post).Title != "a2" || e.JSON != getJSON(t, db, 1)) {
+					t.Fatalf("post 1: version %d %s, want version 3 with title a2", e.Version, e.JSON)
+				}
+			}
+		})
+	}
+}
