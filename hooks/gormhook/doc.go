@@ -114,7 +114,11 @@
 // # The outbox
 //
 // Every hook keeps a transactional outbox (OutboxConfig.Table, default
-// realtime_outbox): one row per event, written in the write's transaction
+// realtime_outbox), on one node as on many: the order and the exactness of
+// the events come from the rows committed with the writes, so there is one
+// code path, and an outage or a crash between a commit and its publish
+// loses nothing on a single node either. WithOutbox only tunes it. It holds
+// one row per event, written in the write's transaction
 // with its version, holding the event exactly as committed: id
 // (autoincrement), ref, tenant, collection, record_id, version, event
 // (snapshot, changed, deleted, or resync for a collection), etag, data (the

@@ -106,7 +106,8 @@ type Hook struct {
 
 var _ gorm.Plugin = (*Hook)(nil)
 
-// New returns the hook; install it with db.Use.
+// New returns the hook; install it with db.Use, stop its outbox drainer
+// with Close.
 func New(pub Publisher, opts ...Option) *Hook {
 	h := &Hook{pub: pub}
 	for _, o := range opts {
