@@ -160,6 +160,9 @@ func closeAdminDBs() {
 	adminMu.Lock()
 	defer adminMu.Unlock()
 	for _, db := range adminDBs {
+		if db == nil {
+			continue // the server was unreachable
+		}
 		if sqlDB, err := db.DB(); err == nil {
 			_ = sqlDB.Close()
 		}
