@@ -127,3 +127,17 @@ func (p *Plugin) Authenticate() gin.HandlerFunc {
 		c.Next()
 	}
 }
+
+// publisher authenticates c and requires the publish scope; on failure it
+// has answered.
+func (p *Plugin) publisher(c *gin.Context, op string) (*Identity, bool) {
+	ident, ok := p.identify(c)
+	if !ok {
+		return nil, false
+	}
+	if !ident.HasScope(ScopePublish) {
+		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
+		return nil, false
+	}
+	return ident, true
+}

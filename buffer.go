@@ -111,8 +111,12 @@ type memStream struct {
 }
 
 // NewMemoryBuffer returns an in-memory Buffer with cfg's bounds (zero fields
-// take their defaults).
+// take their defaults). A negative bound is a programming error, refused as
+// Config refuses its own: NewMemoryBuffer panics with ErrInvalidConfig.
 func NewMemoryBuffer(cfg MemoryBufferConfig) *MemoryBuffer {
+	if cfg.Size < 0 || cfg.MaxAge < 0 || cfg.MaxBytes < 0 {
+		panic(fmt.Errorf("%w: MemoryBufferConfig bounds must not be negative", ErrInvalidConfig))
+	}
 	if cfg.Size <= 0 {
 		cfg.Size = 100
 	}

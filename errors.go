@@ -32,3 +32,12 @@ var (
 	// per-tenant connection cap (429 too_many_connections).
 	ErrTooManyConnections = errors.New("realtime: too many connections")
 )
+
+// Unexported sentinels: causes the plugin records, never returned.
+var (
+	// errClientGone is why a connection ended when its client left.
+	errClientGone = errors.New("realtime: client went away")
+	// errFrameField reports an SSE event name or id that cannot be
+	// written safely (CR, LF or NUL).
+	errFrameField = errors.New("realtime: SSE field contains CR, LF or NUL")
+)

@@ -82,7 +82,7 @@ func New(cfg Config) (*Plugin, error) {
 	p.acks.node = p.node
 	p.pushes = newPushes(p)
 	p.streams = &recordStreams{
-		hub: newHub(), broker: p.broker, buf: c.Buffer, sharedBuffer: c.Broker != nil,
+		hub: newHub(), broker: p.broker, buf: c.Buffer,
 		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
 		async: p.node.async,
 	}

@@ -98,20 +98,6 @@ func (n *node) refreshPresence(sockets []*target) {
 	})
 }
 
-// publisher authenticates c and requires the publish scope; on failure it
-// has answered.
-func (p *Plugin) publisher(c *gin.Context, op string) (*Identity, bool) {
-	ident, ok := p.identify(c)
-	if !ok {
-		return nil, false
-	}
-	if !ident.HasScope(ScopePublish) {
-		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
-		return nil, false
-	}
-	return ident, true
-}
-
 // handlePresence serves GET {base}/presence (publish scope).
 func (p *Plugin) handlePresence(c *gin.Context) {
 	ident, ok := p.publisher(c, "presence")

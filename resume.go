@@ -105,14 +105,11 @@ func (rs *recordStreams) firstCollectionFrames(ctx context.Context, key StreamKe
 func (rs *recordStreams) replay(ctx context.Context, key StreamKey, lastID string) (start, bool, error) {
 	lk, err := rs.buf.Since(ctx, key, lastID)
 	if err != nil {
-		if rs.sharedBuffer {
-			// The shared buffer is unreachable: the subscriber gets resync
-			// (and the stored record) rather than an error its EventSource
-			// would not retry.
-			rs.log.Warn("realtime: buffer unavailable, resyncing the subscriber", "op", "subscribe", "err", err)
-			return start{}, false, nil
-		}
-		return start{}, false, fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
+		// The buffer is unreachable (a shared engine down): the subscriber
+		// gets resync (and the stored record) rather than an error its
+		// EventSource would not retry.
+		rs.log.Warn("realtime: buffer unavailable, resyncing the subscriber", "op", "subscribe", "err", err)
+		return start{}, false, nil
 	}
 	switch lk.Status {
 	case LookupUpToDate:

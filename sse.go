@@ -132,8 +132,6 @@ func (st *sseStream) finish(cause error) {
 	st.p.untrack(st.c)
 }
 
-var errClientGone = errors.New("realtime: client went away")
-
 // serveHijacked takes the HTTP/1.1 connection over. It reports false when
 // the connection cannot be hijacked (nothing has been written then).
 func (st *sseStream) serveHijacked(c *gin.Context, release func()) bool {

@@ -12,20 +12,16 @@ import (
 // events and stores their buffers, the loader of stored records, and the
 // resumes of subscriptions that may have missed events.
 type recordStreams struct {
-	hub    *hub
-	broker Broker
-	buf    Buffer
-	// sharedBuffer is set when the buffer is shared by several nodes
-	// (Config.Broker): when it cannot be read, a subscriber gets resync and
-	// the stored record rather than an error.
-	sharedBuffer bool
-	loader       RecordLoader
-	etagOf       func(collection, id string, record any, data []byte) string
-	access       *access
-	resumer      *resumer
-	pool         *writerPool
-	log          *slog.Logger
-	async        func(op func(context.Context)) // broker calls off the caller's goroutine
+	hub     *hub
+	broker  Broker
+	buf     Buffer
+	loader  RecordLoader
+	etagOf  func(collection, id string, record any, data []byte) string
+	access  *access
+	resumer *resumer
+	pool    *writerPool
+	log     *slog.Logger
+	async   func(op func(context.Context)) // broker calls off the caller's goroutine
 	// multiplexed counts the WebSocket record subscriptions (Subscribers).
 	multiplexed atomic.Int64
 }
