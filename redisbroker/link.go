@@ -511,7 +511,7 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 				b.toNode(c, func() { b.node.Gap(c.key) })
 				continue
 			}
-			b.apply(c, ents, lastGen)
+			b.apply(c, ents, lastGen, false)
 		}
 	}
 	return nil
@@ -566,13 +566,15 @@ func (b *Broker) restart(c *chanState, epoch, id string) {
 // apply hands the entries (consecutive, oldest first, of c's epoch) after
 // c's last to the node: a Gap first when the first one does not follow it.
 // seen is an id known to exist ("" for none): if the entries do not reach
-// it, the events up to it are gone, and a Gap is reported.
-func (b *Broker) apply(c *chanState, ents []entry, seen string) {
+// it, the events up to it are gone, and a Gap is reported. One Gap covers
+// every entry of the call (all were stored when it is reported); gapped
+// tells that the caller reported one just before: no second one.
+func (b *Broker) apply(c *chanState, ents []entry, seen string, gapped bool) {
 	b.mu.Lock()
 	last, top := c.last, c.top
 	b.mu.Unlock()
 	lastSeq, _ := position(last)
-	gap := false
+	gap := gapped
 	reportGap := func() {
 		if !gap {
 			gap = true
@@ -646,11 +648,13 @@ func (b *Broker) handle(ctx context.Context, s *session, m *redis.Message) error
 		b.log.Warn("redisbroker: unreadable message", "channel", m.Channel)
 		return nil
 	}
+	gapped := false
 	if !known || msgEpoch != epoch {
 		// The watch began while Redis was unreachable, or the stream was
 		// created again since the node last saw it (Redis restarted or was
 		// flushed, its keys expired): what came before is unknown.
 		b.toNode(c, func() { b.node.Gap(c.key) })
+		gapped = true
 		epoch, last = msgEpoch, prev
 		b.restart(c, epoch, prev)
 	}
@@ -659,7 +663,7 @@ func (b *Broker) handle(ctx context.Context, s *session, m *redis.Message) error
 		return nil // seen already (a catch-up read it)
 	}
 	if prev == last {
-		b.apply(c, []entry{{id: id, prev: prev, seq: seq, ev: ev}}, "")
+		b.apply(c, []entry{{id: id, prev: prev, seq: seq, ev: ev}}, "", gapped)
 		return nil
 	}
 	// Events were missed: read them back.
@@ -674,7 +678,7 @@ func (b *Broker) handle(ctx context.Context, s *session, m *redis.Message) error
 		b.toNode(c, func() { b.node.Gap(c.key) })
 		return nil
 	}
-	b.apply(c, ents, maxID(id, lastGen))
+	b.apply(c, ents, maxID(id, lastGen), gapped)
 	return nil
 }
 

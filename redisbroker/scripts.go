@@ -32,17 +32,20 @@ end
 // setting `ep` to the
 // epoch of stream KEYS[1], whose key is KEYS[2], for a node that watches
 // it: an epoch that is missing is created (seed ARGV[1]) and expires with the
-// stream (its TTL, or ARGV[2] ms when the stream does not exist); a
+// stream (when it does, or in ARGV[2] ms when the stream does not exist); a
 // watched stream that does not exist keeps its epoch alive for ARGV[2] ms
 // more. While a stream exists its epoch never outlives it: the append
-// script gives both the same expiry.
+// script gives both the same expiry (PEXPIREAT one time).
 const watchedEpoch = `
 local ep = redis.call('GET', KEYS[2])
 if not ep then
   ep = newEpoch(ARGV[1])
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl <= 0 then pttl = ARGV[2] end
-  redis.call('SET', KEYS[2], ep, 'PX', pttl)
+  local at = redis.call('PEXPIRETIME', KEYS[1])
+  if at > 0 then
+    redis.call('SET', KEYS[2], ep, 'PXAT', at)
+  else
+    redis.call('SET', KEYS[2], ep, 'PX', ARGV[2])
+  end
 elseif not exists then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
@@ -69,10 +72,11 @@ end
 // Lua number holds exactly). The message published on a stream's channel
 // (its key's name) is "<epoch>\n<id>\n<prev>\n<event>", prev being the id
 // of the stream's previous event (empty for the first).
-var appendScript = redis.NewScript(epochFunc + `
+var appendScript = redis.NewScript(epochFunc + nowMs + `
 local n = tonumber(ARGV[1])
 local ix, dk, vk = KEYS[2 * n + 1], KEYS[2 * n + 2], KEYS[2 * n + 3]
-local ttl = ARGV[3]
+-- one expiry for every key written: an epoch never outlives its stream
+local at = now + tonumber(ARGV[3])
 local done = redis.call('GET', dk)
 if done then
   local out = {1, ''}
@@ -105,10 +109,10 @@ for k = 1, n do
   local key, ek = KEYS[k], KEYS[n + k]
   local ep = redis.call('GET', ek)
   if ep then
-    redis.call('PEXPIRE', ek, ttl)
+    redis.call('PEXPIREAT', ek, at)
   else
     ep = newEpoch(ARGV[7])
-    redis.call('SET', ek, ep, 'PX', ttl)
+    redis.call('SET', ek, ep, 'PXAT', at)
   end
   local prev = ''
   if redis.call('EXISTS', key) == 1 then
@@ -124,17 +128,17 @@ for k = 1, n do
     if tonumber(seq) >= 1048575 then id = string.format('%.0f', tonumber(ms) + 1) .. '-0' end
   end
   id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'etag', ARGV[4], 'prev', prev, 'ev', ARGV[5])
-  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIREAT', key, at)
   redis.call('SADD', ix, key)
   redis.call('PUBLISH', key, ep .. '\n' .. id .. '\n' .. prev .. '\n' .. ARGV[5])
   ids[k] = id
   out[k + 2] = id
 end
-redis.call('PEXPIRE', ix, ttl)
+redis.call('PEXPIREAT', ix, at)
 if versioned then
-  redis.call('SET', vk, v, 'PX', ttl)
+  redis.call('SET', vk, v, 'PXAT', at)
 elseif vk then
-  redis.call('PEXPIRE', vk, ttl)
+  redis.call('PEXPIREAT', vk, at)
 end
 redis.call('SET', dk, table.concat(ids, ' '), 'EX', ARGV[6])
 return out
