@@ -27,6 +27,11 @@
 // realtime.PresenceStore; they use real time (TTLs of a fraction of a
 // second, awaited), never cfg.Now.
 //
+// Versions/* check AppendRecord's version rule (realtime.Broker); they
+// expect Invalidate to forget a record's last version, as MemoryBuffer
+// does. Versions/Concurrent is randomized: a failure gives its seed, and
+// BROKERTEST_SEED=<seed> (SeedEnv) runs it again with that seed.
+//
 // The suite never asserts timing: every wait ends when what is awaited
 // happens, or fails after WaitTimeout. That something is not delivered is
 // checked through the order of one stream (or topic): a later event of the
