@@ -6,6 +6,7 @@ package redisbroker
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,6 +72,40 @@ func watchAll(t *testing.T, brokers []*Broker, keys ...realtime.StreamKey) {
 			}
 		}
 	}
+}
+
+// headOf returns the head of stream name ("<epoch> <last id>"; "" for
+// none).
+func headOf(t *testing.T, c *redis.Client, name string) string {
+	t.Helper()
+	v, err := c.Get(bctx, epochKey(name)).Result()
+	if err != nil && err != redis.Nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// epochOf returns the epoch of stream name ("" for none).
+func epochOf(t *testing.T, c *redis.Client, name string) string {
+	t.Helper()
+	ep, _, _ := strings.Cut(headOf(t, c, name), " ")
+	return ep
+}
+
+// seqs returns the positions of stream name's entries, newest first.
+func seqs(t *testing.T, c *redis.Client, name string) []uint64 {
+	t.Helper()
+	msgs, err := c.XRevRange(bctx, name, "+", "-").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		if out[i], err = position(m.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
 
 // epochConfig is the config of these tests' brokers. Their outages break
@@ -192,7 +227,7 @@ func TestEpochPositionsNeverGoBack(t *testing.T) {
 	}
 	if _, err := c.TxPipelined(bctx, func(p redis.Pipeliner) error {
 		p.XAdd(bctx, &redis.XAddArgs{Stream: name, ID: back, Values: []any{"etag", `"back"`, "prev", "", "ev", data}})
-		p.Set(bctx, epochKey(name), "behind", time.Hour)
+		p.Set(bctx, epochKey(name), "behind "+back, time.Hour)
 		p.Publish(bctx, name, "behind\n"+back+"\n\n"+string(data))
 		return nil
 	}); err != nil {
@@ -201,6 +236,39 @@ func TestEpochPositionsNeverGoBack(t *testing.T) {
 	next := bufEvent(key, "next", time.Now())
 	seq2 := appendNow(t, b, key, next)
 	wantCalls(t, ra, key, delivered(first, seq1), "gap", delivered(next, seq2))
+}
+
+// TestEpochHeadLost: a stream whose head (epoch and last id) is gone
+// while its entries stay (evicted, or written by an older version of this
+// package) gets a new epoch, a Gap for its watchers, and its entries'
+// links from the stream itself.
+func TestEpochHeadLost(t *testing.T) {
+	c := newClient(t)
+	cfg := epochConfig
+	cfg.Prefix = testPrefix(t, c)
+	a, b := newBroker(t, c, cfg), newBroker(t, newClient(t), cfg)
+	ra := startBroker(t, a)
+	startBroker(t, b)
+	key := recKey("headless")
+	watchAll(t, []*Broker{a}, key)
+	first := bufEvent(key, "first", time.Now())
+	seq1 := appendNow(t, b, key, first)
+	wantCalls(t, ra, key, delivered(first, seq1))
+	name := a.keys.stream(key)
+	old := epochOf(t, c, name)
+	if err := c.Del(bctx, epochKey(name)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	next := bufEvent(key, "next", time.Now())
+	seq2 := appendNow(t, b, key, next)
+	wantCalls(t, ra, key, delivered(first, seq1), "gap", delivered(next, seq2))
+	if ep := epochOf(t, c, name); ep == "" || ep == old {
+		t.Fatalf("epoch %q after the head was lost, %q before", ep, old)
+	}
+	msgs, err := c.XRevRangeN(bctx, name, "+", "-", 1).Result()
+	if err != nil || len(msgs) != 1 || msgs[0].Values["prev"] != entryID(seq1) {
+		t.Fatalf("newest entry %v (%v): want its prev %s", msgs, err, entryID(seq1))
+	}
 }
 
 // TestEpochExpired: the stream's keys expire (StreamTTL without an
@@ -294,14 +362,10 @@ func TestEpochInvalidateNoFalseGap(t *testing.T) {
 	rec := recKey("inv")
 	coll := collOf(rec)
 	watchAll(t, []*Broker{a}, rec, coll)
-	epochs := func() []any {
-		v, err := dc.MGet(bctx, epochKey(a.keys.stream(rec)), epochKey(a.keys.stream(coll))).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
+	epochs := func() string {
+		return epochOf(t, dc, a.keys.stream(rec)) + " " + epochOf(t, dc, a.keys.stream(coll))
 	}
-	before := fmt.Sprint(epochs())
+	before := epochs()
 	var want []*realtime.Event
 	publish := func(tag string) {
 		t.Helper()
@@ -331,7 +395,7 @@ func TestEpochInvalidateNoFalseGap(t *testing.T) {
 	p.restore()
 	ra.waitHealth(t, health, true)
 	publish("e3")
-	if after := fmt.Sprint(epochs()); after != before || before == "[<nil> <nil>]" {
+	if after := epochs(); after != before {
 		t.Fatalf("epochs %s before Invalidate, %s after", before, after)
 	}
 	if n := ra.gapsOf(rec) + ra.gapsOf(coll); n != 0 {
@@ -339,9 +403,9 @@ func TestEpochInvalidateNoFalseGap(t *testing.T) {
 	}
 }
 
-// TestVersionKeys: the record's last version and the streams' epochs live
-// as long as the streams (one expiry, set by one script); Invalidate
-// forgets the version and keeps the epochs.
+// TestVersionKeys: the record's last version and the streams' heads (epoch
+// and last id) live as long as the streams (one expiry, set by one
+// script); Invalidate forgets the version and keeps the heads.
 func TestVersionKeys(t *testing.T) {
 	c := newClient(t)
 	cfg := Config{Prefix: testPrefix(t, c), StreamTTL: time.Hour}
@@ -370,19 +434,21 @@ func TestVersionKeys(t *testing.T) {
 			t.Fatalf("%s expires at %d, the record's stream at %d", k, e, expiry(streams[0]))
 		}
 	}
-	epochs, err := c.MGet(bctx, epochKey(streams[0]), epochKey(streams[1])).Result()
-	if err != nil {
-		t.Fatal(err)
+	// The heads: each stream's epoch and last id.
+	for i, k := range streams {
+		if got, want := headOf(t, c, k), epochOf(t, c, k)+" "+entryID(seqs(t, c, k)[0]); got != want {
+			t.Fatalf("head of stream %d: %q, want %q", i, got, want)
+		}
 	}
+	heads := headOf(t, c, streams[0]) + headOf(t, c, streams[1])
 	if err := a.Invalidate(bctx, rec.Tenant, rec.Collection); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := c.Exists(bctx, vk).Result(); err != nil || n != 0 {
 		t.Fatalf("version key after Invalidate: exists=%d %v", n, err)
 	}
-	after, err := c.MGet(bctx, epochKey(streams[0]), epochKey(streams[1])).Result()
-	if err != nil || fmt.Sprint(after) != fmt.Sprint(epochs) {
-		t.Fatalf("epochs %v before Invalidate, %v after (%v)", epochs, after, err)
+	if after := headOf(t, c, streams[0]) + headOf(t, c, streams[1]); after != heads {
+		t.Fatalf("heads %q before Invalidate, %q after", heads, after)
 	}
 }
 

@@ -13,7 +13,8 @@ import (
 //
 //	P{T:C}:c        collection stream (Redis stream)
 //	P{T:C}:r:I      record stream
-//	S:e             epoch of stream S (one of the above, or a channel's)
+//	S:e             head of stream S (one of the above, or a channel's):
+//	                "<epoch> <last generated id>"
 //	P{T:C}:r:I:v    last version appended to the record (decimal)
 //	P{T:C}:ix       set of the collection's stream keys (for Invalidate)
 //	P{T:C}:d:<uuid> dedupe key of one Append (value: the entry ids)
@@ -60,9 +61,9 @@ func (k keys) stream(key realtime.StreamKey) string {
 	return k.tag(key.Tenant, key.Collection) + ":r:" + esc(key.ID)
 }
 
-// epochKey is the key of the epoch of the stream whose key is stream. An
-// escaped record id has no ':', so no stream's key ends like another's
-// epoch key.
+// epochKey is the key of the head (epoch and last id) of the stream whose
+// key is stream. An escaped record id has no ':', so no stream's key ends
+// like another's epoch key.
 func epochKey(stream string) string { return stream + ":e" }
 
 // version is the key of the last version appended to record's stream.

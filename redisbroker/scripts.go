@@ -28,23 +28,33 @@ local function newEpoch(seed)
 end
 `
 
-// watchedEpoch is the Lua code (after lastGenerated and epochFunc)
-// setting `ep` to the
-// epoch of stream KEYS[1], whose key is KEYS[2], for a node that watches
-// it: an epoch that is missing is created (seed ARGV[1]) and expires with the
-// stream (when it does, or in ARGV[2] ms when the stream does not exist); a
-// watched stream that does not exist keeps its epoch alive for ARGV[2] ms
-// more. While a stream exists its epoch never outlives it: the append
+// headParts is the Lua code defining headParts(head): the epoch and the
+// last id of a stream's head, the value "<epoch> <last id>" of its epoch
+// key (see appendScript); nil for a missing or unreadable one.
+const headParts = `
+local function headParts(head)
+  if not head then return nil end
+  return string.match(head, '^(%S+) (%S*)$')
+end
+`
+
+// watchedEpoch is the Lua code (after lastGenerated, epochFunc and
+// headParts) setting ep to the epoch of stream KEYS[1], whose epoch key
+// is KEYS[2], for a node that watches it: an epoch that is missing is
+// created (seed ARGV[1]) with the stream's last id, and expires with the
+// stream (when it does, or in ARGV[2] ms when the stream does not exist);
+// a watched stream that does not exist keeps its epoch alive for ARGV[2]
+// ms more. While a stream exists its epoch never outlives it: the append
 // script gives both the same expiry (PEXPIREAT one time).
 const watchedEpoch = `
-local ep = redis.call('GET', KEYS[2])
+local ep = headParts(redis.call('GET', KEYS[2]))
 if not ep then
   ep = newEpoch(ARGV[1])
   local at = redis.call('PEXPIRETIME', KEYS[1])
   if at > 0 then
-    redis.call('SET', KEYS[2], ep, 'PXAT', at)
+    redis.call('SET', KEYS[2], ep .. ' ' .. prev, 'PXAT', at)
   else
-    redis.call('SET', KEYS[2], ep, 'PX', ARGV[2])
+    redis.call('SET', KEYS[2], ep .. ' ' .. prev, 'PX', ARGV[2])
   end
 elseif not exists then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -61,8 +71,9 @@ end
 //	events only) the version key of the record, whose stream is KEYS[1]
 //	ARGV[1] n, ARGV[2] Size, ARGV[3] StreamTTL in ms, ARGV[4] etag,
 //	ARGV[5] event, ARGV[6] dedupe TTL in s, ARGV[7] the seed of the epoch
-//	of a stream that has none (epochFunc), ARGV[8] the event's version ("0": none), ARGV[9] the
-//	version minus one, ARGV[10] "1" when a jump of versions is allowed
+//	of a stream that has none (epochFunc), ARGV[8] the event's version
+//	("0": none), ARGV[9] the version minus one, ARGV[10] "1" when a jump
+//	of versions is allowed
 //
 // It returns {status, the record's last version ("" when unknown or not
 // read), entry id of each stream...}; status is 0 (appended), 1 (appended
@@ -72,11 +83,16 @@ end
 // Lua number holds exactly). The message published on a stream's channel
 // (its key's name) is "<epoch>\n<id>\n<prev>\n<event>", prev being the id
 // of the stream's previous event (empty for the first).
-var appendScript = redis.NewScript(epochFunc + nowMs + `
+//
+// A stream's epoch key holds its head, "<epoch> <last id>": the last id
+// generated in the stream (what XINFO STREAM calls last-generated-id, kept
+// by Invalidate's XTRIM), written with each entry, so that an append need
+// not read the stream's info. A stream without a head (none yet, or it was
+// lost without its stream) gets a new epoch, and its last id from the
+// stream.
+var appendScript = redis.NewScript(epochFunc + nowMs + headParts + `
 local n = tonumber(ARGV[1])
 local ix, dk, vk = KEYS[2 * n + 1], KEYS[2 * n + 2], KEYS[2 * n + 3]
--- one expiry for every key written: an epoch never outlives its stream
-local at = now + tonumber(ARGV[3])
 local done = redis.call('GET', dk)
 if done then
   local out = {1, ''}
@@ -103,22 +119,20 @@ if versioned then
     if ARGV[10] ~= '1' and vcmp(ARGV[9], last) > 0 then return {3, last} end
   end
 end
+-- one expiry for every key written: an epoch never outlives its stream
+local at = now + tonumber(ARGV[3])
 local out = {0, ''}
 local ids = {}
 for k = 1, n do
   local key, ek = KEYS[k], KEYS[n + k]
-  local ep = redis.call('GET', ek)
-  if ep then
-    redis.call('PEXPIREAT', ek, at)
-  else
-    ep = newEpoch(ARGV[7])
-    redis.call('SET', ek, ep, 'PXAT', at)
-  end
-  local prev = ''
-  if redis.call('EXISTS', key) == 1 then
-    local info = redis.call('XINFO', 'STREAM', key)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then prev = info[i + 1] break end
+  local ep, prev = headParts(redis.call('GET', ek))
+  if not ep then
+    ep, prev = newEpoch(ARGV[7]), ''
+    if redis.call('EXISTS', key) == 1 then
+      local info = redis.call('XINFO', 'STREAM', key)
+      for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then prev = info[i + 1] break end
+      end
     end
   end
   local id = '*'
@@ -129,6 +143,7 @@ for k = 1, n do
   end
   id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'etag', ARGV[4], 'prev', prev, 'ev', ARGV[5])
   redis.call('PEXPIREAT', key, at)
+  redis.call('SET', ek, ep .. ' ' .. id, 'PXAT', at)
   redis.call('SADD', ix, key)
   redis.call('PUBLISH', key, ep .. '\n' .. id .. '\n' .. prev .. '\n' .. ARGV[5])
   ids[k] = id
@@ -147,7 +162,7 @@ return out
 // watchScript returns {epoch, last generated id ("" for none)} of stream
 // KEYS[1] (epoch key KEYS[2]), creating the epoch if missing (seed
 // ARGV[1], TTL ARGV[2]: see watchedEpoch): a watcher's starting point.
-var watchScript = redis.NewScript(lastGenerated + epochFunc + watchedEpoch + `
+var watchScript = redis.NewScript(lastGenerated + epochFunc + headParts + watchedEpoch + `
 return {ep, prev}
 `)
 
@@ -218,7 +233,7 @@ return redis.call('ZCARD', KEYS[1])
 // ARGV[2] create a missing epoch: see watchedEpoch): what a watcher
 // missed, and up to where the stream went (events emptied by Invalidate
 // are missing from the entries but not from the last id).
-var catchUpScript = redis.NewScript(lastGenerated + epochFunc + watchedEpoch + `
+var catchUpScript = redis.NewScript(lastGenerated + epochFunc + headParts + watchedEpoch + `
 local ents = {}
 if prev ~= '' then ents = redis.call('XRANGE', KEYS[1], ARGV[3], '+') end
 return {ep, prev, ents}
