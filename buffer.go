@@ -102,11 +102,13 @@ type memStream struct {
 	bytes   int64
 	// head is the newest event ever appended, kept when entries age out, so a
 	// subscriber at the head is known to be up to date.
-	headSeq  uint64
-	headETag string
+	headSeq     uint64
+	headETag    string
+	headVersion uint64 // the newest event's Event.Version
 	// version is the last record version appended (Event.Version; 0: none
-	// known). It is forgotten with the stream, like an engine forgetting a
-	// stream: any version is then appended.
+	// known; events without a version leave it). It is forgotten with the
+	// stream, like an engine forgetting a stream: any version is then
+	// appended.
 	version uint64
 }
 
@@ -152,6 +154,7 @@ func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 	b.seq++ // one counter for all streams: a dropped stream never restarts at 1
 	s.headSeq = b.seq
 	s.headETag = ev.ETag
+	s.headVersion = ev.Version
 	sz := ev.size()
 	s.entries = append(s.entries, Entry{Seq: s.headSeq, Event: ev})
 	s.bytes += sz
@@ -190,7 +193,7 @@ func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bo
 	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
 		s := b.appendLocked(key, ev)
 		seqs[i] = s.headSeq
-		if i == 0 {
+		if i == 0 && ev.Version > 0 {
 			s.version = ev.Version
 		}
 	}
@@ -258,7 +261,7 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 		return Lookup{Status: LookupUnknown, Seq: s.headSeq}, nil
 	}
 	if key.ID != "" && lastID == s.headETag {
-		return Lookup{Status: LookupUpToDate, Seq: s.headSeq, Version: s.version}, nil
+		return Lookup{Status: LookupUpToDate, Seq: s.headSeq, Version: s.headVersion}, nil
 	}
 	at := -1
 	for i := len(s.entries) - 1; i >= 0; i-- {

@@ -258,6 +258,21 @@ func testVersions(t *testing.T, newNodes factory) {
 		wantDelivered(t, n.ra, n.b, rec, 6, v1, v2, v5)
 	})
 
+	t.Run("SinceReportsVersion", func(t *testing.T) {
+		// A resume point's record version comes with Since: the replay
+		// must go on from the next version.
+		n, rec, a, _ := setup(t)
+		v1, v2, v3 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two"), versionEvent(rec, 3, "three")
+		for _, ev := range []*realtime.Event{v1, v2, v3} {
+			a.appended(ev, false)
+		}
+		if lk := since(t, n.b, rec, v1.ETag); lk.Status != realtime.LookupFound || lk.Version != 1 {
+			t.Fatalf("Since(version 1) = %v, version %d; want found, version 1", lk.Status, lk.Version)
+		}
+		if lk := since(t, n.b, rec, v3.ETag); lk.Status != realtime.LookupUpToDate || lk.Version != 3 {
+			t.Fatalf("Since(version 3, the head) = %v, version %d; want up to date, version 3", lk.Status, lk.Version)
+		}
+	})
 	t.Run("Concurrent", func(t *testing.T) { testVersionsConcurrent(t, newNodes) })
 }
 

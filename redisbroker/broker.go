@@ -267,7 +267,11 @@ func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID strin
 		return realtime.Lookup{Status: realtime.LookupUnknown, Seq: head.seq}, nil
 	}
 	if key.ID != "" && lastID == head.etag {
-		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: head.seq}, nil
+		d, err := head.decode()
+		if err != nil {
+			return realtime.Lookup{}, err
+		}
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: head.seq, Version: d.Event.Version}, nil
 	}
 	// The age bound, from the oldest on, as MemoryBuffer trims.
 	cutoff := b.now().Add(-b.cfg.MaxAge)
@@ -297,9 +301,9 @@ func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID strin
 	case at < 0:
 		return realtime.Lookup{Status: realtime.LookupUnknown}, nil
 	case at == len(kept)-1:
-		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq}, nil
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq, Version: decoded[at].Event.Version}, nil
 	}
-	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Events: decoded[at+1:]}, nil
+	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Version: decoded[at].Event.Version, Events: decoded[at+1:]}, nil
 }
 
 // Invalidate implements realtime.Buffer: every stream of the collection is
