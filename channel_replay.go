@@ -78,7 +78,7 @@ type replay struct {
 // oldest first, and the position they bring it to.
 func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, filters []pushFilter) replay {
 	r := replay{channel: ch}
-	lk, err := ps.p.cfg.Buffer.Since(ctx, channelKey(t.tenant, ch), lastID)
+	lk, err := ps.p.cfg.Buffer.Since(ctx, channelKey(t.ident.Tenant, ch), lastID)
 	if err != nil {
 		// Never an error the client cannot act on: it resyncs.
 		ps.p.log.Warn("realtime: channel buffer unavailable, resyncing the subscriber", "op", "channel replay", "err", err)
@@ -91,7 +91,7 @@ func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, 
 		r.base, r.ok = lk.Seq, true
 		for _, e := range lk.Events {
 			r.base = max(r.base, e.Seq)
-			if mayReceive(e.Event, t.user, filters) {
+			if mayReceive(e.Event, t.ident.User, filters) {
 				r.outs = append(r.outs, out{push: bufferedPush(ch, e), seq: e.Seq})
 			}
 		}

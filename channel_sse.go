@@ -78,7 +78,7 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 
 	st := p.newSSEStream(c, ident)
-	t := &target{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ident: ident, c: st.c}
+	t := &target{id: uuid.NewString(), ident: ident, c: st.c}
 	if !p.track(st.c) {
 		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))
 		return

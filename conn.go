@@ -42,8 +42,8 @@ type conn struct {
 	spare     []out // a drained queue kept for reuse
 	scheduled bool  // handed to its drainer, not yet settled
 	signal    bool  // the transport has something of its own to write (a ping)
-	cause     error // why it closed
-	done      chan struct{}
+	cause     error         // why it closed
+	done      chan struct{} // closed once closed; made on first use (doneChan)
 }
 
 // connState is a conn's life: open, ending (write what is queued, then end
@@ -85,7 +85,7 @@ type out struct {
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
-	c := &conn{t: t, pool: pool, max: max, done: make(chan struct{})}
+	c := &conn{t: t, pool: pool, max: max}
 	if onHandler {
 		c.wake = make(chan struct{}, 1)
 	}
@@ -245,8 +245,24 @@ func (c *conn) closeLocked(cause error) {
 	c.cause = cause
 	clear(c.queue)
 	c.queue = nil
-	close(c.done)
+	if c.done != nil {
+		close(c.done)
+	}
 	c.t.closed(c)
+}
+
+// doneChan returns a channel closed once c is closed (for a goroutine that
+// waits on c: a handler; a WebSocket never needs one).
+func (c *conn) doneChan() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.state == connClosed {
+			close(c.done)
+		}
+	}
+	return c.done
 }
 
 // open reports whether c still takes frames.
@@ -278,7 +294,10 @@ func (c *conn) settle(batch []out) (again bool) {
 	clear(batch)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.spare == nil && (cap(batch) <= 64 || 8*len(batch) >= cap(batch)) {
+	// Keep the drained slice for the next round when the conn is busy (a
+	// batch of several frames that used a good part of it): no allocation
+	// per round under load; an idle conn keeps none.
+	if c.spare == nil && len(batch) >= 4 && (cap(batch) <= 64 || 8*len(batch) >= cap(batch)) {
 		c.spare = batch[:0]
 	}
 	if c.state == connClosed {

@@ -34,7 +34,7 @@ type MemoryBroker struct {
 	down    atomic.Pointer[error] // set by SetUnavailable
 
 	presMu   sync.Mutex
-	presence map[PresenceConn]time.Time // open connections, until when
+	presence map[PresenceConn]int64 // open connections, until when (unix ns)
 }
 
 // NewMemoryBroker returns an engine whose streams are bounded by cfg.
@@ -388,9 +388,9 @@ func (n *memoryNode) AddPresence(_ context.Context, ttl time.Duration, conns ...
 	m.presMu.Lock()
 	defer m.presMu.Unlock()
 	if m.presence == nil {
-		m.presence = make(map[PresenceConn]time.Time)
+		m.presence = make(map[PresenceConn]int64)
 	}
-	until := m.presenceNow().Add(ttl)
+	until := m.presenceNow().Add(ttl).UnixNano()
 	for _, c := range conns {
 		m.presence[c] = until
 	}
@@ -419,12 +419,12 @@ func (n *memoryNode) Presence(_ context.Context, tenant string) ([]string, int, 
 	}
 	m.presMu.Lock()
 	defer m.presMu.Unlock()
-	now := m.presenceNow()
+	now := m.presenceNow().UnixNano()
 	seen := make(map[string]bool)
 	users := []string{}
 	count := 0
 	for c, until := range m.presence {
-		if c.Tenant != tenant || !until.After(now) {
+		if c.Tenant != tenant || until <= now {
 			continue
 		}
 		count++
@@ -445,10 +445,10 @@ func (n *memoryNode) UserPresence(_ context.Context, tenant, user string) (int, 
 	}
 	m.presMu.Lock()
 	defer m.presMu.Unlock()
-	now := m.presenceNow()
+	now := m.presenceNow().UnixNano()
 	count := 0
 	for c, until := range m.presence {
-		if c.Tenant == tenant && c.User == user && until.After(now) {
+		if c.Tenant == tenant && c.User == user && until > now {
 			count++
 		}
 	}

@@ -273,9 +273,9 @@ func (ps *pushes) deliver(m *nodeMsg) {
 		if reached == nil {
 			reached = make(map[string]struct{})
 		}
-		if _, dup := reached[t.user]; !dup {
-			reached[t.user] = struct{}{}
-			reply.Reached = append(reply.Reached, t.user)
+		if _, dup := reached[t.ident.User]; !dup {
+			reached[t.ident.User] = struct{}{}
+			reply.Reached = append(reply.Reached, t.ident.User)
 		}
 		if m.AwaitMs > 0 && t.acks {
 			reply.Ackers = append(reply.Ackers, t.id)
@@ -425,7 +425,7 @@ func (r *registry) targets(tenant string, users, exclude []string, channel, even
 		decoded *pushData // the push's data, decoded once, on the first target with filters
 	)
 	keep := func(t *target) {
-		if _, ex := excluded[t.user]; ex {
+		if _, ex := excluded[t.ident.User]; ex {
 			return
 		}
 		if len(t.filters) > 0 {

@@ -68,9 +68,10 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		s.release(st)
 		pc.setReady()
 		timer := time.NewTimer(wait)
+		done := pc.doneChan()
 		select {
 		case <-pc.wake:
-		case <-pc.done:
+		case <-done:
 		case <-timer.C:
 		case <-c.Request.Context().Done():
 		}

@@ -47,7 +47,7 @@ func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online 
 	}
 	n := 0
 	for _, t := range p.pushes.reg.socketsNow() {
-		if t.tenant == tenant && t.user == user {
+		if t.ident.Tenant == tenant && t.ident.User == user {
 			n++
 		}
 	}
@@ -67,7 +67,7 @@ func (n *node) present(t *target) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := n.ps.AddPresence(ctx, presenceTTL, PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}); err != nil {
+	if err := n.ps.AddPresence(ctx, presenceTTL, PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}); err != nil {
 		n.p.log.Warn("realtime: presence not recorded", "err", err)
 	}
 }
@@ -77,7 +77,7 @@ func (n *node) absent(t *target) {
 	if n.ps == nil {
 		return
 	}
-	pc := PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}
+	pc := PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}
 	n.async(func(ctx context.Context) { _ = n.ps.RemovePresence(ctx, pc) })
 }
 
@@ -89,7 +89,7 @@ func (n *node) refreshPresence(sockets []*target) {
 	}
 	pcs := make([]PresenceConn, len(sockets))
 	for i, t := range sockets {
-		pcs[i] = PresenceConn{Tenant: t.tenant, User: t.user, ConnID: t.id}
+		pcs[i] = PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}
 	}
 	n.async(func(ctx context.Context) {
 		if err := n.ps.AddPresence(ctx, presenceTTL, pcs...); err != nil {

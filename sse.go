@@ -197,13 +197,14 @@ func (st *sseStream) serveOnHandler(c *gin.Context, release func()) {
 	release()
 	st.c.setReady()
 	ctx := c.Request.Context()
+	done := st.c.doneChan()
 	for {
 		select {
 		case <-st.c.wake:
 			if st.c.drain(false) {
 				return
 			}
-		case <-st.c.done:
+		case <-done:
 			return
 		case <-ctx.Done():
 			return

@@ -17,17 +17,18 @@ type userKey struct{ tenant, user string }
 
 // target is one connection that receives pushes.
 type target struct {
-	id, tenant, user string
-	ident            *Identity
-	c                *conn
+	id    string
+	ident *Identity // its tenant and user
+	c     *conn
 	// all: it receives user pushes and broadcasts (a WebSocket); else
 	// channel pushes only (an SSE channel stream).
 	all bool
 	// acks: its acks are awaited by Notify (a WebSocket).
 	acks bool
 
-	// Guarded by the registry's lock.
-	channels map[string]struct{}
+	// Guarded by the registry's lock. channels is sorted (a handful per
+	// target: a slice costs less than a map).
+	channels []string
 	filters  []pushFilter
 
 	// The hand-overs of channels resumed from a point of their buffer
@@ -37,7 +38,7 @@ type target struct {
 	hasResume atomic.Bool
 }
 
-func (t *target) key() userKey { return userKey{tenant: t.tenant, user: t.user} }
+func (t *target) key() userKey { return userKey{tenant: t.ident.Tenant, user: t.ident.User} }
 
 // push queues a push to t without blocking; ok is false when t no longer
 // takes frames (closing, or its queue overflowed), kick when its conn must
@@ -69,20 +70,21 @@ func (t *target) push(lp *localPush) (ok, kick bool) {
 	return c.state == connOpen, kick
 }
 
-// channelList returns t's channels, sorted (registry lock held).
+// channelList returns a copy of t's channels, sorted (registry lock held).
 func (t *target) channelList() []string {
-	out := make([]string, 0, len(t.channels))
-	for p := range t.channels {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
+	return append(make([]string, 0, len(t.channels)), t.channels...)
+}
+
+// hasChannel reports whether t has pattern p (registry lock held).
+func (t *target) hasChannel(p string) bool {
+	_, ok := slices.BinarySearch(t.channels, p)
+	return ok
 }
 
 // subscribedTo reports whether one of t's patterns matches channel
 // (registry lock held).
 func (t *target) subscribedTo(channel string) bool {
-	for p := range t.channels {
+	for _, p := range t.channels {
 		if channelPatternMatches(p, channel) {
 			return true
 		}
@@ -206,11 +208,11 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 		r.sockets[t.id] = t
 	}
 	for _, p := range patterns {
-		if t.channels == nil {
-			t.channels = make(map[string]struct{}, len(patterns))
+		if !t.hasChannel(p) {
+			i, _ := slices.BinarySearch(t.channels, p)
+			t.channels = slices.Insert(t.channels, i, p)
+			ts.channels.add(p, t)
 		}
-		t.channels[p] = struct{}{}
-		ts.channels.add(p, t)
 	}
 	if first != nil {
 		first()
@@ -236,7 +238,7 @@ func (r *registry) remove(t *target, slot bool) {
 				} else {
 					ts.streams--
 				}
-				for p := range t.channels {
+				for _, p := range t.channels {
 					ts.channels.remove(p, t)
 				}
 			}
@@ -280,24 +282,20 @@ func (r *registry) subscribe(t *target, patterns []string, max int) ([]string, e
 		return nil, ErrClosed
 	}
 	n := len(t.channels)
-	for _, p := range patterns {
-		if _, ok := t.channels[p]; !ok {
+	for i, p := range patterns {
+		if !t.hasChannel(p) && !slices.Contains(patterns[:i], p) {
 			n++
 		}
 	}
 	if n > max {
 		return nil, badRequest("too many channels")
 	}
-	if t.channels == nil && len(patterns) > 0 {
-		t.channels = make(map[string]struct{}, len(patterns))
-	}
-	ts := r.tenant(t.tenant)
+	ts := r.tenant(t.ident.Tenant)
 	for _, p := range patterns {
-		if _, ok := t.channels[p]; ok {
-			continue
+		if i, ok := slices.BinarySearch(t.channels, p); !ok {
+			t.channels = slices.Insert(t.channels, i, p)
+			ts.channels.add(p, t)
 		}
-		t.channels[p] = struct{}{}
-		ts.channels.add(p, t)
 	}
 	return t.channelList(), nil
 }
@@ -311,10 +309,10 @@ func (r *registry) registeredLocked(t *target) bool {
 func (r *registry) unsubscribe(t *target, patterns []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if ts := r.tenants[t.tenant]; ts != nil && r.registeredLocked(t) {
+	if ts := r.tenants[t.ident.Tenant]; ts != nil && r.registeredLocked(t) {
 		for _, p := range patterns {
-			if _, ok := t.channels[p]; ok {
-				delete(t.channels, p)
+			if i, ok := slices.BinarySearch(t.channels, p); ok {
+				t.channels = slices.Delete(t.channels, i, i+1)
 				ts.channels.remove(p, t)
 			}
 		}
@@ -376,13 +374,13 @@ func (r *registry) local(tenant string) ([]string, int) {
 	n := 0
 	seen := make(map[string]struct{})
 	for _, t := range r.sockets {
-		if t.tenant != tenant {
+		if t.ident.Tenant != tenant {
 			continue
 		}
 		n++
-		if _, ok := seen[t.user]; !ok {
-			seen[t.user] = struct{}{}
-			users = append(users, t.user)
+		if _, ok := seen[t.ident.User]; !ok {
+			seen[t.ident.User] = struct{}{}
+			users = append(users, t.ident.User)
 		}
 	}
 	slices.Sort(users)
@@ -398,7 +396,7 @@ func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 	n := ps.p.node
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, topic := range []string{topicTenant(t.tenant), topicUser(t.tenant, t.user)} {
+	for _, topic := range []string{topicTenant(t.ident.Tenant), topicUser(t.ident.Tenant, t.ident.User)} {
 		if err := n.b.Listen(ctx, topic); err != nil {
 			// The broker listens once the engine is back.
 			ps.p.log.Warn("realtime: broker listen failed", "err", err)
@@ -423,7 +421,7 @@ func (ps *pushes) close(t *target, slot bool) {
 // unlisten undoes open's listens and presence, off the caller's goroutine.
 func (ps *pushes) unlisten(t *target) {
 	n := ps.p.node
-	tenant, user := t.tenant, t.user
+	tenant, user := t.ident.Tenant, t.ident.User
 	n.async(func(ctx context.Context) {
 		_ = n.b.Unlisten(ctx, topicTenant(tenant))
 		_ = n.b.Unlisten(ctx, topicUser(tenant, user))

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -19,19 +20,23 @@ import (
 	"github.com/olahol/melody"
 )
 
-// wsServer is the WebSocket side of a Plugin (PROTOCOL.md §6): melody for
-// the upgrade and the read loop, the plugin's own writer for every frame
-// (ws_transport.go).
+// wsServer is the WebSocket side of a Plugin (PROTOCOL.md §6). melody
+// upgrades each connection and runs its connect handler, which hands the
+// socket over to the plugin: its own reader (ws_read.go) and writer
+// (ws_transport.go). melody's session then ends: its per-session write
+// goroutine, ping ticker and gorilla connection (with its read buffer) are
+// not kept for a connection's life, so an idle socket holds one goroutine
+// parked in a small read and the plugin's own state (see BENCHMARKS.md).
 type wsServer struct {
 	p *Plugin
 	m *melody.Melody
 
-	handlers sync.WaitGroup // one per reserved connection: the goroutine running its upgrade and read loop
+	// handlers counts the connections reserved and not yet ended: the
+	// goroutine running the upgrade, then the connection's reader.
+	handlers sync.WaitGroup
 
-	// sessions maps melody's sessions to their connections, from onConnect
-	// to onDisconnect.
-	sessMu   sync.RWMutex
-	sessions map[*melody.Session]*wsConn
+	connsMu sync.Mutex
+	conns   map[*wsConn]struct{} // served: their readers run
 }
 
 // melodyNeverPing is melody's ping period: longer than any connection lives.
@@ -46,59 +51,29 @@ type connCtxKey struct{}
 var wsWriteBuffers = &sync.Pool{}
 
 func newWSServer(p *Plugin) *wsServer {
-	w := &wsServer{p: p, sessions: make(map[*melody.Session]*wsConn)}
+	w := &wsServer{p: p, conns: make(map[*wsConn]struct{})}
 	m := melody.New()
 	m.Config.WriteWait = p.cfg.WriteTimeout
 	m.Config.PongWait = p.cfg.WSPongWait
-	// melody's write goroutine never writes: every frame goes through the
-	// connection's own queue and the shared writer pool, pings come from
-	// the plugin's ticker. Its channel is one slot and its ping ticker
-	// never fires.
+	// melody's write goroutine and read loop start only once the
+	// plugin's own read loop has ended (ws_read.go), on a closed
+	// connection: every frame is written through the connection's queue
+	// and the shared writer pool, pings come from the plugin's ticker. Its
+	// channel is one slot and its ping ticker never fires.
 	m.Config.PingPeriod = melodyNeverPing
 	m.Config.MaxMessageSize = p.cfg.WSMaxMessageBytes
-	m.Config.MessageBufferSize = 1
+	m.Config.MessageBufferSize = 0 // nothing is written through melody
 	m.Upgrader = &websocket.Upgrader{
-		ReadBufferSize:   512,
+		ReadBufferSize:   128, // gorilla's reader is not used (ws_read.go): its smallest
 		WriteBufferSize:  1024,
 		WriteBufferPool:  wsWriteBuffers,
 		HandshakeTimeout: p.cfg.WriteTimeout,
 		CheckOrigin:      w.originAllowed,
 	}
 	m.HandleConnect(w.onConnect)
-	m.HandleDisconnect(w.onDisconnect)
-	m.HandleMessage(func(s *melody.Session, b []byte) {
-		if c := w.connOf(s); c != nil {
-			c.receive(b)
-		}
-	})
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
-		if c := w.connOf(s); c != nil {
-			c.badInput("binary frames are not supported")
-		}
-	})
-	m.HandlePong(func(s *melody.Session) {
-		// melody renews the read deadline on every pong: keep the close
-		// grace of a connection being closed.
-		if c := w.connOf(s); c != nil && !c.c.open() {
-			_ = s.WebsocketConnection().SetReadDeadline(time.Now().Add(closeGrace))
-		}
-	})
-	m.HandleClose(func(s *melody.Session, code int, _ string) error {
-		if c := w.connOf(s); c != nil {
-			c.clientClosed(code)
-		}
-		return nil
-	})
 	m.HandleError(w.onError)
 	w.m = m
 	return w
-}
-
-func (w *wsServer) connOf(s *melody.Session) *wsConn {
-	w.sessMu.RLock()
-	c := w.sessions[s]
-	w.sessMu.RUnlock()
-	return c
 }
 
 // originAllowed is the Origin allow-list (Config.WSAllowedOrigins), used
@@ -166,17 +141,21 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		w.handlers.Done()
 		return
 	}
-	hw := &handoffWriter{nc: nc, h: http.Header{}}
+	hc := &handoffConn{Conn: nc}
+	hw := &handoffWriter{nc: hc, h: http.Header{}}
 	req := handshakeRequest(c.Request, conn)
 	go func() {
-		defer w.handlers.Done()
-		// HandleRequest runs the connection (onConnect … onDisconnect)
-		// and returns when it has ended; onDisconnect releases the slot.
-		// On an error before the session exists it is released here.
-		if err := w.m.HandleRequest(hw, req); err != nil {
+		// HandleRequest upgrades the connection and runs onConnect, which
+		// starts the plugin's reader (it ends the connection: stop, the
+		// slot, handlers.Done); melody's session then ends. On an error
+		// before that, the slot is released here.
+		err := w.m.HandleRequest(hw, req)
+		if !conn.served {
 			_ = nc.Close()
 			p.pushes.reg.release(k)
+			w.handlers.Done()
 		}
+		_ = err
 	}()
 }
 
@@ -230,45 +209,93 @@ func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, bufio.NewReadWriter(bufio.NewReaderSize(w.nc, 16), bufio.NewWriterSize(w.nc, 16)), nil
 }
 
-// onConnect starts the connection: its writer, then its registration for
-// pushes and presence, which queues the connected frame first. A
-// connection that cannot register (the plugin is closing) is closed with
-// 1001.
+// handoffConn is the connection melody and gorilla hold: the socket until
+// the upgrade is done, then (detached) a connection that reads end of file
+// and whose Close does nothing, so that melody's session ends at once
+// while the plugin serves the socket.
+type handoffConn struct {
+	net.Conn
+	detached atomic.Bool
+}
+
+func (h *handoffConn) Read(b []byte) (int, error) {
+	if h.detached.Load() {
+		return 0, io.EOF
+	}
+	return h.Conn.Read(b)
+}
+
+func (h *handoffConn) Write(b []byte) (int, error) {
+	if h.detached.Load() {
+		return 0, net.ErrClosed
+	}
+	return h.Conn.Write(b)
+}
+
+func (h *handoffConn) Close() error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.Close()
+}
+
+func (h *handoffConn) SetDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetDeadline(t)
+}
+
+func (h *handoffConn) SetReadDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetReadDeadline(t)
+}
+
+func (h *handoffConn) SetWriteDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetWriteDeadline(t)
+}
+
+// onConnect takes the upgraded socket over, on the upgrade's goroutine:
+// the connection's writer and its registration for pushes and presence
+// (the connected frame queued first), then a goroutine of its own reads
+// the client (serve). melody's session, detached from the socket, ends
+// when this returns. A connection that cannot register (the plugin is
+// closing) is closed with 1001.
 func (w *wsServer) onConnect(s *melody.Session) {
 	c, _ := s.Request.Context().Value(connCtxKey{}).(*wsConn)
-	w.sessMu.Lock()
-	w.sessions[s] = c
-	w.sessMu.Unlock()
-	c.s = s
-	// Nothing reads the handshake request after the upgrade: let it go
-	// (~1 KiB per connection).
+	// Nothing reads the handshake request after the upgrade: let it go.
 	s.Request = nil
-	c.start(s.WebsocketConnection())
+	hc := s.WebsocketConnection().NetConn().(*handoffConn)
+	nc := hc.Conn
+	hc.detached.Store(true)
+	c.served = true
+	w.connsMu.Lock()
+	w.conns[c] = struct{}{}
+	w.connsMu.Unlock()
+	c.start(nc)
+	go w.serve(c, nc)
 }
 
-// onDisconnect removes the connection from every index, detaches its
-// record subscriptions and frees its slot.
-func (w *wsServer) onDisconnect(s *melody.Session) {
-	c := w.connOf(s)
+// serve reads the client until the connection ends, then removes it from
+// every index, detaches its record subscriptions and frees its slot.
+func (w *wsServer) serve(c *wsConn, nc net.Conn) {
+	defer w.handlers.Done()
+	c.readLoop(nc)
+	_ = nc.Close()
 	c.stop()
-	w.sessMu.Lock()
-	delete(w.sessions, s)
-	w.sessMu.Unlock()
+	w.connsMu.Lock()
+	delete(w.conns, c)
+	w.connsMu.Unlock()
 }
 
-// onError receives melody's errors (its read loop's: melody writes
-// nothing): a frame over the size limit has been answered with 1009 by
-// gorilla, and the rest of it is drained so that the client reads the code.
-func (w *wsServer) onError(s *melody.Session, err error) {
-	c := w.connOf(s)
-	if c == nil {
-		return
-	}
-	if errors.Is(err, websocket.ErrReadLimit) {
-		c.c.close(ErrClosed) // gorilla wrote the close frame: nothing more
-		drain(s.WebsocketConnection().NetConn())
-	}
-}
+// onError receives melody's errors: its read loop's end of file once the
+// plugin has taken the socket over. Nothing to do.
+func (w *wsServer) onError(*melody.Session, error) {}
 
 // drain reads and discards the client's input until it closes or
 // closeGrace passes (on the connection's read goroutine), so that closing
@@ -292,11 +319,16 @@ func (w *wsServer) close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = fmt.Errorf("realtime: close websockets: %w", ctx.Err())
-		if ss, e := w.m.Sessions(); e == nil {
-			for _, s := range ss {
-				_ = s.WebsocketConnection().Close()
+		w.connsMu.Lock()
+		for c := range w.conns {
+			c.c.mu.Lock()
+			nc := c.wt.nc
+			c.c.mu.Unlock()
+			if nc != nil {
+				_ = nc.Close()
 			}
 		}
+		w.connsMu.Unlock()
 		<-done
 	}
 	_ = w.m.Close()

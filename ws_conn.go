@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
 )
 
 // wsConn is one open WebSocket: its outgoing conn (written by
@@ -19,14 +18,15 @@ type wsConn struct {
 	ws    *wsServer
 	id    string
 	ident *Identity
-	s     *melody.Session
 	c     *conn
 	wt    *wsTransport
 	tg    *target
 
-	// registered is set by start once the target is in the registry; read
-	// by stop on the same goroutine.
+	// registered is set by start once the target is in the registry;
+	// served once the plugin serves the socket (onConnect). Read after
+	// start by the same goroutine, or after HandleRequest returned.
 	registered bool
+	served     bool
 
 	// records are the records c follows, one subscription each; recClosed
 	// once the connection has ended. Guarded by recMu.
@@ -56,32 +56,23 @@ const wsInboxMax = 32
 func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	p := w.p
 	wc := &wsConn{ws: w, id: uuid.NewString(), ident: ident}
-	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout}
+	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout, pongWait: p.cfg.WSPongWait}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
 	wc.c.ident = ident
-	wc.tg = &target{id: wc.id, tenant: ident.Tenant, user: ident.User, ident: ident, c: wc.c, all: true, acks: true}
+	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true}
 	return wc
 }
 
 // start runs on the connection's handler goroutine once upgraded: the
-// writer takes the socket, the read side answers pings and closes through
-// it, and the connection registers for pushes, its connected frame queued
-// first.
-func (c *wsConn) start(conn *websocket.Conn) {
+// writer takes the socket, and the connection registers for pushes, its
+// connected frame queued first.
+func (c *wsConn) start(nc net.Conn) {
 	p := c.ws.p
-	nc := conn.NetConn()
-	c.wt.nc = nc
-	c.wt.released = func(broken bool) {
-		if broken {
-			_ = nc.Close()
-			return
-		}
-		_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
-	}
-	conn.SetPingHandler(func(data string) error {
-		c.wt.pong(c.c, []byte(data))
-		return nil
-	})
+	c.c.mu.Lock()
+	c.wt.nc = nc // under the conn's lock: its closed reads it
+	c.c.mu.Unlock()
+	c.wt.lastRead.Store(time.Now().UnixNano())
+	_ = nc.SetDeadline(time.Time{}) // melody's read deadline: the ping sweep replaces it
 	if !p.track(c.c) {
 		c.closeWith(closeGoingAway, "server closing")
 		c.c.setReady()
@@ -139,9 +130,10 @@ func (t *wsTransport) expire(c *conn) {
 	}
 }
 
-// clientClosed answers a client's close frame (from the read loop): once
-// c has sent no close of its own, the frame is echoed (gorilla's default,
-// which the plugin replaces to know about it), and nothing more is written.
+// clientClosed answers a client's close frame (from the read loop): when
+// c has sent no close of its own, the frame is echoed, in one write after
+// which nothing more is written (a batch being written goes first: writes
+// to a connection never interleave).
 func (c *wsConn) clientClosed(code int) {
 	c.c.mu.Lock()
 	ended := c.wt.ended
@@ -151,12 +143,12 @@ func (c *wsConn) clientClosed(code int) {
 	if ended {
 		return
 	}
-	msg := websocket.FormatCloseMessage(code, "")
-	if code == websocket.CloseNoStatusReceived {
-		msg = []byte{}
+	var body []byte
+	if code != 1005 { // no status received: an empty close
+		body = closePayload(code, "")
 	}
-	conn := c.s.WebsocketConnection()
-	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+	_ = c.wt.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.wt.nc.Write(appendWSFrame(nil, opClose, body))
 }
 
 // receive queues one client frame for handling (from the read loop).

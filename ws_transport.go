@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -22,9 +23,10 @@ type wsTransport struct {
 	nc       net.Conn
 	timeout  time.Duration
 	deadline time.Time
-	// released, once the close frame is out or the connection broke: the
-	// read loop ends (after closeGrace, or at once for a broken one).
-	released func(broken bool)
+	// lastRead is when the client's last frame arrived (unix ns): the ping
+	// ticker closes a connection silent for longer than pongWait.
+	lastRead atomic.Int64
+	pongWait time.Duration
 
 	// Under the conn's lock.
 	pingDue bool
@@ -162,17 +164,28 @@ func (t *wsTransport) overflow(c *conn) {
 	}
 }
 
-// closed lets the read loop end: after closeGrace once the close frame is
-// out (the client can answer it and read its code: PROTOCOL.md §6), at
-// once when the connection broke.
+// closed lets the read loop end (c.mu held): after closeGrace once the
+// close frame is out (the client can answer it and read its code:
+// PROTOCOL.md §6), at once when a write failed.
 func (t *wsTransport) closed(c *conn) {
-	if t.released != nil {
-		t.released(!errors.Is(c.cause, ErrClosed))
+	switch {
+	case t.nc == nil: // not started
+	case errors.Is(c.cause, ErrClosed): // the close frame is out
+		_ = t.nc.SetReadDeadline(time.Now().Add(closeGrace))
+	case errors.Is(c.cause, errClientGone): // the read side ends it
+	default: // a write failed: the client cannot be told
+		_ = t.nc.Close()
 	}
 }
 
-// ping queues a ping (from the plugin's ping ticker).
+// ping queues a ping (from the plugin's ping ticker), or closes the
+// socket of a peer silent for longer than pongWait (dead: its read loop
+// ends). No timer per connection: this sweep is the read deadline.
 func (t *wsTransport) ping(c *conn) {
+	if last := t.lastRead.Load(); last != 0 && time.Since(time.Unix(0, last)) > t.pongWait {
+		_ = t.nc.Close()
+		return
+	}
 	c.mu.Lock()
 	t.pingDue = true
 	c.mu.Unlock()
