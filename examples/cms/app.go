@@ -35,6 +35,10 @@ type appConfig struct {
 	DatabaseURL string
 	// DBPath is the SQLite database file, used when DatabaseURL is empty.
 	DBPath string
+	// DBMaxConns caps this instance's open database connections (a
+	// shared server's max_connections is shared by every instance).
+	// Default: defaultDBMaxConns.
+	DBMaxConns int
 	// Logger receives every log line of the app and the plugin. Default: slog.Default().
 	Logger *slog.Logger
 	// RedisURL, when set (redis://host:port/db), makes this instance one
@@ -93,6 +97,17 @@ func newApp(cfg appConfig) (*app, error) {
 		return nil, fmt.Errorf("cms: open database %s: %w", dbase.name, err)
 	}
 	a.db = db
+	if sqlDB, err := db.DB(); err == nil {
+		n := cfg.DBMaxConns
+		if n <= 0 {
+			n = defaultDBMaxConns
+		}
+		// Beyond this, queries wait for a connection: a burst of
+		// subscribers reconnecting at once (each loads its record) queues
+		// here rather than exhausting the server's connections.
+		sqlDB.SetMaxOpenConns(n)
+		sqlDB.SetMaxIdleConns(n)
+	}
 	closeDB := func() {
 		if sqlDB, err := db.DB(); err == nil {
 			_ = sqlDB.Close()
@@ -172,6 +187,10 @@ func newApp(cfg appConfig) (*app, error) {
 	a.ready.Store(true)
 	return a, nil
 }
+
+// defaultDBMaxConns is appConfig.DBMaxConns' default: three instances stay
+// well under PostgreSQL's default max_connections (100).
+const defaultDBMaxConns = 10
 
 // sqliteDSN adds the connection settings to a database path: WAL so that
 // readers never wait for the writer, a busy timeout, and transactions that

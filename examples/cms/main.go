@@ -49,6 +49,7 @@
 //	            works too): a database several instances share. Unset: the
 //	            SQLite file DB_PATH (one node, or several on one machine)
 //	DB_PATH     SQLite database file when DATABASE_URL is unset (default cms.db)
+//	DB_MAX_CONNS open database connections of this instance at most (default 10)
 //	REDIS_URL   redis://host:port/db: this instance becomes one node of many
 //	            sharing that Redis (events, pushes, presence and acks span
 //	            every instance; run several on one DATABASE_URL or DB_PATH
@@ -120,6 +121,13 @@ func loadEnv(getenv func(string) string) (envConfig, error) {
 		cfg.port = p
 	}
 	cfg.app.DatabaseURL = strings.TrimSpace(getenv("DATABASE_URL"))
+	if v := getenv("DB_MAX_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return cfg, fmt.Errorf("DB_MAX_CONNS must be a positive number, got %q", v)
+		}
+		cfg.app.DBMaxConns = n
+	}
 	cfg.app.DBPath = getenv("DB_PATH")
 	if cfg.app.DBPath == "" {
 		cfg.app.DBPath = "cms.db"
