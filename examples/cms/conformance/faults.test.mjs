@@ -16,7 +16,7 @@
 //
 //   FAULT_SEED      the PRNG's seed (default: random, printed; replays the
 //                   same schedule of faults)
-//   FAULT_DURATION  seconds of faults per database (default 25)
+//   FAULT_DURATION  seconds of faults per database (default 20)
 //   FAULT_DBS       which databases, comma-separated (default
 //                   sqlite,postgres,mysql; a server that does not answer is
 //                   skipped, except on CI)
@@ -36,7 +36,7 @@ import { startProxy } from "./clients.mjs";
 import { check, report } from "./faultcheck.mjs";
 
 const seed = process.env.FAULT_SEED ? Number(process.env.FAULT_SEED) >>> 0 : crypto.randomInt(2 ** 31);
-const faultMs = Math.round(Number(process.env.FAULT_DURATION || 25) * 1000);
+const faultMs = Math.round(Number(process.env.FAULT_DURATION || 20) * 1000);
 const dbKinds = (process.env.FAULT_DBS || "sqlite,postgres,mysql").split(",").map((s) => s.trim()).filter(Boolean);
 
 const POSTS = 20;

@@ -17,7 +17,9 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
 // Every process the suites start (instances, redis-servers) until it exits:
 // whatever way this process ends, none is left behind (a stopped one is
 // killed too: SIGKILL needs no SIGCONT).
+// Likewise the temporary directories and databases not removed yet.
 const children = new Set();
+const leftovers = new Set(); // functions that remove something, synchronously
 function track(proc) {
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
@@ -27,6 +29,11 @@ process.once("exit", () => {
   for (const proc of children) {
     try {
       proc.kill("SIGKILL");
+    } catch {}
+  }
+  for (const remove of leftovers) {
+    try {
+      remove();
     } catch {}
   }
 });
@@ -226,10 +233,15 @@ export function createDatabase(kind) {
   sql(kind, `CREATE DATABASE ${name}`);
   const u = new URL(adminURL[kind]);
   u.pathname = `/${name}`;
+  const remove = () => sql(kind, `DROP DATABASE IF EXISTS ${name}${kind === "postgres" ? " WITH (FORCE)" : ""}`);
+  leftovers.add(remove);
   return {
     name,
     url: u.toString(),
-    drop: () => sql(kind, `DROP DATABASE IF EXISTS ${name}${kind === "postgres" ? " WITH (FORCE)" : ""}`),
+    drop: () => {
+      leftovers.delete(remove);
+      remove();
+    },
   };
 }
 
@@ -247,6 +259,8 @@ export function createDatabase(kind) {
  */
 export async function startExample(opts = {}) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
+  const removeWork = () => fs.rmSync(work, { recursive: true, force: true });
+  leftovers.add(removeWork);
   const bin = opts.bin ?? path.join(work, "cms");
   const db = opts.db ?? path.join(work, "cms.db");
   if (!opts.bin) {
@@ -316,7 +330,8 @@ export async function startExample(opts = {}) {
     /** close stops the server and removes its directory. */
     async close() {
       await ex.stop();
-      fs.rmSync(work, { recursive: true, force: true });
+      leftovers.delete(removeWork);
+      removeWork();
     },
     /** log returns what the example wrote to stderr so far. */
     log: () => {
@@ -351,7 +366,7 @@ export async function startExample(opts = {}) {
  */
 export function buildExample() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cms-build-"));
-  process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  leftovers.add(() => fs.rmSync(dir, { recursive: true, force: true }));
   const bin = path.join(dir, "cms");
   execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
   return bin;
