@@ -44,12 +44,13 @@ export const kinds = ["duplicate", "reorder", "gap", "etag", "foreign", "deleted
  * @param {Map<string, {etag: string, v: number}>} run.stored post id → GET after the run
  * @param {{kind: string, start: number, end: number}[]} [run.faults] when each fault was on
  * @param {object[]} [run.writeConflicts] two writes that answered one version with different ETags
+ * @param {number} [run.bufferSize] events a record's buffer holds (realtime.Config.BufferSize)
  */
-export function check({ subs, tenantOf, written, stored, faults = [], writeConflicts = [] }) {
+export function check({ subs, tenantOf, written, stored, faults = [], writeConflicts = [], bufferSize = 100 }) {
   const violations = [];
   const counts = {
     frames: 0, duplicate: 0, reorder: 0, gap: 0, etag: 0, foreign: 0, deleted: 0, refused: 0, final: 0, write: 0,
-    resyncs: 0, needlessResyncs: 0, announcedJumps: 0, streams: 0,
+    resyncs: 0, needlessResyncs: 0, avoidableResyncs: 0, announcedJumps: 0, streams: 0,
     gapVersions: 0, gapVersionsSeenElsewhere: 0, acrossReconnect: 0, withinConnection: 0,
   };
   // Versions delivered to anyone, and the ETags frames gave versions that
@@ -96,7 +97,7 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
         if (foreign) add("foreign", s, post, frames, i, `tenant ${s.tenant} got a frame of ${post} (tenant ${tenantOf.get(post) ?? "unknown"})`);
         if (f.type === "resync") {
           counts.resyncs++;
-          resync = { t: f.t, sub: s.name, post, before: max };
+          resync = { t: f.t, sub: s.name, post, before: max, since: view?.t ?? 0 };
           resyncs.push(resync);
           return;
         }
@@ -172,18 +173,28 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
 
   // Resyncs per fault: each resync is put on the latest fault on at its time
   // (or that ended less than 5 s before).
+  //
+  // A resync is needless when the record sent after it is the version the
+  // subscriber had; avoidable when the events it missed should still have
+  // been in the buffer: Redis was not restarted (empty) since the
+  // subscriber's last frame, and it missed fewer versions than a record's
+  // buffer holds (bufferSize).
   const perFault = {};
-  for (const f of faults) {
-    perFault[f.kind] ??= { faults: 0, resyncs: 0, needless: 0 };
-    perFault[f.kind].faults++;
-  }
-  perFault.none = { faults: 0, resyncs: 0, needless: 0 };
+  const slot = (k) => (perFault[k] ??= { faults: 0, resyncs: 0, needless: 0, avoidable: 0 });
+  for (const f of faults) slot(f.kind).faults++;
+  slot("none");
+  const restarts = faults.filter((f) => f.kind === "redis").map((f) => f.end);
   for (const r of resyncs) {
     let on = null;
     for (const f of faults) if (f.start <= r.t && r.t <= f.end + 5000 && (!on || f.start > on.start)) on = f;
-    const k = on ? on.kind : "none";
-    perFault[k].resyncs++;
-    if (r.after !== undefined && r.after === r.before) perFault[k].needless++;
+    const p = slot(on ? on.kind : "none");
+    p.resyncs++;
+    if (r.after !== undefined && r.after === r.before) {
+      p.needless++;
+    } else if (r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !restarts.some((t) => t > r.since && t <= r.t)) {
+      p.avoidable++;
+      counts.avoidableResyncs++;
+    }
   }
   return { violations, counts, perFault };
 }
@@ -211,13 +222,13 @@ export function report({ violations, counts, perFault }, perKind = 3) {
   );
   lines.push(
     `order violations within one connection ${counts.withinConnection}, across a reconnect ${counts.acrossReconnect}; ` +
-      `resyncs ${counts.resyncs} (${counts.needlessResyncs} where the subscriber had missed nothing), jumps after a resync ${counts.announcedJumps}`,
+      `resyncs ${counts.resyncs} (${counts.needlessResyncs} where the subscriber had missed nothing, ${counts.avoidableResyncs} more where what it missed should still have been buffered), jumps after a resync ${counts.announcedJumps}`,
   );
   lines.push(
     "resyncs per fault: " +
       Object.entries(perFault)
         .filter(([, p]) => p.faults || p.resyncs)
-        .map(([k, p]) => `${k} ${p.faults ? `${p.resyncs}/${p.faults} = ${(p.resyncs / p.faults).toFixed(1)}` : `${p.resyncs} (no fault on)`}${p.needless ? `, ${p.needless} needless` : ""}`)
+        .map(([k, p]) => `${k} ${p.faults ? `${p.resyncs}/${p.faults} = ${(p.resyncs / p.faults).toFixed(1)}` : `${p.resyncs} (no fault on)`}${p.needless ? `, ${p.needless} needless` : ""}${p.avoidable ? `, ${p.avoidable} avoidable` : ""}`)
         .join("; "),
   );
   for (const kind of kinds) {

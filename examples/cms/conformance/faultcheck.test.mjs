@@ -47,6 +47,24 @@ test("resync then the version the subscriber had is fine, and counted as needles
   assert.equal(r.counts.needlessResyncs, 1);
 });
 
+test("a resync with no Redis restart since the subscriber's last frame is avoidable", () => {
+  const frames = [rec(0, "snapshot"), rec(1), resync, rec(3, "snapshot"), rec(4), rec(5)];
+  // run() puts a redis fault over 0..10 ms: frame 1 is at 10 ms, the resync at 20 ms.
+  assert.equal(run(frames).counts.avoidableResyncs, 1);
+  const early = frames.map((f, i) => ({ ...f, t: i * 10 }));
+  early[1] = { ...early[1], t: 5 }; // the last frame before the restart (10 ms)
+  const sub = { name: "s", tenant: "t1", posts: ["p"], frames: new Map([["p", early.map((f) => ({ conn: 1, inst: 0, post: "p", ...f }))]]) };
+  const r = check({
+    subs: [sub],
+    tenantOf: new Map([["p", "t1"]]),
+    written: new Map([["p", new Map([0, 1, 2, 3, 4, 5].map((v) => [v, tag("p", v)]))]]),
+    stored: new Map([["p", { v: 5, etag: tag("p", 5) }]]),
+    faults: [{ kind: "redis", start: 0, end: 10 }],
+  });
+  assert.equal(r.counts.avoidableResyncs, 0);
+  assert.equal(r.perFault.redis.resyncs, 1);
+});
+
 test("duplicates, reorders and unannounced gaps", () => {
   let r = run([rec(0, "snapshot"), rec(1), rec(1), rec(2), rec(3), rec(4), rec(5)]);
   assert.deepEqual(kindsOf(r), ["duplicate"]);
