@@ -171,8 +171,9 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
     }
   }
 
-  // Resyncs per fault: each resync is put on the latest fault on at its time
-  // (or that ended less than 5 s before).
+  // Resyncs per fault: a resync counts for every fault on at its time (or
+  // that ended less than 5 s before): faults overlap, so a resync may count
+  // for several; "none" has those no fault was near.
   //
   // A resync is needless when the record sent after it is the version the
   // subscriber had; avoidable when the events it missed should still have
@@ -185,15 +186,16 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
   slot("none");
   const restarts = faults.filter((f) => f.kind === "redis").map((f) => f.end);
   for (const r of resyncs) {
-    let on = null;
-    for (const f of faults) if (f.start <= r.t && r.t <= f.end + 5000 && (!on || f.start > on.start)) on = f;
-    const p = slot(on ? on.kind : "none");
-    p.resyncs++;
-    if (r.after !== undefined && r.after === r.before) {
-      p.needless++;
-    } else if (r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !restarts.some((t) => t > r.since && t <= r.t)) {
-      p.avoidable++;
-      counts.avoidableResyncs++;
+    const needless = r.after !== undefined && r.after === r.before;
+    const avoidable = !needless && r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !restarts.some((t) => t > r.since && t <= r.t);
+    if (avoidable) counts.avoidableResyncs++;
+    const on = new Set(faults.filter((f) => f.start <= r.t && r.t <= f.end + 5000).map((f) => f.kind));
+    if (!on.size) on.add("none");
+    for (const k of on) {
+      const p = slot(k);
+      p.resyncs++;
+      if (needless) p.needless++;
+      if (avoidable) p.avoidable++;
     }
   }
   return { violations, counts, perFault };
@@ -225,10 +227,10 @@ export function report({ violations, counts, perFault }, perKind = 3) {
       `resyncs ${counts.resyncs} (${counts.needlessResyncs} where the subscriber had missed nothing, ${counts.avoidableResyncs} more where what it missed should still have been buffered), jumps after a resync ${counts.announcedJumps}`,
   );
   lines.push(
-    "resyncs per fault: " +
+    "resyncs per fault (while it was on or within 5 s after; faults overlap): " +
       Object.entries(perFault)
         .filter(([, p]) => p.faults || p.resyncs)
-        .map(([k, p]) => `${k} ${p.faults ? `${p.resyncs}/${p.faults} = ${(p.resyncs / p.faults).toFixed(1)}` : `${p.resyncs} (no fault on)`}${p.needless ? `, ${p.needless} needless` : ""}${p.avoidable ? `, ${p.avoidable} avoidable` : ""}`)
+        .map(([k, p]) => `${k} ${p.faults ? `${p.resyncs}/${p.faults} = ${(p.resyncs / p.faults).toFixed(1)}` : `${p.resyncs} (no fault near)`}${p.needless ? `, ${p.needless} needless` : ""}${p.avoidable ? `, ${p.avoidable} avoidable` : ""}`)
         .join("; "),
   );
   for (const kind of kinds) {

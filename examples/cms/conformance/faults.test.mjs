@@ -20,6 +20,7 @@
 //   FAULT_DBS       which databases, comma-separated (default
 //                   sqlite,postgres,mysql; a server that does not answer is
 //                   skipped, except on CI)
+//   FAULT_KINDS     which faults, comma-separated (default kill,redis,stop,drop)
 //   FAULT_REPORT    a file to write each run's counts and violations to (JSON)
 //   TEST_POSTGRES_URL, TEST_MYSQL_URL  where databases are created (defaults:
 //                   the servers .ci/run starts)
@@ -38,6 +39,9 @@ import { check, report } from "./faultcheck.mjs";
 const seed = process.env.FAULT_SEED ? Number(process.env.FAULT_SEED) >>> 0 : crypto.randomInt(2 ** 31);
 const faultMs = Math.round(Number(process.env.FAULT_DURATION || 20) * 1000);
 const dbKinds = (process.env.FAULT_DBS || "sqlite,postgres,mysql").split(",").map((s) => s.trim()).filter(Boolean);
+const allFaults = ["kill", "redis", "stop", "drop"];
+const faultKinds = (process.env.FAULT_KINDS || allFaults.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
+for (const k of faultKinds) if (!allFaults.includes(k)) throw new Error(`FAULT_KINDS: unknown fault ${k} (${allFaults.join(", ")})`);
 
 const POSTS = 20;
 const TENANTS = ["fault-a", "fault-b"];
@@ -47,6 +51,10 @@ const WS_SUBS = 40;
 const WS_RECORDS = 4; // records per WebSocket
 const QUIET_MS = 3000;
 const SETTLE_MS = 30000;
+// Every loop is bounded in time (the run's phases) and in count:
+const MAX_WRITES = 20000; // per writer
+const MAX_FAULTS = 1000;
+const MAX_CONNECTIONS = 2000; // per subscriber
 
 // --- a seeded PRNG (mulberry32), one stream per purpose ------------------------
 
@@ -65,7 +73,7 @@ const pickOf = (rnd, xs) => xs[Math.floor(rnd() * xs.length)];
 
 let bin; // examples/cms, built once for every database
 
-console.log(`faults: seed ${seed} (replay: FAULT_SEED=${seed}), ${faultMs / 1000} s of faults per database, databases ${dbKinds.join(",")}`);
+console.log(`faults: seed ${seed} (replay: FAULT_SEED=${seed}), ${faultMs / 1000} s of ${faultKinds.join(",")} per database, databases ${dbKinds.join(",")}`);
 
 const redisSkip = needs("redis-server");
 for (const kind of dbKinds) {
@@ -210,7 +218,7 @@ async function runFaults(kind) {
     for (let w = 0; w < WRITERS; w++) {
       writers.push(
         (async () => {
-          while (writing) {
+          for (let n = 0; writing && n < MAX_WRITES; n++) {
             await patch(pick(rnd.write), pickOf(rnd.write, posts));
             await sleep(20 + rnd.write() * 50);
           }
@@ -287,11 +295,11 @@ async function runFaults(kind) {
       f.end = now();
       stats.faults[kind] = (stats.faults[kind] ?? 0) + 1;
     };
-    const weights = [["kill", 3], ["redis", 1.2], ["stop", 2], ["drop", 3]];
+    const weights = [["kill", 3], ["redis", 1.2], ["stop", 2], ["drop", 3]].filter(([k]) => faultKinds.includes(k));
     const totalWeight = weights.reduce((s, [, w]) => s + w, 0);
     const faultsEnd = now() + faultMs;
     const running = new Set();
-    for (let n = 1; ; n++) {
+    for (let n = 1; n <= MAX_FAULTS; n++) {
       // Four draws per fault, whether it runs or not: the schedule is the seed's.
       const gap = 400 + rnd.fault() * 1800;
       let x = rnd.fault() * totalWeight;
@@ -395,7 +403,7 @@ function followSSE(sub, { ctx, proxies, pick, rnd, now, stats }) {
   let conn = 0;
   let inst = -1;
   const open = () => {
-    if (ctx.stopping) return;
+    if (ctx.stopping || sub.conns >= MAX_CONNECTIONS) return;
     const from = lastId ? `&lastEventId=${encodeURIComponent(lastId)}` : "";
     es = new EventSource(`http://balancer.invalid/api/v1/posts/${post}/subscribe?token=${tok}${from}`, {
       fetch: (url, init) => {
@@ -452,7 +460,7 @@ function followWS(sub, { ctx, proxies, pick, rnd, now, stats }) {
   let timer;
   const retries = new Set();
   const connect = () => {
-    if (ctx.stopping) return;
+    if (ctx.stopping || sub.conns >= MAX_CONNECTIONS) return;
     const inst = pick(rnd);
     const conn = ++sub.conns;
     const sock = (ws = new WebSocket(`${proxies[inst].url.replace(/^http/, "ws")}/api/v1/ws?token=${tok}`));
