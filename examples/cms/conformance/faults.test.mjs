@@ -19,7 +19,7 @@
 //   FAULT_DURATION  seconds of faults per database (default 20)
 //   FAULT_DBS       which databases, comma-separated (default
 //                   sqlite,postgres,mysql; a server that does not answer is
-//                   skipped, except on CI)
+//                   skipped, except on CI; none: no run)
 //   FAULT_KINDS     which faults, comma-separated (default kill,redis,stop,drop)
 //   FAULT_REPORT    a file to write each run's counts and violations to (JSON)
 //   TEST_POSTGRES_URL, TEST_MYSQL_URL  where databases are created (defaults:
@@ -38,7 +38,8 @@ import { check, report } from "./faultcheck.mjs";
 
 const seed = process.env.FAULT_SEED ? Number(process.env.FAULT_SEED) >>> 0 : crypto.randomInt(2 ** 31);
 const faultMs = Math.round(Number(process.env.FAULT_DURATION || 20) * 1000);
-const dbKinds = (process.env.FAULT_DBS || "sqlite,postgres,mysql").split(",").map((s) => s.trim()).filter(Boolean);
+const dbKinds = (process.env.FAULT_DBS || "sqlite,postgres,mysql").split(",").map((s) => s.trim()).filter((s) => s && s !== "none");
+for (const k of dbKinds) if (!["sqlite", "postgres", "mysql"].includes(k)) throw new Error(`FAULT_DBS: unknown database ${k} (sqlite, postgres, mysql, or none)`);
 const allFaults = ["kill", "redis", "stop", "drop"];
 const faultKinds = (process.env.FAULT_KINDS || allFaults.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
 for (const k of faultKinds) if (!allFaults.includes(k)) throw new Error(`FAULT_KINDS: unknown fault ${k} (${allFaults.join(", ")})`);
