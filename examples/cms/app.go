@@ -17,7 +17,6 @@ import (
 	"github.com/ginrealtime/realtime"
 	"github.com/ginrealtime/realtime/hooks/gormhook"
 	"github.com/ginrealtime/realtime/redisbroker"
-	"github.com/glebarez/sqlite"
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
 	gormlogger "gorm.io/gorm/logger"
@@ -30,8 +29,16 @@ var indexHTML []byte
 type appConfig struct {
 	// JWTSecret is the HS256 key of the tokens. Required.
 	JWTSecret []byte
-	// DBPath is the SQLite database file.
+	// DatabaseURL, when set, is the database the posts live in:
+	// postgres://… (or postgresql://…) or mysql://… (MySQL, MariaDB), one
+	// that several instances share. Default: empty, the SQLite file DBPath.
+	DatabaseURL string
+	// DBPath is the SQLite database file, used when DatabaseURL is empty.
 	DBPath string
+	// DBMaxConns caps this instance's open database connections (a
+	// shared server's max_connections is shared by every instance).
+	// Default: defaultDBMaxConns.
+	DBMaxConns int
 	// Logger receives every log line of the app and the plugin. Default: slog.Default().
 	Logger *slog.Logger
 	// RedisURL, when set (redis://host:port/db), makes this instance one
@@ -46,16 +53,16 @@ type appConfig struct {
 // app is the CMS: a gin engine with the posts API, the realtime plugin
 // mounted next to it, and the GORM hook turning writes into events.
 type app struct {
-	engine  *gin.Engine      // every route
-	rt      *realtime.Plugin // the realtime plugin
-	db      *gorm.DB
-	redis   *redis.Client      // nil: a single node
-	queue   *redisbroker.Queue // with Redis: consumes the publish queue (redisbroker "The queue")
-	hook    *gormhook.Hook
-	log     *slog.Logger
-	writeMu sync.Mutex // PATCH and DELETE compare and write under it
-	ready   atomic.Bool
-	closed  sync.Once
+	engine *gin.Engine      // every route
+	rt     *realtime.Plugin // the realtime plugin
+	db     *gorm.DB
+	dbName string             // which database, for logs (no password)
+	redis  *redis.Client      // nil: a single node
+	queue  *redisbroker.Queue // with Redis: consumes the publish queue (redisbroker "The queue")
+	hook   *gormhook.Hook
+	log    *slog.Logger
+	ready  atomic.Bool
+	closed sync.Once
 
 	feedersOnce sync.Once
 	feedersErr  error
@@ -67,16 +74,17 @@ func newApp(cfg appConfig) (*app, error) {
 	if len(cfg.JWTSecret) == 0 {
 		return nil, errors.New("cms: a JWT secret is required")
 	}
-	if cfg.DBPath == "" {
-		return nil, errors.New("cms: a database path is required")
+	dbase, err := openDatabase(cfg.DatabaseURL, cfg.DBPath)
+	if err != nil {
+		return nil, fmt.Errorf("cms: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &app{log: log}
+	a := &app{log: log, dbName: dbase.name}
 
-	db, err := gorm.Open(sqlite.Open(sqliteDSN(cfg.DBPath)), &gorm.Config{
+	db, err := gorm.Open(dbase.dialector, &gorm.Config{
 		NowFunc: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
 		Logger: gormlogger.NewSlogLogger(log, gormlogger.Config{
 			LogLevel:                  gormlogger.Warn,
@@ -86,9 +94,20 @@ func newApp(cfg appConfig) (*app, error) {
 		}),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cms: open database %s: %w", cfg.DBPath, err)
+		return nil, fmt.Errorf("cms: open database %s: %w", dbase.name, err)
 	}
 	a.db = db
+	if sqlDB, err := db.DB(); err == nil {
+		n := cfg.DBMaxConns
+		if n <= 0 {
+			n = defaultDBMaxConns
+		}
+		// Beyond this, queries wait for a connection: a burst of
+		// subscribers reconnecting at once (each loads its record) queues
+		// here rather than exhausting the server's connections.
+		sqlDB.SetMaxOpenConns(n)
+		sqlDB.SetMaxIdleConns(n)
+	}
 	closeDB := func() {
 		if sqlDB, err := db.DB(); err == nil {
 			_ = sqlDB.Close()
@@ -168,6 +187,10 @@ func newApp(cfg appConfig) (*app, error) {
 	a.ready.Store(true)
 	return a, nil
 }
+
+// defaultDBMaxConns is appConfig.DBMaxConns' default: three instances stay
+// well under PostgreSQL's default max_connections (100).
+const defaultDBMaxConns = 10
 
 // sqliteDSN adds the connection settings to a database path: WAL so that
 // readers never wait for the writer, a busy timeout, and transactions that

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"testing"
@@ -35,12 +36,24 @@ import (
 //     instances' WebSocket and SSE subscribers, malformed ones in the
 //     dead-letter stream;
 //   - cors.test.mjs, preflights of the publish API from an allowed and
-//     another origin.
+//     another origin;
+//   - faults.test.mjs, the order promise under faults: three instances on
+//     one redis-server and one database (a SQLite file, PostgreSQL,
+//     MariaDB), 4 writers, 100 EventSource and WebSocket subscribers moving
+//     between instances, while instances are SIGKILLed and SIGSTOPped,
+//     Redis dies and comes back empty and connections are dropped, from a
+//     seeded PRNG (FAULT_SEED, FAULT_DURATION, FAULT_DBS); faultcheck.mjs
+//     checks order, duplicates, unannounced gaps, tenants, ETags and the
+//     final views (faultcheck.test.mjs tests the checker itself).
 //
 // They share harness.mjs (build, start/stop, tokens, free port, a private
-// redis-server) and clients.mjs (WebSocket and EventSource recorders, a
-// cuttable proxy). It needs node and npm (and the npm registry for `npm
-// ci`); on CI a missing node is a failure, elsewhere a skip.
+// redis-server, fresh databases) and clients.mjs (WebSocket and EventSource
+// recorders, a cuttable proxy). It needs node and npm (and the npm registry
+// for `npm ci`); on CI a missing node is a failure, elsewhere a skip.
+//
+// The suites run in a process group of their own: whatever they leave
+// running when they end (an instance, a redis-server) is killed, and is a
+// failure.
 func TestNodeConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping the Node.js conformance suite")
@@ -72,9 +85,18 @@ func TestNodeConformance(t *testing.T) {
 	}
 	cmd := exec.Command(node, "--test", "--test-reporter=spec")
 	cmd.Dir = "conformance"
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ownProcessGroup(cmd)
+	err := cmd.Start()
+	if err == nil {
+		err = cmd.Wait()
+		if killGroup(cmd) {
+			t.Errorf("%v left processes running (killed now)", cmd.Args)
+		}
 	}
-	t.Logf("%v:\n%s", cmd.Args, out)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", cmd.Args, err, out.Bytes())
+	}
+	t.Logf("%v:\n%s", cmd.Args, out.Bytes())
 }

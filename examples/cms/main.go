@@ -1,7 +1,7 @@
-// Command cms is a small CMS whose posts are live: a gin + GORM + SQLite app
-// (pure Go, no cgo) that mounts the realtime plugin next to its own REST
-// routes and turns every committed write into a record event through the
-// GORM hook.
+// Command cms is a small CMS whose posts are live: a gin + GORM app (SQLite
+// by default, pure Go, no cgo; PostgreSQL or MySQL with DATABASE_URL) that
+// mounts the realtime plugin next to its own REST routes and turns every
+// committed write into a record event through the GORM hook.
 //
 //	go run ./examples/cms
 //
@@ -43,11 +43,17 @@
 //	JWT_SECRET  HS256 key of the tokens; unset: a random key, and a dev
 //	            token (sub "dev", tenant "default", scope "publish", 24 h) is
 //	            printed at start
-//	DB_PATH     SQLite database file (default cms.db)
+//	DATABASE_URL postgres://user:pass@host:5432/db?sslmode=disable (or
+//	            postgresql://…), or mysql://user:pass@host:3306/db (MySQL,
+//	            MariaDB; the driver's own form mysql://user:pass@tcp(host:3306)/db
+//	            works too): a database several instances share. Unset: the
+//	            SQLite file DB_PATH (one node, or several on one machine)
+//	DB_PATH     SQLite database file when DATABASE_URL is unset (default cms.db)
+//	DB_MAX_CONNS open database connections of this instance at most (default 10)
 //	REDIS_URL   redis://host:port/db: this instance becomes one node of many
 //	            sharing that Redis (events, pushes, presence and acks span
-//	            every instance; run several on one DB_PATH behind a load
-//	            balancer). Unset: one node, everything in memory.
+//	            every instance; run several on one DATABASE_URL or DB_PATH
+//	            behind a load balancer). Unset: one node, everything in memory.
 //	CORS_ORIGINS comma-separated origins whose pages may call the publish
 //	            API (POST /api/v1/posts/:id/events, /notify, GET /presence)
 //	            from a browser; "none" for no CORS (default
@@ -113,6 +119,14 @@ func loadEnv(getenv func(string) string) (envConfig, error) {
 			return cfg, fmt.Errorf("PORT must be a port number, got %q", v)
 		}
 		cfg.port = p
+	}
+	cfg.app.DatabaseURL = strings.TrimSpace(getenv("DATABASE_URL"))
+	if v := getenv("DB_MAX_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return cfg, fmt.Errorf("DB_MAX_CONNS must be a positive number, got %q", v)
+		}
+		cfg.app.DBMaxConns = n
 	}
 	cfg.app.DBPath = getenv("DB_PATH")
 	if cfg.app.DBPath == "" {
@@ -196,7 +210,7 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		addr = "localhost:" + strconv.Itoa(tcp.Port)
 	}
-	log.Info("cms: listening", "addr", ln.Addr().String(), "db", cfg.app.DBPath)
+	log.Info("cms: listening", "addr", ln.Addr().String(), "db", a.dbName)
 	if cfg.devToken != "" {
 		// Printed, not logged: a token never appears in a log line.
 		fmt.Fprintf(out, "\nJWT_SECRET is not set: using a random key. Dev token (sub \"dev\", tenant \"default\", scope \"publish\", valid %s):\n\n    http://%s/?token=%s\n\n", devTokenTTL, addr, cfg.devToken)
