@@ -39,9 +39,9 @@ type conn struct {
 	state     connState
 	sealed    bool // ending, and nothing more may be queued (a close frame ahead of the queue)
 	queue     []out
-	spare     []out // a drained queue kept for reuse
-	scheduled bool  // handed to its drainer, not yet settled
-	signal    bool  // the transport has something of its own to write (a ping)
+	spare     []out         // a drained queue kept for reuse
+	scheduled bool          // handed to its drainer, not yet settled
+	signal    bool          // the transport has something of its own to write (a ping)
 	cause     error         // why it closed
 	done      chan struct{} // closed once closed; made on first use (doneChan)
 }

@@ -115,7 +115,12 @@ func newApp(cfg appConfig) (*app, error) {
 	}
 	rtCfg := realtime.Config{
 		JWTSecret: cfg.JWTSecret,
-		Loader:    a.loadRecord,
+		// The stored post and its version, read in one snapshot (the
+		// hook's versions): a subscriber never gets an event older than
+		// its snapshot.
+		Loader: func(ctx context.Context, ref realtime.Ref) (any, error) {
+			return a.hook.Loader(a.loadTx)(ctx, ref)
+		},
 		Authorize: a.authorize,
 		Logger:    log,
 		// user.<sub> channels are private to their user (channels.go).
@@ -148,18 +153,13 @@ func newApp(cfg appConfig) (*app, error) {
 	}
 	a.rt = rt
 
-	// Every committed write to posts becomes a record event, published after
-	// commit with the record reloaded from the database. The hook goes on
-	// the root *gorm.DB before anything else uses it.
-	// With Redis (many instances), each write also records an outbox row
-	// in its transaction: an event that cannot be published at commit (an
-	// outage, a crash) is published by whichever instance drains the row
-	// once Redis is back.
-	opts := []gormhook.Option{gormhook.Watch(&Post{}, collection)}
-	if a.redis != nil {
-		opts = append(opts, gormhook.WithOutbox(gormhook.OutboxConfig{}))
-	}
-	a.hook = gormhook.New(rt, opts...)
+	// Every committed write to posts becomes a record event with its
+	// version, taken in the write's own transaction, kept exactly as
+	// committed in an outbox row: published after commit, or, when it
+	// cannot be then (an outage, a crash), by whichever instance drains
+	// the row, in order. The hook goes on the root *gorm.DB before
+	// anything else uses it.
+	a.hook = gormhook.New(rt, gormhook.Watch(&Post{}, collection))
 	if err := db.Use(a.hook); err != nil {
 		a.hook = nil
 		_ = a.Close(context.Background())

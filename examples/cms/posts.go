@@ -472,20 +472,22 @@ func splitETags(h string) []string {
 	}
 }
 
-// loadRecord is the plugin's Config.Loader: the post (tenant, id), or
-// realtime.ErrNotFound. It does not decide visibility: authorize does.
-func (a *app) loadRecord(ctx context.Context, ref realtime.Ref) (any, error) {
+// loadTx loads the post (tenant, id) in tx for the plugin's Config.Loader
+// (through the hook's versioned loader), or realtime.ErrNotFound. It does
+// not decide visibility: authorize does.
+func (a *app) loadTx(_ context.Context, tx *gorm.DB, ref realtime.Ref) (any, error) {
 	if ref.Collection != collection {
 		return nil, realtime.ErrNotFound
 	}
-	p, err := a.find(ctx, ref.Tenant, ref.ID)
+	var p Post
+	err := tx.Where("tenant = ? AND id = ?", ref.Tenant, ref.ID).Take(&p).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
 		return nil, realtime.ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &p, nil
 }
 
 // authorize is the plugin's Config.Authorize. Tenants are kept apart by the
