@@ -177,17 +177,17 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
   //
   // A resync is needless when the record sent after it is the version the
   // subscriber had; avoidable when the events it missed should still have
-  // been in the buffer: Redis was not restarted (empty) since the
-  // subscriber's last frame, and it missed fewer versions than a record's
-  // buffer holds (bufferSize).
+  // been in the buffer: Redis was not down (killed, then restarted empty)
+  // at any time since the subscriber's last frame, and it missed fewer
+  // versions than a record's buffer holds (bufferSize).
   const perFault = {};
   const slot = (k) => (perFault[k] ??= { faults: 0, resyncs: 0, needless: 0, avoidable: 0 });
   for (const f of faults) slot(f.kind).faults++;
   slot("none");
-  const restarts = faults.filter((f) => f.kind === "redis").map((f) => f.end);
+  const outages = faults.filter((f) => f.kind === "redis");
   for (const r of resyncs) {
     const needless = r.after !== undefined && r.after === r.before;
-    const avoidable = !needless && r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !restarts.some((t) => t > r.since && t <= r.t);
+    const avoidable = !needless && r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !outages.some((o) => o.start <= r.t && o.end > r.since);
     if (avoidable) counts.avoidableResyncs++;
     const on = new Set(faults.filter((f) => f.start <= r.t && r.t <= f.end + 5000).map((f) => f.kind));
     if (!on.size) on.add("none");
