@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 )
 
@@ -403,139 +401,4 @@ func dataJSON(v any) (json.RawMessage, error) {
 		return nil, badRequest("data cannot be encoded as JSON")
 	}
 	return b, nil
-}
-
-// targets returns the targets of tenant a push reaches (PROTOCOL.md §7).
-func (r *registry) targets(tenant string, users, exclude []string, channel, event string, data json.RawMessage) []*target {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	ts := r.tenants[tenant]
-	if ts == nil {
-		return nil
-	}
-	var excluded map[string]struct{}
-	if len(exclude) > 0 {
-		excluded = make(map[string]struct{}, len(exclude))
-		for _, u := range exclude {
-			excluded[u] = struct{}{}
-		}
-	}
-	var (
-		out     []*target
-		decoded *pushData // the push's data, decoded once, on the first target with filters
-	)
-	keep := func(t *target) {
-		if _, ex := excluded[t.ident.User]; ex {
-			return
-		}
-		if len(t.filters) > 0 {
-			if decoded == nil {
-				d := decodePushData(data)
-				decoded = &d
-			}
-			if !anyFilterMatchesData(t.filters, event, decoded) {
-				return
-			}
-		}
-		out = append(out, t)
-	}
-	switch {
-	case len(users) > 0:
-		seen := make(map[string]struct{}, len(users))
-		for _, u := range users {
-			if _, dup := seen[u]; dup {
-				continue
-			}
-			seen[u] = struct{}{}
-			for t := range r.users[userKey{tenant: tenant, user: u}] {
-				if channel == "" && !t.all {
-					continue // SSE channel streams get channel pushes only
-				}
-				if channel != "" && !t.subscribedTo(channel) {
-					continue
-				}
-				keep(t)
-			}
-		}
-	case channel != "":
-		ts.matchMu.Lock()
-		ts.channels.match(channel, keep)
-		ts.matchMu.Unlock()
-	default:
-		for t := range ts.all {
-			keep(t)
-		}
-	}
-	return out
-}
-
-// channelPatternMatches reports whether pattern ("*" one segment, trailing
-// ">" one or more further segments) matches the concrete channel. It is the
-// per-connection check of a push to given users; channelIndex serves the
-// push to a channel's subscribers.
-func channelPatternMatches(pattern, channel string) bool {
-	for {
-		ps, prest, pmore := cutDot(pattern)
-		cs, crest, cmore := cutDot(channel)
-		if ps == ">" && !pmore {
-			return true // cs is at least one segment
-		}
-		if ps != "*" && ps != cs {
-			return false
-		}
-		if pmore != cmore {
-			return false
-		}
-		if !pmore {
-			return true
-		}
-		pattern, channel = prest, crest
-	}
-}
-
-func cutDot(s string) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '.' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
-
-// notifyRequest is the body of POST {base}/notify.
-type notifyRequest struct {
-	Users        []string        `json:"users"`
-	ExcludeUsers []string        `json:"excludeUsers"`
-	Channel      string          `json:"channel"`
-	Event        string          `json:"event"`
-	Data         json.RawMessage `json:"data"`
-	AwaitAcks    string          `json:"awaitAcks"`
-}
-
-// handleNotify serves POST {base}/notify (publish scope).
-func (p *Plugin) handleNotify(c *gin.Context) {
-	var req notifyRequest
-	ident, ok := p.publisherRequest(c, "notify", &req)
-	if !ok {
-		return
-	}
-	var (
-		await time.Duration
-		err   error
-	)
-	if req.AwaitAcks != "" {
-		if await, err = time.ParseDuration(req.AwaitAcks); err != nil || await < 0 || await > MaxAwaitAcks {
-			writeError(c, badRequest("awaitAcks must be a duration of at most 30s"))
-			return
-		}
-	}
-	res, err := p.Notify(c.Request.Context(), Notification{
-		Tenant: ident.Tenant, Users: req.Users, ExcludeUsers: req.ExcludeUsers,
-		Channel: req.Channel, Event: req.Event, Data: req.Data, AwaitAcks: await,
-	})
-	if err != nil {
-		writeError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, res)
 }

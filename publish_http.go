@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
@@ -70,4 +71,42 @@ func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity
 		return nil, false
 	}
 	return ident, true
+}
+
+// notifyRequest is the body of POST {base}/notify.
+type notifyRequest struct {
+	Users        []string        `json:"users"`
+	ExcludeUsers []string        `json:"excludeUsers"`
+	Channel      string          `json:"channel"`
+	Event        string          `json:"event"`
+	Data         json.RawMessage `json:"data"`
+	AwaitAcks    string          `json:"awaitAcks"`
+}
+
+// handleNotify serves POST {base}/notify (publish scope).
+func (p *Plugin) handleNotify(c *gin.Context) {
+	var req notifyRequest
+	ident, ok := p.publisherRequest(c, "notify", &req)
+	if !ok {
+		return
+	}
+	var (
+		await time.Duration
+		err   error
+	)
+	if req.AwaitAcks != "" {
+		if await, err = time.ParseDuration(req.AwaitAcks); err != nil || await < 0 || await > MaxAwaitAcks {
+			writeError(c, badRequest("awaitAcks must be a duration of at most 30s"))
+			return
+		}
+	}
+	res, err := p.Notify(c.Request.Context(), Notification{
+		Tenant: ident.Tenant, Users: req.Users, ExcludeUsers: req.ExcludeUsers,
+		Channel: req.Channel, Event: req.Event, Data: req.Data, AwaitAcks: await,
+	})
+	if err != nil {
+		writeError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, res)
 }
