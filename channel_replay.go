@@ -92,19 +92,18 @@ func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, 
 		for _, e := range lk.Events {
 			r.base = max(r.base, e.Seq)
 			if mayReceive(e.Event, t.ident.User, filters) {
-				r.outs = append(r.outs, out{push: bufferedPush(ch, e), seq: e.Seq})
+				r.outs = append(r.outs, out{ev: bufferedPush(e), seq: e.Seq})
 			}
 		}
 	}
 	return r
 }
 
-// bufferedPush is a push read back from its channel's buffer.
-func bufferedPush(channel string, e Entry) *localPush {
+// bufferedPush is a push read back from its channel's buffer: its event
+// as a push (the buffer's event shares its fields).
+func bufferedPush(e Entry) *Event {
 	ev := e.Event
-	lp := &localPush{channel: channel, event: ev.Type, id: ev.ETag, seq: e.Seq, frame: ev.Data}
-	lp.sseOnce.Do(func() { lp.ev = ev })
-	return lp
+	return &Event{kind: kindPush, Type: ev.Type, ETag: ev.ETag, Data: ev.Data, Time: ev.Time}
 }
 
 // mayReceive reports whether a buffered channel push would have been
@@ -130,8 +129,7 @@ func mayReceive(ev *Event, user string, filters []pushFilter) bool {
 func (t *target) release(r replay) {
 	outs := r.outs
 	if !r.ok {
-		frame, ev := channelResync(r.channel)
-		outs = []out{{frame: frame, ev: ev}}
+		outs = []out{{ev: channelResync(r.channel)}}
 	}
 	c := t.c
 	c.mu.Lock()

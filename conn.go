@@ -73,15 +73,13 @@ type transport interface {
 	closed(c *conn)
 }
 
-// out is one entry of a conn's queue. The transport encodes it: ev for an
-// SSE stream (ev.SSEFrame), frame (or ev, for a record subscription sub,
-// or push) for a WebSocket.
+// out is one entry of a conn's queue: an event, which the conn's transport
+// encodes (Event.kind says what it is: a record event, a push, a
+// WebSocket answer…). Small, since queues hold many under load.
 type out struct {
-	ev    *Event        // a record event, resync, keepalive, a push's SSE event
-	seq   uint64        // ev's position in its stream (0: outside it)
-	frame []byte        // a WebSocket message (answers, errors)
-	push  *localPush    // a push (§7): its envelope, encoded per transport
-	sub   *subscription // the record subscription ev belongs to: re-checked before it is written
+	ev  *Event
+	seq uint64        // ev's position in its stream (0: outside it)
+	sub *subscription // the record subscription ev belongs to: re-checked before it is written
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
@@ -294,10 +292,10 @@ func (c *conn) settle(batch []out) (again bool) {
 	clear(batch)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// Keep the drained slice for the next round when the conn is busy (a
-	// batch of several frames that used a good part of it): no allocation
-	// per round under load; an idle conn keeps none.
-	if c.spare == nil && len(batch) >= 4 && (cap(batch) <= 64 || 8*len(batch) >= cap(batch)) {
+	// Keep the drained slice for the next round when it is small, or when
+	// it was well used (a busy conn): no allocation per round under load.
+	// A big slice is let go as soon as a round uses less than an eighth.
+	if c.spare == nil && (cap(batch) <= 64 || 8*len(batch) >= cap(batch)) {
 		c.spare = batch[:0]
 	}
 	if c.state == connClosed {

@@ -52,11 +52,24 @@ type Event struct {
 	// none: such events are ordered by their stream alone.
 	Version uint64
 
+	kind eventKind
+
 	sseOnce sync.Once
 	sse     []byte
 	wsOnce  sync.Once
 	ws      []byte
 }
+
+// eventKind says what an Event in a connection's queue stands for, so that
+// each transport encodes it (sse.go, ws_transport.go).
+type eventKind uint8
+
+const (
+	kindRecord        eventKind = iota // a record event (or its resync, keepalive)
+	kindPush                           // a push (§7): Data is its envelope, Type its event name, ETag its envelopeId
+	kindAnswer                         // a WebSocket message: Data as is
+	kindChannelResync                  // a channel's resync: Ref.ID names the channel, Data the SSE data
+)
 
 // wsRecordFrame is a record event on a WebSocket (PROTOCOL.md §6).
 type wsRecordFrame struct {

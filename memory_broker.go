@@ -132,19 +132,24 @@ func (m *MemoryBroker) stripeIndex(k StreamKey) uint64 {
 }
 
 // lockPair locks the stripes of two streams, in index order, once when
-// they are the same; the returned func unlocks them.
-func (m *MemoryBroker) lockPair(a, b StreamKey) func() {
-	i, j := m.stripeIndex(a), m.stripeIndex(b)
-	if i == j {
-		m.stripes[i].Lock()
-		return m.stripes[i].Unlock
-	}
+// they are the same; unlockPair(i, j) undoes it.
+func (m *MemoryBroker) lockPair(a, b StreamKey) (i, j uint64) {
+	i, j = m.stripeIndex(a), m.stripeIndex(b)
 	if i > j {
 		i, j = j, i
 	}
 	m.stripes[i].Lock()
-	m.stripes[j].Lock()
-	return func() { m.stripes[j].Unlock(); m.stripes[i].Unlock() }
+	if i != j {
+		m.stripes[j].Lock()
+	}
+	return i, j
+}
+
+func (m *MemoryBroker) unlockPair(i, j uint64) {
+	if i != j {
+		m.stripes[j].Unlock()
+	}
+	m.stripes[i].Unlock()
 }
 
 // unavailable is the error of a call while the engine is down.
@@ -219,8 +224,8 @@ func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, gap bool) (boo
 		return false, err
 	}
 	coll := ev.Ref.collectionKey()
-	unlock := m.lockPair(ev.Ref, coll)
-	defer unlock()
+	i, j := m.lockPair(ev.Ref, coll)
+	defer m.unlockPair(i, j)
 	var seqs [2]uint64
 	if m.rec != nil {
 		var dup bool

@@ -252,7 +252,7 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 // (only when acks are awaited).
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
-	lp := &localPush{channel: m.Channel, event: m.Event, id: m.Envelope, seq: m.Seq, frame: m.Frame}
+	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
 	targets := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
 	var (
@@ -358,23 +358,19 @@ func (w *countWait) result() (delivered, users, awaiting int) {
 
 // localPush is one push on its way to this node's targets.
 type localPush struct {
-	channel, event, id string
+	channel string
 	// seq is the push's position in its channel's buffer (0 without a
 	// channel): a connection resumed past it already has it.
-	seq   uint64
-	frame []byte // the envelope: the WebSocket frame
-
-	sseOnce sync.Once
-	ev      *Event // the SSE event of channel streams, built on first use
+	seq uint64
+	// ev is the push as every target queues it: its envelope (the
+	// WebSocket frame, the SSE data), event name and envelopeId (the SSE
+	// event and id), each encoding made once for all targets.
+	ev *Event
 }
 
-// sseEvent is the push as an SSE stream writes it (event: name, id:
-// envelopeId, data: envelope), encoded once for all streams.
-func (lp *localPush) sseEvent() *Event {
-	lp.sseOnce.Do(func() {
-		lp.ev = &Event{Type: lp.event, ETag: lp.id, Data: lp.frame, Time: time.Now()}
-	})
-	return lp.ev
+func newLocalPush(channel, event, id string, seq uint64, frame []byte) *localPush {
+	return &localPush{channel: channel, seq: seq,
+		ev: &Event{kind: kindPush, Type: event, ETag: id, Data: frame, Time: time.Now()}}
 }
 
 // dataJSON returns the JSON of a push's data ("null" for nil).

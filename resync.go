@@ -65,15 +65,15 @@ type wsChannelResync struct {
 	Reason  string `json:"reason"`
 }
 
-// channelResync is a channel's resync: the WebSocket frame, and the event
-// of an SSE channel stream (data {"channel":…,"reason":…}).
-func channelResync(channel string) (frame []byte, ev *Event) {
-	frame, _ = json.Marshal(wsChannelResync{Type: EventResync, Channel: channel, Reason: reasonBufferMiss})
+// channelResync is a channel's resync: on an SSE channel stream "event:
+// resync" with data {"channel":…,"reason":…}, on a WebSocket
+// {"type":"resync","channel":…,"reason":…} (wsPayload).
+func channelResync(channel string) *Event {
 	data, _ := json.Marshal(struct {
 		Channel string `json:"channel"`
 		Reason  string `json:"reason"`
 	}{channel, reasonBufferMiss})
-	return frame, &Event{Type: EventResync, Data: data}
+	return &Event{Type: EventResync, Ref: Ref{ID: channel}, Data: data, kind: kindChannelResync}
 }
 
 // Record error events: in a WebSocket's queue, the end of one record

@@ -294,11 +294,9 @@ func (t *sseTransport) write(c *conn, batch []out, end, _ bool) error {
 	return err
 }
 
-// sseFrameOf is the SSE frame of a queued item.
+// sseFrameOf is the SSE frame of a queued item (a push: event, id: its
+// envelopeId, data: its envelope; a record event: its frame).
 func sseFrameOf(o out) []byte {
-	if o.push != nil {
-		return o.push.sseEvent().SSEFrame()
-	}
 	return o.ev.SSEFrame()
 }
 

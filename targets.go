@@ -49,7 +49,7 @@ func (t *target) push(lp *localPush) (ok, kick bool) {
 	if c.state != connOpen {
 		return false, false
 	}
-	o := out{push: lp, seq: lp.seq}
+	o := out{ev: lp.ev, seq: lp.seq}
 	if lp.channel != "" && t.hasResume.Load() {
 		if r := t.resumes[lp.channel]; r != nil {
 			switch {

@@ -209,7 +209,9 @@ func (c *wsConn) stopInbox() {
 }
 
 // send queues a message; false when c no longer takes frames.
-func (c *wsConn) send(msg []byte) bool { return c.c.send(out{frame: msg}) }
+func (c *wsConn) send(msg []byte) bool {
+	return c.c.send(out{ev: &Event{kind: kindAnswer, Data: msg}})
+}
 
 // sendJSON encodes v and queues it.
 func (c *wsConn) sendJSON(v any) bool {

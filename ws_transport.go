@@ -95,17 +95,19 @@ func (t *wsTransport) write(c *conn, batch []out, end, signal bool) error {
 
 // wsPayload is the WebSocket message of a queued item (nil: none).
 func wsPayload(o out) []byte {
+	ev := o.ev
 	switch {
-	case o.frame != nil:
-		return o.frame
-	case o.push != nil:
-		return o.push.frame
-	case o.ev == nil || o.ev == keepaliveEvent:
+	case ev.kind == kindPush || ev.kind == kindAnswer:
+		return ev.Data
+	case ev.kind == kindChannelResync:
+		b, _ := json.Marshal(wsChannelResync{Type: EventResync, Channel: ev.Ref.ID, Reason: reasonBufferMiss})
+		return b
+	case ev == keepaliveEvent:
 		return nil
 	case o.sub != nil:
-		return recordFrame(o.sub.key, o.ev)
+		return recordFrame(o.sub.key, ev)
 	}
-	return o.ev.WSFrame()
+	return ev.WSFrame()
 }
 
 // appendWSFrame appends one unmasked, final frame of opcode op.
