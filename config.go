@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"runtime"
 	"time"
 
@@ -20,10 +21,22 @@ type RecordLoader func(ctx context.Context, ref Ref) (any, error)
 // JSON. It must return a valid HTTP entity tag, quotes included.
 type ETagFunc func(collection, id string, recordJSON []byte) string
 
+// IdentifyFunc identifies the caller of a request by the app's own means
+// (a session cookie, its own middleware's result in the request's
+// context): see Config.Identify. It returns the caller's identity, or an
+// error: one wrapping ErrForbidden refuses with 403, ErrUnavailable with
+// 503, any other (and a nil identity) with 401. The error is not logged
+// and never shown to the client. It runs on handler goroutines, once per
+// request (a stream or a WebSocket keeps its identity): it must be safe for
+// concurrent use.
+type IdentifyFunc func(r *http.Request) (*Identity, error)
+
 // Config configures a Plugin. The zero value of every field means its default;
-// only a JWT key (JWTSecret or JWTKeyfunc) is required.
+// only a way to identify callers is required: a JWT key (JWTSecret or
+// JWTKeyfunc) or Identify.
 type Config struct {
-	// JWTSecret is the HMAC key for HS256 tokens. Required unless JWTKeyfunc is set.
+	// JWTSecret is the HMAC key for HS256 tokens. Required unless JWTKeyfunc
+	// or Identify is set.
 	JWTSecret []byte
 	// JWTKeyfunc supplies verification keys for other algorithms (RS256, ES256,
 	// EdDSA, key rotation). Default: nil, HS256 with JWTSecret.
@@ -42,6 +55,41 @@ type Config struct {
 	TokenCookie string
 	// DisableQueryToken turns off the ?token= query parameter. Default: false (allowed).
 	DisableQueryToken bool
+	// JWTUserClaim names the claim that holds the user id (Identity.User).
+	// A name that is not a top-level claim and contains dots is a path into
+	// nested objects ("user.id" reads {"user":{"id":…}}). The value must be
+	// a non-empty string or an integer. Default: "sub".
+	JWTUserClaim string
+	// JWTTenantClaim names the claim that holds the tenant id
+	// (Identity.Tenant), nested like JWTUserClaim; an absent claim is
+	// DefaultTenant. Default: "tenant".
+	JWTTenantClaim string
+
+	// Identify, when set, identifies the caller of every plugin route and
+	// of Authenticate instead of a JWT (the app's own sessions or
+	// middleware); VerifyToken still verifies JWTs when a key is set. Its
+	// identities obey the same rules as a token's (see Identity). Default:
+	// nil, a JWT from the Authorization header, the cookie or the query.
+	Identify IdentifyFunc
+	// IdentifyByHeader tells that Identify reads a credential a browser
+	// never attaches by itself (a header): its identities are then not
+	// subject to the cross-site check of CSRFTrustedOrigins. Default:
+	// false, Identify is taken to read a cookie.
+	IdentifyByHeader bool
+	// CSRFTrustedOrigins are the origins (scheme://host[:port]) besides the
+	// request's own host whose pages may send state-changing requests (any
+	// method but GET, HEAD and OPTIONS) authenticated by a credential the
+	// browser attaches by itself: the token cookie, or Identify without
+	// IdentifyByHeader. Such a request from any other origin, or without
+	// Origin, is refused with 403 on the plugin's routes and in
+	// Authenticate, whatever CORSAllowedOrigins says (PROTOCOL.md §1; the
+	// exact rule is in csrf.go). "*" is refused. Default: none, the
+	// request's own host only.
+	CSRFTrustedOrigins []string
+	// DisableAuthenticateCSRF turns the cross-site check off in
+	// Authenticate, for an app with CSRF protection of its own; the
+	// plugin's own routes keep it. Default: false (checked).
+	DisableAuthenticateCSRF bool
 
 	// Loader loads records for snapshots and resync. Default: nil, no snapshots
 	// (subscribers get nothing until the next event; a miss gives resync only).
@@ -149,10 +197,15 @@ type Config struct {
 // withDefaults returns a copy of c with every zero field set to its default,
 // or an error wrapping ErrInvalidConfig.
 func (c Config) withDefaults() (Config, error) {
-	if len(c.JWTSecret) == 0 && c.JWTKeyfunc == nil {
-		return c, fmt.Errorf("%w: JWTSecret or JWTKeyfunc is required", ErrInvalidConfig)
+	jwtKey := len(c.JWTSecret) > 0 || c.JWTKeyfunc != nil
+	if !jwtKey && c.Identify == nil {
+		return c, fmt.Errorf("%w: JWTSecret, JWTKeyfunc or Identify is required", ErrInvalidConfig)
 	}
-	if len(c.JWTAlgorithms) == 0 {
+	if err := c.claimDefaults(); err != nil {
+		return c, err
+	}
+	// With Identify and no key, no JWT is ever verified: no algorithm.
+	if jwtKey && len(c.JWTAlgorithms) == 0 {
 		if c.JWTKeyfunc != nil {
 			return c, fmt.Errorf("%w: JWTAlgorithms must list the algorithms JWTKeyfunc serves", ErrInvalidConfig)
 		}
@@ -215,6 +268,9 @@ func (c Config) withDefaults() (Config, error) {
 			*n.v = n.def
 		}
 	}
+	if _, err := newOriginPolicy(c.CSRFTrustedOrigins); err != nil {
+		return c, err
+	}
 	if len(c.CORSAllowedOrigins) > 0 {
 		if _, err := corsConfig(c.CORSAllowedOrigins); err != nil {
 			return c, err
@@ -264,4 +320,20 @@ func (c Config) withDefaults() (Config, error) {
 		})
 	}
 	return c, nil
+}
+
+// claimDefaults applies the defaults of the claim names and checks them.
+func (c *Config) claimDefaults() error {
+	if c.JWTUserClaim == "" {
+		c.JWTUserClaim = "sub"
+	}
+	if c.JWTTenantClaim == "" {
+		c.JWTTenantClaim = "tenant"
+	}
+	for _, n := range []struct{ field, claim string }{{"JWTUserClaim", c.JWTUserClaim}, {"JWTTenantClaim", c.JWTTenantClaim}} {
+		if _, err := parseClaimPath(n.claim); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrInvalidConfig, n.field, err)
+		}
+	}
+	return nil
 }
