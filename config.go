@@ -150,6 +150,12 @@ type Config struct {
 	PollMaxTimeout time.Duration
 	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
 	MaxBodyBytes int64
+	// MaxConnsPerIP caps the open connections of one client IP across SSE
+	// streams (record, collection, channel), long polls and WebSockets:
+	// one more is refused with 429 too_many_connections (close 4429 on a
+	// WebSocket). The IP is gin's Context.ClientIP, so it honours the
+	// engine's trusted proxies. Default: 0, no cap.
+	MaxConnsPerIP int
 	// CORSAllowedOrigins are the origins (scheme://host[:port], or "*")
 	// whose pages may call the publish endpoints (POST events, POST
 	// notify, GET presence) from a browser: their preflight is answered
@@ -164,11 +170,20 @@ type Config struct {
 	// only an Origin whose host equals the request's Host.
 	WSAllowedOrigins []string
 	// WSMaxConnsPerUser caps the open WebSockets of one user of one tenant
-	// (429 before the upgrade). Default: 16.
+	// (close 4429, see WSRefuseBeforeUpgrade). Default: 16.
 	WSMaxConnsPerUser int
-	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (429 before
-	// the upgrade). Default: 10000.
+	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (close
+	// 4429). Default: 10000.
 	WSMaxConnsPerTenant int
+	// WSRefuseBeforeUpgrade answers a WebSocket handshake refused for its
+	// credentials or a connection cap with a plain 401, 403 or 429 before
+	// the upgrade. Default: false, the upgrade is accepted, one error frame
+	// ({"type":"error","code":…,"message":…}) is sent and the socket is
+	// closed with 4401, 4403 or 4429, which a browser can read (it cannot
+	// read the status of a refused handshake); nothing is subscribed or
+	// registered on such a socket. A foreign Origin is always 403 before
+	// the upgrade.
+	WSRefuseBeforeUpgrade bool
 	// WSMaxMessageBytes is the largest frame a client may send; a larger one
 	// closes the connection with 1009. Default: 64 KiB.
 	WSMaxMessageBytes int64
@@ -260,6 +275,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"WSSendQueue", &c.WSSendQueue, 256},
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
 		{"WSMaxRecords", &c.WSMaxRecords, 100},
+		{"MaxConnsPerIP", &c.MaxConnsPerIP, 0},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)

@@ -28,8 +28,10 @@ var (
 	// it follows (Publication.Version): nothing was published; publish it
 	// again once the earlier versions are, or with Publication.Gap.
 	ErrOutOfOrder = errors.New("realtime: version out of order")
-	// ErrTooManyConnections reports a WebSocket refused by the per-user or
-	// per-tenant connection cap (429 too_many_connections).
+	// ErrTooManyConnections reports a connection refused by a connection
+	// cap: a WebSocket over the per-user or per-tenant cap, or any stream,
+	// long poll or WebSocket over Config.MaxConnsPerIP (429
+	// too_many_connections, or close 4429 on a WebSocket).
 	ErrTooManyConnections = errors.New("realtime: too many connections")
 )
 

@@ -130,24 +130,34 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
 		return
 	}
-	ident, ok := p.identify(c)
-	if !ok {
+	ident, err := p.authenticate(c, true)
+	if err != nil {
+		p.log.Debug("realtime: websocket refused", "remote", c.ClientIP(), "err", err)
+		w.refuse(c, err)
 		return
 	}
 	if !validHandshake(c.Request) {
 		writeError(c, badRequest("a WebSocket handshake (version 13) is required"))
 		return
 	}
+	ipKey, err := p.ips.take(c)
+	if err != nil {
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
+		return
+	}
 	k := userKey{tenant: ident.Tenant, user: ident.User}
 	if err := p.pushes.reg.reserve(k, p.cfg.WSMaxConnsPerUser, p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
-		if errors.Is(err, ErrTooManyConnections) {
-			writeErrorCode(c, http.StatusTooManyRequests, "too_many_connections", "too many connections")
-			return
-		}
-		writeError(c, fmt.Errorf("websocket: %w", err))
+		p.ips.release(ipKey)
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
 		return
 	}
 	conn := newWSConn(w, ident)
+	conn.ipKey = ipKey
+	release := func() {
+		p.pushes.reg.release(k)
+		p.ips.release(ipKey)
+		w.handlers.Done()
+	}
 	// The connection does not keep the handler goroutine: the socket is
 	// taken over here and handed, with a trimmed copy of the request (no
 	// credentials), to a goroutine of its own that runs melody's upgrade
@@ -155,15 +165,13 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	// the handler's grown stack are released when this handler returns.
 	nc, brw, err := c.Writer.Hijack()
 	if err != nil {
-		p.pushes.reg.release(k)
-		w.handlers.Done()
+		release()
 		writeError(c, fmt.Errorf("websocket: hijack: %w", err))
 		return
 	}
 	if brw.Reader.Buffered() > 0 { // data before the handshake completed
 		_ = nc.Close()
-		p.pushes.reg.release(k)
-		w.handlers.Done()
+		release()
 		return
 	}
 	hw := &handoffWriter{nc: nc, h: http.Header{}}
@@ -171,11 +179,12 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	go func() {
 		defer w.handlers.Done()
 		// HandleRequest runs the connection (onConnect … onDisconnect)
-		// and returns when it has ended; onDisconnect releases the slot.
-		// On an error before the session exists it is released here.
+		// and returns when it has ended; onDisconnect releases the slots.
+		// On an error before the session exists they are released here.
 		if err := w.m.HandleRequest(hw, req); err != nil {
 			_ = nc.Close()
 			p.pushes.reg.release(k)
+			p.ips.release(ipKey)
 		}
 	}()
 }
@@ -198,8 +207,8 @@ func validHandshake(r *http.Request) bool {
 	return versionOK && err == nil && len(key) == 16
 }
 
-// handshakeRequest copies what the upgrade needs from r, with conn in its
-// context.
+// handshakeRequest copies what the upgrade needs from r, with conn (when
+// not nil) in its context.
 func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	h := http.Header{}
 	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key",
@@ -211,6 +220,9 @@ func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	req := &http.Request{
 		Method: r.Method, URL: &url.URL{Path: r.URL.Path}, Proto: r.Proto, ProtoMajor: r.ProtoMajor,
 		ProtoMinor: r.ProtoMinor, Header: h, Host: r.Host, RemoteAddr: r.RemoteAddr,
+	}
+	if conn == nil {
+		return req
 	}
 	return req.WithContext(context.WithValue(context.Background(), connCtxKey{}, conn))
 }
@@ -251,6 +263,7 @@ func (w *wsServer) onConnect(s *melody.Session) {
 func (w *wsServer) onDisconnect(s *melody.Session) {
 	c := w.connOf(s)
 	c.stop()
+	w.p.ips.release(c.ipKey)
 	w.sessMu.Lock()
 	delete(w.sessions, s)
 	w.sessMu.Unlock()

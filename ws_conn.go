@@ -27,6 +27,9 @@ type wsConn struct {
 	// registered is set by start once the target is in the registry; read
 	// by stop on the same goroutine.
 	registered bool
+	// ipKey is the client IP slot the connection holds (Config.MaxConnsPerIP;
+	// "": none), given back by onDisconnect.
+	ipKey string
 
 	// records are the records c follows, one subscription each; recClosed
 	// once the connection has ended. Guarded by recMu.
