@@ -150,6 +150,11 @@ type Config struct {
 	PollMaxTimeout time.Duration
 	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
 	MaxBodyBytes int64
+	// BodyTimeout bounds the reading of a request body by the plugin's
+	// endpoints that take one (POST events, POST notify): a body not
+	// received in that time is answered 408 with the error code "timeout".
+	// Default: 10s.
+	BodyTimeout time.Duration
 	// MaxConnsPerIP caps the open connections of one client IP across SSE
 	// streams (record, collection, channel), long polls and WebSockets:
 	// one more is refused with 429 too_many_connections (close 4429 on a
@@ -250,6 +255,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
 		{"WSPingInterval", &c.WSPingInterval, 25 * time.Second},
 		{"WSPongWait", &c.WSPongWait, 60 * time.Second},
+		{"BodyTimeout", &c.BodyTimeout, 10 * time.Second},
 	} {
 		if *d.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, d.name)

@@ -33,6 +33,9 @@ var (
 	// long poll or WebSocket over Config.MaxConnsPerIP (429
 	// too_many_connections, or close 4429 on a WebSocket).
 	ErrTooManyConnections = errors.New("realtime: too many connections")
+	// ErrTimeout reports a request body not received within
+	// Config.BodyTimeout (408 timeout).
+	ErrTimeout = errors.New("realtime: timeout")
 )
 
 // Unexported sentinels: causes the plugin records, never returned.
