@@ -8,6 +8,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
 )
 
 // authenticator identifies callers: Config.Identify when set, else a JWT
@@ -205,12 +206,19 @@ func (p *Plugin) identify(c *gin.Context) (*Identity, bool) {
 }
 
 // refused answers a failed authenticate and logs why at debug level (the
-// answer never says which check failed; no credential is logged).
+// answer never says which check failed; no credential is logged). A
+// WebSocket handshake from an allowed Origin is refused as the WebSocket
+// route refuses it (ws_refusal.go: close 4401 or 4403), so that a browser
+// can read why, even when the app's Authenticate runs before that route.
 func (p *Plugin) refused(c *gin.Context, err error) {
 	if errors.Is(err, ErrUnavailable) {
 		p.logFailure("authenticate", err)
 	} else {
 		p.log.Debug("realtime: request refused", "path", c.FullPath(), "remote", c.ClientIP(), "err", err)
+	}
+	if websocket.IsWebSocketUpgrade(c.Request) && p.ws.originAllowed(c.Request) {
+		p.ws.refuse(c, err)
+		return
 	}
 	writeError(c, err)
 }
@@ -223,6 +231,11 @@ func (p *Plugin) refused(c *gin.Context, err error) {
 // Access-Control-Request-Method), which a browser sends without
 // credentials: they go on to the route, where the CORS handler of
 // Config.CORSAllowedOrigins answers them (no route: 404).
+//
+// A WebSocket handshake it refuses is answered as the plugin's WebSocket
+// route answers it: upgraded, an error frame, close 4401 or 4403 (plain
+// 401 or 403 with WSRefuseBeforeUpgrade, or from an Origin
+// WSAllowedOrigins does not allow).
 //
 // It also applies the cross-site rule (csrf.go, Config.CSRFTrustedOrigins)
 // to the app's state-changing requests: a POST, PUT, PATCH or DELETE

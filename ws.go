@@ -132,8 +132,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	}
 	ident, err := p.authenticate(c, true)
 	if err != nil {
-		p.log.Debug("realtime: websocket refused", "remote", c.ClientIP(), "err", err)
-		w.refuse(c, err)
+		p.refused(c, err)
 		return
 	}
 	if !validHandshake(c.Request) {
