@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"encoding/json"
-	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -14,10 +13,6 @@ import (
 // maxClaimDepth bounds the segments of a nested claim path.
 const maxClaimDepth = 8
 
-// errClaimType reports a user or tenant claim that is neither a string nor
-// an integer.
-var errClaimType = errors.New("realtime: claim is neither a string nor an integer")
-
 // claimPath names one claim: the whole name as a top-level claim first
 // (namespaced claims such as "https://example.com/tenant" contain dots),
 // else, when the name has dots, the path of its dot-separated segments
@@ -28,27 +23,27 @@ type claimPath struct {
 }
 
 // parseClaimPath parses a claim name of the configuration. Only an empty
-// name is refused; a name with an empty segment ("a..b") or more than
-// maxClaimDepth segments has no nested form.
-func parseClaimPath(name string) (claimPath, error) {
+// name is refused (false); a name with an empty segment ("a..b") or more
+// than maxClaimDepth segments has no nested form.
+func parseClaimPath(name string) (claimPath, bool) {
 	if name == "" {
-		return claimPath{}, errors.New("empty claim name")
+		return claimPath{}, false
 	}
 	cp := claimPath{name: name}
 	if !strings.Contains(name, ".") {
-		return cp, nil
+		return cp, true
 	}
 	segs := strings.Split(name, ".")
 	if len(segs) > maxClaimDepth {
-		return cp, nil
+		return cp, true
 	}
 	for _, s := range segs {
 		if s == "" {
-			return cp, nil
+			return cp, true
 		}
 	}
 	cp.path = segs
-	return cp, nil
+	return cp, true
 }
 
 // lookup returns the claim's value in claims (JSON decoded into maps);

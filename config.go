@@ -353,8 +353,8 @@ func (c *Config) claimDefaults() error {
 		c.JWTTenantClaim = "tenant"
 	}
 	for _, n := range []struct{ field, claim string }{{"JWTUserClaim", c.JWTUserClaim}, {"JWTTenantClaim", c.JWTTenantClaim}} {
-		if _, err := parseClaimPath(n.claim); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrInvalidConfig, n.field, err)
+		if _, ok := parseClaimPath(n.claim); !ok {
+			return fmt.Errorf("%w: %s is empty", ErrInvalidConfig, n.field)
 		}
 	}
 	return nil

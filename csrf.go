@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -33,10 +32,6 @@ import (
 //
 // CORS plays no part: an origin in CORSAllowedOrigins is not trusted with
 // cookies unless it is listed here too.
-
-// errCrossSite is why a state-changing request with an ambient credential
-// was refused.
-var errCrossSite = errors.New("realtime: cross-site request")
 
 // originPolicy holds the trusted origins of the rule, normalised.
 type originPolicy struct {

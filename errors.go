@@ -45,4 +45,11 @@ var (
 	// errFrameField reports an SSE event name or id that cannot be
 	// written safely (CR, LF or NUL).
 	errFrameField = errors.New("realtime: SSE field contains CR, LF or NUL")
+	// errClaimType reports a user or tenant claim that is neither a
+	// string nor an integer (wrapped in ErrUnauthorized).
+	errClaimType = errors.New("realtime: claim is neither a string nor an integer")
+	// errCrossSite is why a state-changing request authenticated by a
+	// credential its browser attaches by itself was refused (wrapped in
+	// ErrForbidden; csrf.go).
+	errCrossSite = errors.New("realtime: cross-site request")
 )
