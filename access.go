@@ -71,7 +71,8 @@ type ChannelAccess struct {
 //
 // It sees patterns as the client sent them: it must refuse a pattern that
 // would reach a channel the identity may not read ("user.*", "*.123",
-// "user.>", ">" for a rule about user.<x> channels). It is called on
+// "user.>", ">" for a rule about user.<x> channels); PrivateUserChannels
+// is that rule, ready made. It is called on
 // handler and WebSocket inbox goroutines: it must be safe for concurrent
 // use and should not block.
 type ChannelAuthorizer func(ctx context.Context, a ChannelAccess) error

@@ -100,8 +100,9 @@ type Config struct {
 	// AuthorizeChannel decides who may subscribe to a channel (WebSocket
 	// subscribe, SSE channel stream) or read its history (PROTOCOL.md §8).
 	// It sees patterns as sent and must refuse those that would reach a
-	// channel the identity may not read (see ChannelAuthorizer). Default:
-	// nil, every channel of the token's tenant.
+	// channel the identity may not read (see ChannelAuthorizer);
+	// PrivateUserChannels is such a rule for per-user channels, ChannelRules
+	// combines rules. Default: nil, every channel of the token's tenant.
 	AuthorizeChannel ChannelAuthorizer
 	// ETag computes record ETags. Default: DefaultETag. A record value that
 	// implements ETagger supplies its own ETag instead.
