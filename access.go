@@ -94,6 +94,11 @@ type ChannelAuthorizer func(ctx context.Context, a ChannelAccess) error
 // with the app's own (which operations it allows on which channels) with
 // ChannelRules.
 //
+// A user id with a character channel names do not allow (see
+// PROTOCOL.md §6: letters, digits and _-:@+=~ in dot-separated segments)
+// has no usable private channel: "<prefix>.<id>" is refused as a channel
+// name (400) before any rule is asked.
+//
 // prefix must be a concrete channel name (one or more segments, no
 // wildcard); PrivateUserChannels panics otherwise, like regexp.MustCompile.
 func PrivateUserChannels(prefix string) ChannelAuthorizer {
