@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // Who may see what: every access rule of the plugin is checked here.
@@ -70,10 +71,95 @@ type ChannelAccess struct {
 //
 // It sees patterns as the client sent them: it must refuse a pattern that
 // would reach a channel the identity may not read ("user.*", "*.123",
-// "user.>", ">" for a rule about user.<x> channels). It is called on
+// "user.>", ">" for a rule about user.<x> channels); PrivateUserChannels
+// is that rule, ready made. It is called on
 // handler and WebSocket inbox goroutines: it must be safe for concurrent
 // use and should not block.
 type ChannelAuthorizer func(ctx context.Context, a ChannelAccess) error
+
+// PrivateUserChannels returns a ChannelAuthorizer that makes every
+// channel under prefix private to one user: "<prefix>.<id>" is the
+// channel of the user whose id is the whole rest of the name, dots
+// included ("user.a.b" is the channel of user "a.b", not a channel below
+// "user.a"), so a user has exactly one private channel and nothing below
+// it. Only that user may subscribe to it, read its history or publish on
+// it (every Op alike); the identity rules (see Identity) keep a user id
+// from being a pattern.
+//
+// A pattern is allowed only when no private channel it can match is
+// another user's: with prefix "user", "user.*", "user.>", ">", "*.x" (for
+// any caller but x) and "user.a.>" are refused, "user.<own id>",
+// "*.<own id>" and "orders.*" are allowed. Channels and patterns that
+// cannot reach a private channel are left alone (nil): combine the rule
+// with the app's own (which operations it allows on which channels) with
+// ChannelRules.
+//
+// A user id with a character channel names do not allow (see
+// PROTOCOL.md §6: letters, digits and _-:@+=~ in dot-separated segments)
+// has no usable private channel: "<prefix>.<id>" is refused as a channel
+// name (400) before any rule is asked.
+//
+// prefix must be a concrete channel name (one or more segments, no
+// wildcard); PrivateUserChannels panics otherwise, like regexp.MustCompile.
+func PrivateUserChannels(prefix string) ChannelAuthorizer {
+	if err := validChannel(prefix, false); err != nil {
+		panic("realtime: PrivateUserChannels: " + err.Error())
+	}
+	pre := strings.Split(prefix, ".")
+	return func(_ context.Context, a ChannelAccess) error {
+		if a.Identity == nil || !privateReachOK(pre, a.Channel, a.Identity.User) {
+			return fmt.Errorf("%w: another user's private channel", ErrForbidden)
+		}
+		return nil
+	}
+}
+
+// privateReachOK reports whether the channel or pattern ch can match no
+// private channel under the prefix segments pre but the one of user.
+func privateReachOK(pre []string, ch, user string) bool {
+	segs := strings.Split(ch, ".")
+	rest := segs[len(segs)-1] == ">"
+	if rest {
+		segs = segs[:len(segs)-1]
+	}
+	for i := 0; i < len(segs) && i < len(pre); i++ {
+		if segs[i] != "*" && segs[i] != pre[i] {
+			return true // it never matches a channel under the prefix
+		}
+	}
+	switch {
+	case rest:
+		// ">" stands for one or more segments of any value: it reaches
+		// the channels of users of every id that continues what is fixed.
+		return false
+	case len(segs) <= len(pre):
+		return true // the prefix itself at most: no user's channel
+	}
+	// Every match is the prefix followed by the segments after it: one
+	// user's channel when they are literal, anyone's with a "*".
+	tail := segs[len(pre):]
+	for _, s := range tail {
+		if s == "*" {
+			return false
+		}
+	}
+	return strings.Join(tail, ".") == user
+}
+
+// ChannelRules returns a ChannelAuthorizer that allows what every one of
+// rules allows (nil rules are skipped): the first refusal is the answer.
+// For example ChannelRules(PrivateUserChannels("user"), appRule).
+func ChannelRules(rules ...ChannelAuthorizer) ChannelAuthorizer {
+	rules = slices.DeleteFunc(slices.Clone(rules), func(r ChannelAuthorizer) bool { return r == nil })
+	return func(ctx context.Context, a ChannelAccess) error {
+		for _, r := range rules {
+			if err := r(ctx, a); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
 
 // access holds the app's access rules.
 type access struct {

@@ -79,8 +79,8 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 
 	st := p.newSSEStream(c, ident)
 	t := &target{id: uuid.NewString(), ident: ident, c: st.c}
-	if !p.track(st.c) {
-		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))
+	if err := p.admit(c, st.c); err != nil {
+		writeError(c, fmt.Errorf("channel subscribe: %w", err))
 		return
 	}
 	var hold []string

@@ -18,6 +18,17 @@ const (
 	// closeTryAgainLater (1013): the connection could not keep up (its
 	// queue overflowed); the client reconnects and resumes.
 	closeTryAgainLater = 1013
+
+	// The refusals of an upgrade (ws_refusal.go), each after one error
+	// frame on a socket that was never registered: a browser cannot read
+	// the status of a refused handshake, but it reads these.
+
+	// closeUnauthorized (4401): missing or bad credentials (401).
+	closeUnauthorized = 4401
+	// closeForbidden (4403): an identity refused (403).
+	closeForbidden = 4403
+	// closeTooManyConnections (4429): over a connection cap (429).
+	closeTooManyConnections = 4429
 )
 
 // closeGrace is how long the server keeps reading after its close frame,

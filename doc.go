@@ -62,6 +62,29 @@
 // The wire format of each is the team's PROTOCOL.md; Authenticate is the
 // middleware that verifies the same credentials for the app's routes.
 //
+// # Identity and cross-site requests
+//
+// A caller is identified by a JWT (the Authorization header, the cookie
+// Config.TokenCookie or the token query parameter; its user and tenant
+// claims named by Config.JWTUserClaim and Config.JWTTenantClaim, every
+// claim kept in Identity.Claims) or by the app's own means
+// (Config.Identify: its session cookie, its middleware's result). Every
+// identity obeys the same rules: no wildcard, white space or control
+// character in its user or tenant (401), so that "user.<User>" is always
+// one concrete channel; PrivateUserChannels builds the channel rule of
+// such private channels. Authenticate is the same identification for the
+// app's routes.
+//
+// A request that changes state (any method but GET, HEAD, OPTIONS) and is
+// authenticated by a credential the browser attaches by itself (the
+// cookie, or Identify unless Config.IdentifyByHeader) must come from the
+// request's own host or an origin of Config.CSRFTrustedOrigins, else 403:
+// on the plugin's routes always, in Authenticate unless
+// Config.DisableAuthenticateCSRF (csrf.go states the rule). A WebSocket
+// handshake refused for its credentials or a connection cap is upgraded
+// and closed with 4401, 4403 or 4429 after one error frame, so a browser
+// can tell it from an outage (Config.WSRefuseBeforeUpgrade: plain HTTP).
+//
 // # Order and resync
 //
 // Per record, every subscriber gets its events in publish order, without
@@ -96,5 +119,5 @@
 // recent events resumes are served from; Broker and Node connect the
 // nodes (MemoryBroker in process, redisbroker.Broker on Redis); errors wrap
 // the sentinels of errors.go (ErrUnauthorized, ErrForbidden, ErrNotFound,
-// ErrBadRequest, ErrUnavailable, …).
+// ErrBadRequest, ErrUnavailable, ErrTooManyConnections, ErrTimeout, …).
 package realtime

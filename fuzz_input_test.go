@@ -78,7 +78,7 @@ func FuzzCredentials(f *testing.F) {
 		q := r.URL.Query()
 		q.Set("token", query)
 		r.URL.RawQuery = q.Encode()
-		if _, err := rt.auth.verify(rt.auth.tokenFrom(r)); !errors.Is(err, ErrUnauthorized) {
+		if _, err := rt.auth.identityOf(r); !errors.Is(err, ErrUnauthorized) {
 			t.Fatalf("credentials %q / %q: err %v, want ErrUnauthorized", header, query, err)
 		}
 	})

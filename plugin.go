@@ -41,7 +41,8 @@ type Plugin struct {
 	bg      sync.WaitGroup // heartbeat loop
 
 	liveMu sync.Mutex
-	live   map[*conn]struct{}
+	live   map[*conn]string // each tracked conn, with its client IP slot ("": none)
+	ips    *ipSlots         // Config.MaxConnsPerIP
 
 	mountMu sync.Mutex
 	mounted map[any]bool
@@ -65,7 +66,8 @@ func New(cfg Config) (*Plugin, error) {
 		baseCtx: ctx,
 		cancel:  cancel,
 		stop:    make(chan struct{}),
-		live:    make(map[*conn]struct{}),
+		live:    make(map[*conn]string),
+		ips:     newIPSlots(c.MaxConnsPerIP),
 		mounted: make(map[any]bool),
 	}
 	if len(c.CORSAllowedOrigins) > 0 {
@@ -127,26 +129,32 @@ func (p *Plugin) HealthHandler() gin.HandlerFunc {
 // track registers a live conn, counted in p.wg until untrack; false once
 // the plugin is closed. Every successful track is matched by exactly one
 // untrack.
-func (p *Plugin) track(c *conn) bool {
+func (p *Plugin) track(c *conn) bool { return p.trackSlot(c, "") }
+
+// trackSlot is track for a conn holding the client IP slot ipKey (admit),
+// which untrack gives back.
+func (p *Plugin) trackSlot(c *conn, ipKey string) bool {
 	p.liveMu.Lock()
 	defer p.liveMu.Unlock()
 	if p.closed.Load() {
 		return false
 	}
-	p.live[c] = struct{}{}
+	p.live[c] = ipKey
 	p.wg.Add(1)
 	return true
 }
 
-// untrack ends the tracking of c (once its connection is gone).
+// untrack ends the tracking of c (once its connection is gone) and gives
+// back its client IP slot.
 func (p *Plugin) untrack(c *conn) {
 	p.liveMu.Lock()
-	_, ok := p.live[c]
+	ipKey, ok := p.live[c]
 	delete(p.live, c)
 	p.liveMu.Unlock()
 	if !ok {
 		return
 	}
+	p.ips.release(ipKey)
 	if errors.Is(c.closeCause(), ErrSlowSubscriber) {
 		user := ""
 		if c.ident != nil {

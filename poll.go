@@ -54,8 +54,8 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		pc.ident = ident
 		pc.solo = true
 		s := newSubscription(p.streams, key, ident, pc, true)
-		if !p.track(pc) {
-			writeError(c, fmt.Errorf("poll: %w", ErrClosed))
+		if err := p.admit(c, pc); err != nil {
+			writeError(c, fmt.Errorf("poll: %w", err))
 			return
 		}
 		defer p.untrack(pc)

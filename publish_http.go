@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -56,14 +58,9 @@ func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, p.cfg.MaxBodyBytes))
+	body, err := p.readBody(c, op)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(c, fmt.Errorf("%s: %w", op, ErrTooLarge))
-			return nil, false
-		}
-		writeError(c, badRequest("unreadable body"))
+		writeError(c, err)
 		return nil, false
 	}
 	if err := json.Unmarshal(body, dst); err != nil {
@@ -109,4 +106,35 @@ func (p *Plugin) handleNotify(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, res)
+}
+
+// readBody reads the request body of c, capped at MaxBodyBytes and bounded
+// by BodyTimeout (PROTOCOL.md §1): a body that does not arrive in time is
+// ErrTimeout (408 timeout), one over the cap ErrTooLarge (413). Behind a
+// ResponseWriter that cannot set a read deadline (a middleware that hides
+// the connection) it is read without one; the server's own ReadTimeout, if
+// any, still applies.
+func (p *Plugin) readBody(c *gin.Context, op string) ([]byte, error) {
+	rc := http.NewResponseController(c.Writer)
+	deadline := rc.SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)) == nil
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, p.cfg.MaxBodyBytes))
+	var tooBig *http.MaxBytesError
+	if deadline && (err == nil || errors.As(err, &tooBig)) {
+		// The rest of the request (Notify waiting for acks) must not be
+		// cut by it: net/http's read for the client's end would cancel
+		// the request's context at the deadline. After a timeout it
+		// stays: nothing more is read from that client.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	var ne net.Error
+	switch {
+	case err == nil:
+		return body, nil
+	case tooBig != nil:
+		return nil, fmt.Errorf("%s: %w", op, ErrTooLarge)
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		c.Header("Connection", "close") // the rest of the body is never read
+		return nil, fmt.Errorf("%s: read body: %w", op, ErrTimeout)
+	}
+	return nil, badRequest("unreadable body")
 }

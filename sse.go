@@ -73,8 +73,8 @@ func validName(what, s string) error {
 func (p *Plugin) serveRecordStream(c *gin.Context, key StreamKey, ident *Identity, lastID string) {
 	st := p.newSSEStream(c, ident)
 	s := newSubscription(p.streams, key, ident, st.c, true)
-	if !p.track(st.c) {
-		writeError(c, fmt.Errorf("subscribe: %w", ErrClosed))
+	if err := p.admit(c, st.c); err != nil {
+		writeError(c, fmt.Errorf("subscribe: %w", err))
 		return
 	}
 	first, err := p.streams.subscribe(c.Request.Context(), s, lastID)

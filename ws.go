@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -105,24 +104,33 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
 		return
 	}
-	ident, ok := p.identify(c)
-	if !ok {
+	ident, err := p.authenticate(c, true)
+	if err != nil {
+		p.refused(c, err)
 		return
 	}
 	if !validHandshake(c.Request) {
 		writeError(c, badRequest("a WebSocket handshake (version 13) is required"))
 		return
 	}
+	ipKey, err := p.ips.take(c)
+	if err != nil {
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
+		return
+	}
 	k := userKey{tenant: ident.Tenant, user: ident.User}
 	if err := p.pushes.reg.reserve(k, p.cfg.WSMaxConnsPerUser, p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
-		if errors.Is(err, ErrTooManyConnections) {
-			writeErrorCode(c, http.StatusTooManyRequests, "too_many_connections", "too many connections")
-			return
-		}
-		writeError(c, fmt.Errorf("websocket: %w", err))
+		p.ips.release(ipKey)
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
 		return
 	}
 	conn := newWSConn(w, ident)
+	conn.ipKey = ipKey
+	release := func() {
+		p.pushes.reg.release(k)
+		p.ips.release(ipKey)
+		w.handlers.Done()
+	}
 	// The connection does not keep the handler goroutine: the socket is
 	// taken over here and handed, with a trimmed copy of the request (no
 	// credentials), to a goroutine of its own that runs melody's upgrade
@@ -130,15 +138,13 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	// the handler's grown stack are released when this handler returns.
 	nc, brw, err := c.Writer.Hijack()
 	if err != nil {
-		p.pushes.reg.release(k)
-		w.handlers.Done()
+		release()
 		writeError(c, fmt.Errorf("websocket: hijack: %w", err))
 		return
 	}
 	if brw.Reader.Buffered() > 0 { // data before the handshake completed
 		_ = nc.Close()
-		p.pushes.reg.release(k)
-		w.handlers.Done()
+		release()
 		return
 	}
 	hc := &handoffConn{Conn: nc}
@@ -147,15 +153,13 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	go func() {
 		// HandleRequest upgrades the connection and runs onConnect, which
 		// starts the plugin's reader (it ends the connection: stop, the
-		// slot, handlers.Done); melody's session then ends. On an error
-		// before that, the slot is released here.
-		err := w.m.HandleRequest(hw, req)
+		// slots, handlers.Done); melody's session then ends. On an error
+		// before that, the slots are released here.
+		_ = w.m.HandleRequest(hw, req)
 		if !conn.served {
 			_ = nc.Close()
-			p.pushes.reg.release(k)
-			w.handlers.Done()
+			release()
 		}
-		_ = err
 	}()
 }
 
@@ -177,8 +181,8 @@ func validHandshake(r *http.Request) bool {
 	return versionOK && err == nil && len(key) == 16
 }
 
-// handshakeRequest copies what the upgrade needs from r, with conn in its
-// context.
+// handshakeRequest copies what the upgrade needs from r, with conn (when
+// not nil) in its context.
 func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	h := http.Header{}
 	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key",
@@ -190,6 +194,9 @@ func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	req := &http.Request{
 		Method: r.Method, URL: &url.URL{Path: r.URL.Path}, Proto: r.Proto, ProtoMajor: r.ProtoMajor,
 		ProtoMinor: r.ProtoMinor, Header: h, Host: r.Host, RemoteAddr: r.RemoteAddr,
+	}
+	if conn == nil {
+		return req
 	}
 	return req.WithContext(context.WithValue(context.Background(), connCtxKey{}, conn))
 }
@@ -288,6 +295,7 @@ func (w *wsServer) serve(c *wsConn, nc net.Conn) {
 	c.readLoop(nc)
 	_ = nc.Close()
 	c.stop()
+	w.p.ips.release(c.ipKey)
 	w.connsMu.Lock()
 	delete(w.conns, c)
 	w.connsMu.Unlock()

@@ -27,6 +27,9 @@ type wsConn struct {
 	// start by the same goroutine, or after HandleRequest returned.
 	registered bool
 	served     bool
+	// ipKey is the client IP slot the connection holds (Config.MaxConnsPerIP;
+	// "": none), given back by onDisconnect.
+	ipKey string
 
 	// records are the records c follows, one subscription each; recClosed
 	// once the connection has ended. Guarded by recMu.

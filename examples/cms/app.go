@@ -222,6 +222,9 @@ func (a *app) routes() *gin.Engine {
 	r.HEAD("/api/v1/realtime.js", a.rt.ClientHandler())
 
 	api := r.Group("/api/v1", a.rt.Authenticate())
+	// A page trades its token for an HttpOnly cookie (session.go).
+	api.POST("/session", a.createSession)
+	api.DELETE("/session", a.deleteSession)
 	api.GET("/posts", a.listPosts)
 	api.POST("/posts", a.createPost)
 	api.GET("/posts/:id", a.getPost)

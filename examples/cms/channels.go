@@ -1,36 +1,17 @@
 package main
 
-import (
-	"context"
-	"strings"
-
-	"github.com/ginrealtime/realtime"
-)
+import "github.com/ginrealtime/realtime"
 
 // authorizeChannel is the CMS's channel rule (realtime.Config.AuthorizeChannel),
 // checked on WebSocket subscribe, on GET /api/v1/channels/subscribe and on
-// GET /api/v1/channels/:channel/history:
+// GET /api/v1/channels/:channel/history: the plugin's ready rule for
+// private per-user channels (realtime.PrivateUserChannels).
 //
-//   - user.<x> (and anything below it) is the private channel of user x:
-//     only the token whose sub is x may subscribe to it or read its history;
-//   - a pattern that could match another user's channel is refused: "user.*",
-//     "user.>", "*.<x>" or "*" / ">" as the first segment (e.g. "*.123",
-//     ">"), unless it names the caller's own user.<sub>;
+//   - user.<x> is the private channel of user x, x being everything after
+//     "user." (user.a.b is the channel of the user "a.b"): only the token
+//     whose sub is x may subscribe to it or read its history;
+//   - a pattern that could match another user's channel is refused:
+//     "user.*", "user.>", ">", "*.<someone else>";
 //   - every other channel is open to every token of the tenant (channels
 //     never cross tenants).
-func authorizeChannel(_ context.Context, a realtime.ChannelAccess) error {
-	first, rest, _ := strings.Cut(a.Channel, ".")
-	switch {
-	case first == "user":
-		// The second segment must be the caller's own id, literally
-		// ("user.*" and "user.>" could reach anyone's).
-		second, _, _ := strings.Cut(rest, ".")
-		if second == a.Identity.User {
-			return nil
-		}
-		return realtime.ErrForbidden
-	case a.Pattern && (first == "*" || first == ">"):
-		return realtime.ErrForbidden
-	}
-	return nil
-}
+var authorizeChannel = realtime.PrivateUserChannels("user")

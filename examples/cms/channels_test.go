@@ -14,10 +14,12 @@ func TestAuthorizeChannel(t *testing.T) {
 		pattern, ok   bool
 	}{
 		{"123", "user.123", false, true},
-		{"123", "user.123.inbox", false, true},
-		{"123", "user.123.>", true, true},
+		{"123", "*.123", true, true},
+		{"123", "user.123.inbox", false, false}, // the channel of user "123.inbox"
+		{"123", "user.123.>", true, false},
+		{"a.b", "user.a.b", false, true},
+		{"a", "user.a.b", false, false},
 		{"456", "user.123", false, false},
-		{"456", "user.123.inbox", false, false},
 		{"456", "user.*", true, false},
 		{"456", "user.>", true, false},
 		{"456", "*.123", true, false},

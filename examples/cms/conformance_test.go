@@ -15,8 +15,9 @@ import (
 //     refused tokens;
 //   - ws.test.mjs, the npm "ws" package against /api/v1/ws, /notify and
 //     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
-//     401, ping, bad input, channel wildcards, tenants, multicast, filters,
-//     acks with a silent connection, presence, 1009 on an oversize frame;
+//     refusals closed with 4401, ping, bad input, channel wildcards,
+//     tenants, multicast, filters, acks with a silent connection,
+//     presence, 1009 on an oversize frame;
 //   - channels.test.mjs, "ws" and "eventsource" on channels (§8): since
 //     resume and resync, an EventSource on channels/subscribe with
 //     wildcards and its Last-Event-ID resume through a cut connection,

@@ -31,11 +31,19 @@
 //	fetch('/api/v1/channels/orders.new/history?limit=50', {headers: {Authorization: 'Bearer ' + token}})
 //	// → {"channel":"orders.new","messages":[{"type":"message","envelopeId":…}, …]}
 //
-// user.<sub> channels are private (channels.go, Config.AuthorizeChannel): the
-// token whose sub is 123 may subscribe to user.123 and read its history; any
-// other is refused (a forbidden error frame on the WebSocket, 403 on SSE and
-// history), and so is a pattern that could reach another user's channel
-// (user.*, user.>, *.123, >).
+// user.<sub> channels are private (channels.go: realtime.PrivateUserChannels):
+// the token whose sub is 123 may subscribe to user.123 and read its history;
+// any other is refused (a forbidden error frame on the WebSocket, 403 on SSE
+// and history), and so is a pattern that could reach another user's channel
+// (user.*, user.>, *.123, >). A sub with dots owns the whole rest of the
+// name: user.a.b is the channel of "a.b".
+//
+// Tokens in URLs end up in proxy logs: a page can instead trade its token
+// for an HttpOnly, SameSite=Lax cookie (Secure over TLS) with POST
+// /api/v1/session (Authorization: Bearer <token>), and then open its
+// EventSource and WebSocket without ?token= (session.go). A POST, PATCH or
+// DELETE authenticated by that cookie is accepted from this app's own pages
+// only (403 otherwise: the plugin's cross-site rule).
 //
 // Environment:
 //
@@ -203,7 +211,9 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		// No WriteTimeout: SSE responses are long-lived (the plugin bounds each write).
+		// No WriteTimeout and no ReadTimeout: SSE responses are long-lived
+		// (the plugin bounds each write with its WriteTimeout, and the
+		// bodies it reads with its BodyTimeout).
 	}
 
 	addr := ln.Addr().String()

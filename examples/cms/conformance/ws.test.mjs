@@ -103,11 +103,36 @@ test("a foreign Origin is refused with 403 before the upgrade; the same host is 
   await closeAll(same);
 });
 
-test("no token or a bad token is refused with 401 before the upgrade", async () => {
-  assert.equal((await refusal(wsURL())).status, 401);
-  assert.equal((await refusal(wsURL(`?token=${tamper(token({ sub: "alice" }))}`))).status, 401);
+// closedWith opens a socket the server must refuse after the upgrade and
+// resolves the frames it sent and the close code and reason it read.
+function closedWith(url, headers = {}) {
+  const ws = new WebSocket(url, { headers });
+  const frames = [];
+  return withGuard(
+    new Promise((resolve, reject) => {
+      ws.on("error", reject);
+      ws.on("message", (d) => frames.push(JSON.parse(String(d))));
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`refused with ${res.statusCode} before the upgrade`)));
+      ws.once("close", (code, reason) => resolve({ frames, code, reason: String(reason) }));
+    }),
+    "the refusal's close",
+  );
+}
+
+test("no token, a bad token or a wildcard sub: one error frame, then close 4401", async () => {
   const expired = token({ sub: "alice", exp: Math.floor(Date.now() / 1000) - 3600 });
-  assert.equal((await refusal(wsURL(), { Authorization: `Bearer ${expired}` })).status, 401);
+  for (const [url, headers] of [
+    [wsURL(), {}],
+    [wsURL(`?token=${tamper(token({ sub: "alice" }))}`), {}],
+    [wsURL(), { Authorization: `Bearer ${expired}` }],
+    [wsURL(`?token=${token({ sub: "user.*" })}`), {}],
+  ]) {
+    const r = await closedWith(url, headers);
+    assert.equal(r.code, 4401, JSON.stringify(r));
+    assert.equal(r.frames.length, 1, JSON.stringify(r.frames));
+    assert.equal(r.frames[0].type, "error");
+    assert.equal(r.frames[0].code, "unauthorized");
+  }
 });
 
 // --- frames -----------------------------------------------------------------------
