@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"context"
 	"sync/atomic"
 )
 
@@ -252,56 +251,4 @@ func (s *subscription) end() {
 	s.gone = true
 	s.held = nil
 	s.c.mu.Unlock()
-}
-
-// checkFrames re-checks the record events of batch against their
-// subscription's identity before they are written (Config.Authorize, with
-// Access.Event and Access.Record set): an event of a collection stream the
-// subscriber may not see is skipped; a record stream that may no longer be
-// seen ends there (solo: end true, its client's reconnect gets 403), or
-// for a WebSocket's record its subscription ends with an error frame and
-// the connection stays.
-func checkFrames(batch []out) ([]out, bool) {
-	n := 0
-	var revoked []*subscription
-	for _, o := range batch {
-		s := o.sub
-		if s == nil || o.ev == nil || o.ev.ETag == "" || !s.streams.access.checksFrames() {
-			batch[n] = o
-			n++
-			continue
-		}
-		if containsSub(revoked, s) {
-			continue
-		}
-		if s.streams.access.frame(context.Background(), s.ident, o.ev) == nil {
-			batch[n] = o
-			n++
-			continue
-		}
-		switch {
-		case s.key.ID == "":
-			continue // a collection: skip what this subscriber may not see
-		case s.solo:
-			clear(batch[n:])
-			return batch[:n], true
-		}
-		revoked = append(revoked, s)
-		batch[n] = out{ev: forbiddenEvent, sub: s}
-		n++
-	}
-	clear(batch[n:])
-	for _, s := range revoked {
-		s.drop(s)
-	}
-	return batch[:n], false
-}
-
-func containsSub(list []*subscription, s *subscription) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
