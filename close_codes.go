@@ -10,7 +10,10 @@ import "time"
 const (
 	// closeGoingAway (1001): the plugin is closing.
 	closeGoingAway = 1001
-	// closePolicyViolation (1008): the token expired.
+	// closeInvalidPayload (1007): a text frame that is not valid UTF-8.
+	closeInvalidPayload = 1007
+	// closePolicyViolation (1008): the token expired, or the client sent
+	// messages faster than Config.WSMessageRate allows.
 	closePolicyViolation = 1008
 	// closeMessageTooBig (1009): a client frame over WSMaxMessageBytes
 	// (written by gorilla's reader).

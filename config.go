@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"time"
 
@@ -141,6 +142,13 @@ type Config struct {
 	// (subscribe with records); beyond it the subscribe is refused with a
 	// bad_request error frame. Default: 100.
 	WSMaxRecords int
+	// WSMessageRate is how many messages per second one WebSocket client
+	// may send on average (a token bucket per connection, computed on each
+	// message); a client over it is closed with 1008. Default: 50.
+	WSMessageRate float64
+	// WSMessageBurst is how many messages one WebSocket client may send at
+	// once above WSMessageRate (the bucket's size). Default: 100.
+	WSMessageBurst int
 
 	// Logger receives the plugin's logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -207,6 +215,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"WSSendQueue", &c.WSSendQueue, 256},
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
 		{"WSMaxRecords", &c.WSMaxRecords, 100},
+		{"WSMessageBurst", &c.WSMessageBurst, 100},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)
@@ -225,6 +234,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WSPingInterval >= c.WSPongWait {
 		return c, fmt.Errorf("%w: WSPingInterval must be shorter than WSPongWait", ErrInvalidConfig)
+	}
+	if c.WSMessageRate < 0 || math.IsNaN(c.WSMessageRate) || math.IsInf(c.WSMessageRate, 0) {
+		return c, fmt.Errorf("%w: WSMessageRate must be a positive number", ErrInvalidConfig)
+	}
+	if c.WSMessageRate == 0 {
+		c.WSMessageRate = 50
 	}
 	if c.WSMaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: WSMaxMessageBytes is negative", ErrInvalidConfig)

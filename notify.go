@@ -16,6 +16,10 @@ import (
 // MaxAwaitAcks is the longest Notification.AwaitAcks.
 const MaxAwaitAcks = 30 * time.Second
 
+// DefaultPushEvent is the event name of a push that names none
+// (PROTOCOL.md §7).
+const DefaultPushEvent = "message"
+
 // Notification is a push to the WebSocket connections of a tenant.
 type Notification struct {
 	// Tenant is the tenant whose connections are targeted. Default: the
@@ -29,7 +33,7 @@ type Notification struct {
 	// Channel, when set, restricts the push to connections subscribed to a
 	// matching pattern; it must be a concrete channel name.
 	Channel string
-	// Event is the push's event name. Required.
+	// Event is the push's event name. Default: DefaultPushEvent ("message").
 	Event string
 	// Data is the push's payload: a json.RawMessage or []byte is taken as
 	// JSON as is, anything else is marshalled with encoding/json.
@@ -117,7 +121,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 		return NotifyResult{}, ErrClosed
 	}
 	if n.Event == "" {
-		return NotifyResult{}, badRequest("event is required")
+		n.Event = DefaultPushEvent
 	}
 	if strings.ContainsAny(n.Event, "\r\n\x00") {
 		// It is the SSE event field of channel streams.

@@ -2,9 +2,7 @@ package realtime
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -44,8 +42,8 @@ func (p *Plugin) handlePublish(collection string) gin.HandlerFunc {
 }
 
 // publisherRequest authenticates a server-to-server request (publish scope)
-// and decodes its JSON body, capped at MaxBodyBytes, into dst. On failure it
-// has answered (401, 403, 413, 400) and returns false.
+// and decodes its JSON body (decodeBody) into dst. On failure it has
+// answered (401, 403, 413, 400) and returns false.
 func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity, bool) {
 	ident, ok := p.identify(c)
 	if !ok {
@@ -55,18 +53,7 @@ func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, p.cfg.MaxBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(c, fmt.Errorf("%s: %w", op, ErrTooLarge))
-			return nil, false
-		}
-		writeError(c, badRequest("unreadable body"))
-		return nil, false
-	}
-	if err := json.Unmarshal(body, dst); err != nil {
-		writeError(c, badRequest("body must be a JSON object with event and data"))
+	if !p.decodeBody(c, op, dst) {
 		return nil, false
 	}
 	return ident, true

@@ -73,7 +73,7 @@ func newWSServer(p *Plugin) *wsServer {
 	})
 	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
 		if c := w.connOf(s); c != nil {
-			c.badInput("binary frames are not supported")
+			c.receiveBinary()
 		}
 	})
 	m.HandlePong(func(s *melody.Session) {

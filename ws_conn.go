@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"sync"
@@ -47,6 +46,12 @@ type wsConn struct {
 	inbox     [][]byte
 	inRunning bool
 	inClosed  bool
+
+	// The read loop's own: the message budget (ws_messages.go), and
+	// refused once a frame over it (or not UTF-8) has closed the
+	// connection: later frames are dropped.
+	bucket  tokenBucket
+	refused bool
 }
 
 // wsInboxMax bounds the frames a connection's read loop queues before it
@@ -159,8 +164,12 @@ func (c *wsConn) clientClosed(code int) {
 	_ = conn.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 }
 
-// receive queues one client frame for handling (from the read loop).
+// receive queues one client text frame for handling (from the read
+// loop), once it passed the limits (admit).
 func (c *wsConn) receive(b []byte) {
+	if !c.admit(b, true) {
+		return
+	}
 	c.inMu.Lock()
 	if c.inDone.L == nil {
 		c.inDone.L = &c.inMu
@@ -228,15 +237,12 @@ func (c *wsConn) sendJSON(v any) bool {
 	return c.send(b)
 }
 
-// wsIn is a client → server message.
-type wsIn struct {
-	Type       string            `json:"type"`
-	Channels   []string          `json:"channels"`
-	Filters    []json.RawMessage `json:"filters"`
-	Records    json.RawMessage   `json:"records"`
-	Since      json.RawMessage   `json:"since"`
-	EnvelopeID string            `json:"envelopeId"`
-	Result     json.RawMessage   `json:"result"`
+// receiveBinary answers a binary frame (from the read loop): counted
+// like every message, refused.
+func (c *wsConn) receiveBinary() {
+	if c.admit(nil, false) {
+		c.badInput("binary frames are not supported")
+	}
 }
 
 type wsError struct {
@@ -259,26 +265,17 @@ func (c *wsConn) badInput(msg string) {
 
 // handle serves one text frame from the client.
 func (c *wsConn) handle(raw []byte) {
-	trimmed := bytes.TrimSpace(raw)
-	if bytes.EqualFold(trimmed, []byte("ping")) {
-		c.send(pongFrame)
-		return
-	}
-	var m wsIn
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &m) != nil {
-		c.badInput("a frame must be one JSON object")
+	m, err := parseWSMessage(raw)
+	if err != nil {
+		c.badInput(publicMessage(err))
 		return
 	}
 	switch m.Type {
-	case "ping":
+	case wsTypePing:
 		c.send(pongFrame)
-	case "subscribe", "unsubscribe":
+	case wsTypeSubscribe, wsTypeUnsubscribe:
 		c.handleSubscribe(&m)
-	case "ack":
-		if m.EnvelopeID == "" {
-			c.badInput("ack needs an envelopeId")
-			return
-		}
+	case wsTypeAck:
 		c.ws.p.acks.receive(m.EnvelopeID, c.id, c.ident.User, m.Result)
 	default:
 		c.badInput("unknown message type")
@@ -290,17 +287,17 @@ func (c *wsConn) handle(raw []byte) {
 func (c *wsConn) handleSubscribe(m *wsIn) {
 	p := c.ws.p
 	reg := p.pushes.reg
-	sub := m.Type == "subscribe"
-	hasRecords := len(m.Records) > 0 && !bytes.Equal(m.Records, []byte("null"))
+	sub := m.Type == wsTypeSubscribe
+	hasRecords := m.Records != nil
 	var reqs []wsRecordReq
 	if hasRecords {
 		var err error
-		if reqs, err = c.parseRecords(m.Records, sub); err != nil {
+		if reqs, err = c.checkRecords(m.Records, sub); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
 	}
-	hasSince := sub && len(m.Since) > 0 && !bytes.Equal(m.Since, []byte("null"))
+	hasSince := sub && m.Since != nil
 	if m.Channels == nil && m.Filters == nil {
 		switch {
 		case hasSince:
@@ -335,7 +332,7 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 	var since map[string]string
 	if hasSince {
 		var err error
-		if since, err = parseSince(m.Since, m.Channels); err != nil {
+		if since, err = checkSince(m.Since, m.Channels); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
