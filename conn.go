@@ -2,6 +2,8 @@ package realtime
 
 import (
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // conn is the outgoing side of one client connection: the bounded queue
@@ -33,6 +35,11 @@ type conn struct {
 	solo bool
 	// ident is the client's identity (its expiry ends the conn).
 	ident *Identity
+	// expires is when c must end (unix ns: the token's exp + leeway; 0:
+	// never), checked before each write (drain) and by the plugin's
+	// expiry heap, which keeps c's position in expIdx (under its lock).
+	expires atomic.Int64
+	expIdx  int
 
 	mu        sync.Mutex
 	ready     bool // the transport can write: until then nothing is kicked
@@ -85,7 +92,7 @@ type out struct {
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
-	c := &conn{t: t, pool: pool, max: max, done: make(chan struct{})}
+	c := &conn{t: t, pool: pool, max: max, done: make(chan struct{}), expIdx: -1}
 	if onHandler {
 		c.wake = make(chan struct{}, 1)
 	}
@@ -299,7 +306,8 @@ const roundsBatch = 8
 // drain writes what c has queued, round after round, until nothing is
 // left: the one drain loop of every transport. It reports whether c is
 // over (closed). On the writer pool it yields after roundsBatch rounds
-// (yield true: c stays scheduled and is put back on the pool).
+// (yield true: c stays scheduled and is put back on the pool). Past c's
+// deadline (its token expired) nothing queued is written: only the end.
 func (c *conn) drain(yield bool) (over bool) {
 	for round := 0; ; round++ {
 		batch, state, sig := c.take()
@@ -307,7 +315,16 @@ func (c *conn) drain(yield bool) (over bool) {
 			c.settle(batch)
 			return true
 		}
-		batch, end := checkFrames(batch)
+		var end bool
+		if c.pastDeadline(time.Now().UnixNano()) {
+			c.mu.Lock()
+			c.expireLocked() // c is scheduled: no kick needed
+			c.mu.Unlock()
+			clear(batch)
+			batch, end = batch[:0], true
+		} else {
+			batch, end = checkFrames(batch)
+		}
 		end = end || state == connEnding
 		if err := c.t.write(c, batch, end, sig); err != nil {
 			c.settle(batch)

@@ -42,6 +42,7 @@ type Plugin struct {
 
 	liveMu sync.Mutex
 	live   map[*conn]struct{}
+	expiry expiryHeap // the tracked conns with a deadline (expiry.go)
 
 	mountMu sync.Mutex
 	mounted map[any]bool
@@ -135,6 +136,7 @@ func (p *Plugin) track(c *conn) bool {
 	}
 	p.live[c] = struct{}{}
 	p.wg.Add(1)
+	p.expiry.add(c, deadlineOf(c.ident, p.cfg.JWTLeeway))
 	return true
 }
 
@@ -147,6 +149,7 @@ func (p *Plugin) untrack(c *conn) {
 	if !ok {
 		return
 	}
+	p.expiry.remove(c)
 	if errors.Is(c.closeCause(), ErrSlowSubscriber) {
 		user := ""
 		if c.ident != nil {
@@ -183,24 +186,28 @@ func (p *Plugin) Subscribers() int {
 
 // heartbeats sends keepalive comments to every SSE stream at the
 // configured interval, pings every WebSocket, ends connections whose token
-// has expired, and renews presence: one ticker each for all connections,
-// no timer per connection.
+// has expired (expiry.go, every expiryTick), and renews presence: one
+// ticker each for all connections, no timer per connection.
 func (p *Plugin) heartbeats() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.cfg.Heartbeat)
 	defer t.Stop()
 	pt := time.NewTicker(p.cfg.WSPingInterval)
 	defer pt.Stop()
+	et := time.NewTicker(expiryTick)
+	defer et.Stop()
 	ct := time.NewTicker(presenceTTL / 3)
 	defer ct.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
-		case now := <-t.C:
-			p.beat(now)
-		case now := <-pt.C:
-			p.ping(now)
+		case <-t.C:
+			p.beat()
+		case <-pt.C:
+			p.ping()
+		case now := <-et.C:
+			p.expireDue(now)
 		case now := <-ct.C:
 			p.acks.expire(now)
 			p.node.refreshPresence(p.pushes.reg.socketsNow())
@@ -214,44 +221,20 @@ type heartbeater interface{ heartbeat(c *conn) }
 // pinger is a transport that pings (WebSocket).
 type pinger interface{ ping(c *conn) }
 
-// expirer is a transport with its own end for an expired token (a
-// WebSocket closes with 1008); others end cleanly.
-type expirer interface{ expire(c *conn) }
-
-func (p *Plugin) beat(now time.Time) {
+func (p *Plugin) beat() {
 	for _, c := range p.liveConns() {
-		if p.expired(c, now) {
-			continue
-		}
 		if hb, ok := c.t.(heartbeater); ok {
 			hb.heartbeat(c)
 		}
 	}
 }
 
-func (p *Plugin) ping(now time.Time) {
+func (p *Plugin) ping() {
 	for _, c := range p.liveConns() {
-		if p.expired(c, now) {
-			continue
-		}
 		if pg, ok := c.t.(pinger); ok {
 			pg.ping(c)
 		}
 	}
-}
-
-// expired ends c when its token has expired (and reports it).
-func (p *Plugin) expired(c *conn, now time.Time) bool {
-	id := c.ident
-	if id == nil || id.Expires.IsZero() || !now.After(id.Expires.Add(p.cfg.JWTLeeway)) {
-		return false
-	}
-	if e, ok := c.t.(expirer); ok {
-		e.expire(c)
-	} else {
-		c.end()
-	}
-	return true
 }
 
 // Close ends every stream and long poll cleanly, closes every WebSocket

@@ -78,6 +78,12 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		pc.drain(false)
 		pc.close(errClientGone)
 		p.streams.detach(s)
+		if pc.pastDeadline(time.Now().UnixNano()) {
+			// Nothing is answered past the token's expiry (PROTOCOL.md §1):
+			// the client polls again, from its last id, with a fresh token.
+			writeError(c, fmt.Errorf("poll: %w: token expired", ErrUnauthorized))
+			return
+		}
 		resp := pollResponse{Events: t.events}
 		if resp.Events == nil {
 			resp.Events = []pollEvent{}

@@ -134,14 +134,22 @@ func (c *wsConn) closeWith(code int, reason string) {
 	}
 }
 
-// expire closes a connection whose token expired with 1008.
-func (t *wsTransport) expire(c *conn) {
-	c.mu.Lock()
-	kick := t.closeWithLocked(c, closePolicyViolation, "token expired")
-	c.mu.Unlock()
-	if kick {
-		c.kick()
+// expireLocked closes a connection whose token expired with 1008, ahead
+// of its queued frames and of any ping or pong (c.mu held).
+func (t *wsTransport) expireLocked(c *conn) bool {
+	if t.ended || c.state == connClosed {
+		return false
 	}
+	t.pingDue, t.pongs = false, nil
+	if c.state == connEnding {
+		// A clean end (1001) was decided: the token's end replaces it.
+		t.ended, t.code, t.reason = true, closePolicyViolation, "token expired"
+		c.sealed = true
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		return c.scheduleLocked()
+	}
+	return t.closeWithLocked(c, closePolicyViolation, "token expired")
 }
 
 // clientClosed answers a client's close frame (from the read loop): once
