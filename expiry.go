@@ -75,12 +75,16 @@ func (x *expiryHeap) add(c *conn, deadline int64) {
 	}
 }
 
-// update moves c's deadline (a refresh); a conn no longer in the heap
-// (untracked, or already expired) is left out.
+// update moves c's deadline (a refresh). A conn that had none enters the
+// heap; one no longer in it (untracked, or already expired) is left out.
 func (x *expiryHeap) update(c *conn, deadline int64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if c.expIdx < 0 {
+		if c.expires.Load() == 0 && deadline != 0 {
+			c.expires.Store(deadline)
+			heap.Push(&x.h, c)
+		}
 		return
 	}
 	c.expires.Store(deadline)

@@ -241,3 +241,48 @@ func TestExpiryHeap(t *testing.T) {
 		t.Fatalf("due(1000) = %v, heap %d", got, len(x.h))
 	}
 }
+
+// A refresh extends the connection's expiry; a token that fails, or names
+// another identity, is refused and the old expiry stays.
+func TestWSRefresh(t *testing.T) {
+	const leeway = 50 * time.Millisecond
+	_, srv := newTestServer(t, Config{JWTLeeway: leeway})
+	short, exp := expiringToken(t, "alice", 2*time.Second)
+	kept, _ := connectWS(t, srv, short)
+	refused, _ := connectWS(t, srv, short)
+
+	fresh := validClaims("alice")
+	sendWS(t, kept, `{"type":"refresh","token":"`+mintToken(t, testSecret, fresh)+`"}`)
+	var r struct {
+		Type string
+		Exp  int64
+	}
+	if f := readWS(t, kept); json.Unmarshal(f.raw, &r) != nil || r.Type != "refreshed" || r.Exp != fresh["exp"].(int64) {
+		t.Fatalf("refresh answered %s, want refreshed with exp %d", f.raw, fresh["exp"])
+	}
+
+	other := validClaims("bob")
+	otherTenant := validClaims("alice")
+	otherTenant["tenant"] = "t2"
+	for _, tc := range []struct{ token, code string }{
+		{"not-a-jwt", "unauthorized"},
+		{mintToken(t, []byte("another-secret-0123456789abcdef"), validClaims("alice")), "unauthorized"},
+		{mintToken(t, testSecret, other), "forbidden"},
+		{mintToken(t, testSecret, otherTenant), "forbidden"},
+	} {
+		sendWS(t, refused, `{"type":"refresh","token":"`+tc.token+`"}`)
+		if f := expectType(t, refused, "error"); f.Code != tc.code {
+			t.Fatalf("refresh with a bad token: %s, want %s", f.raw, tc.code)
+		}
+	}
+	// The refused one ends at its old expiry; the refreshed one lives on.
+	if code := closeCode(t, refused); code != websocket.ClosePolicyViolation {
+		t.Fatalf("refused refresh: close %d, want 1008 at the old expiry", code)
+	}
+	if time.Now().Before(exp.Add(leeway)) {
+		t.Fatal("closed before its expiry")
+	}
+	time.Sleep(expiryWithin - time.Until(exp.Add(leeway)))
+	sendWS(t, kept, `{"type":"ping"}`)
+	expectType(t, kept, "pong")
+}

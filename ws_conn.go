@@ -285,6 +285,8 @@ func (c *wsConn) handle(raw []byte) {
 		c.handleSubscribe(&m)
 	case wsTypeAck:
 		c.ws.p.acks.receive(m.EnvelopeID, c.id, c.ident.User, m.Result)
+	case wsTypeRefresh:
+		c.handleRefresh(&m)
 	default:
 		c.badInput("unknown message type")
 	}

@@ -187,7 +187,8 @@ const safe = (fn, ...args) => {
  * them. Events: "state" (ConnectionState), "connected" (the server's
  * frame), "disconnected" ({code, reason}), "reconnecting" ({attempt, delay}),
  * "message" (PushMessage, ack), "subscribed", "unsubscribed", "resync"
- * (channel resync frames), "token" (a refreshed token), "error".
+ * (channel resync frames), "token" (a refreshed token), "refreshed" (the
+ * socket took it: {exp}), "rotated" (a new socket took over), "error".
  */
 export class Realtime {
   /** @param {RealtimeOptions} opts */
@@ -341,10 +342,32 @@ export class Realtime {
     }, Math.min(wait, 2 ** 31 - 1));
   }
 
-  /** The token changed: move every connection to it (make before break). */
+  /**
+   * The token changed: the socket takes it in place (a `refresh` message,
+   * §6); where the server refuses that, a second socket opens with it and
+   * takes over (make before break). SSE streams reopen from their last
+   * event id.
+   */
   _rotate() {
-    if (this._sock && this._sock.connected && !this._next && !this._offline) this._openSocket(true);
-    for (const s of this._streams) s.reopen();
+    const s = this._sock;
+    if (s && s.connected && !this._next && !this._offline) {
+      if (this._sendOn(s, { type: "refresh", token: this._token })) s.refreshing = true;
+      else this._openSocket(true);
+    }
+    for (const st of this._streams) st.reopen();
+  }
+
+  /**
+   * The server refused a refresh: an invalid token (unauthorized) leaves
+   * the socket to its old expiry (a close 1008 then asks for a fresh
+   * token); another answer (another identity, a server without refresh)
+   * moves to a new socket with the token.
+   * @param {any} s @param {any} m the error frame
+   */
+  _refreshRefused(s, m) {
+    s.refreshing = false;
+    this._emit("error", { ...m, refresh: true });
+    if (m.code !== "unauthorized" && s === this._sock && !this._next && !this._offline && !this._closed) this._openSocket(true);
   }
 
   // ---- the WebSocket -------------------------------------------------------
@@ -460,6 +483,10 @@ export class Realtime {
         return;
       case "pong":
         return;
+      case "refreshed":
+        s.refreshing = false;
+        this._emit("refreshed", m);
+        return;
       case "message":
         this._push(s, m);
         return;
@@ -473,6 +500,10 @@ export class Realtime {
         else this._emit("resync", m);
         return;
       case "error":
+        if (s.refreshing && m.collection == null && m.channel == null) {
+          this._refreshRefused(s, m);
+          return;
+        }
         if (m.collection != null && m.id != null) {
           const r = this._records.get(m.collection + "/" + m.id);
           if (r) {

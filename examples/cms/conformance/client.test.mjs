@@ -214,36 +214,48 @@ test("a server restart: record and collection streams come back; resync when the
   rt.close();
 });
 
-test("token refresh: the callback runs before expiry and the socket moves to the new token without a gap", async () => {
+test("token refresh: the callback runs before expiry and the socket takes the new token in place, without a gap", async () => {
   const tenant = "client-refresh";
   const exp = Math.floor(Date.now() / 1000) + 34;
   const short = token({ sub: "frank", tenant, exp });
   let calls = 0;
   let calledAt = 0;
+  let fresh = "";
   const rt = client({
     token: short,
     refreshBefore: 31000, // refresh ~3 s from now, well before exp
     refreshToken: async () => {
       calls++;
       calledAt = Date.now();
-      return token({ sub: "frank", tenant });
+      fresh = token({ sub: "frank", tenant, exp: exp + 3600 });
+      return fresh;
     },
   });
   const post = await createPost(token({ sub: "frank", tenant }), "r1");
   const h = recorder();
   rt.record("posts", post.id, h);
-  const rotated = [];
+  const refreshed = [], rotated = [];
+  rt.on("refreshed", (r) => refreshed.push(r));
   rt.on("rotated", (r) => rotated.push(r));
   await until(() => h.calls.length === 1, "the snapshot");
   const before = rt.connectionId;
-  await until(() => rotated.length === 1, "the rotation to the fresh token");
+  await until(() => refreshed.length === 1, "the refresh on the socket");
   assert.equal(calls, 1);
   assert.ok(calledAt < exp * 1000 - 25000, "called before expiry, refreshBefore ahead");
-  assert.notEqual(rt.connectionId, before);
+  assert.equal(refreshed[0].exp, exp + 3600, "the connection's expiry is the new token's");
+  assert.equal(rt.connectionId, before, "the same connection");
+  assert.deepEqual(rotated, []);
   assert.equal(rt.state, "open");
   const v2 = await patch(token({ sub: "frank", tenant }), post.id, { title: "r2" });
-  await until(() => h.calls.length === 2, "the change after the rotation");
+  await until(() => h.calls.length === 2, "the change after the refresh");
   await sleep(100);
   assert.deepEqual(h.calls.slice(1), [["changed", "r2", v2]], "once, not doubled");
+
+  // A token of another user is refused by the socket (forbidden): the
+  // client moves to a new socket with it (make before break).
+  rt._setToken(token({ sub: "grace", tenant }));
+  await until(() => rotated.length === 1, "the rotation");
+  assert.notEqual(rt.connectionId, before);
+  assert.equal(rt.state, "open");
   rt.close();
 });
