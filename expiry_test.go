@@ -29,8 +29,8 @@ func expiringToken(t testing.TB, sub string, d time.Duration) (string, time.Time
 const expiryWithin = 1500 * time.Millisecond
 
 // Every kind of connection ends once its token expires, without a
-// heartbeat to wake it up: SSE record, collection and channel streams end,
-// a WebSocket closes with 1008, a long poll answers 401.
+// heartbeat to wake it up: SSE record, collection, channel and pushes
+// streams end, a WebSocket closes with 1008, long polls answer 401.
 func TestExpiryEndsEveryConnection(t *testing.T) {
 	const leeway = 100 * time.Millisecond
 	_, srv := newTestServer(t, Config{JWTLeeway: leeway, Heartbeat: time.Hour, WSPingInterval: 50 * time.Minute, WSPongWait: time.Hour})
@@ -50,6 +50,7 @@ func TestExpiryEndsEveryConnection(t *testing.T) {
 		"record":     recordURL(srv, "1"),
 		"collection": collectionURL(srv),
 		"channel":    srv.URL + "/api/v1/channels/subscribe?channels=a.*",
+		"pushes":     pushesURL(srv, ""),
 	} {
 		s := openStream(t, nil, url, tok, nil)
 		wg.Add(1)
@@ -71,18 +72,22 @@ func TestExpiryEndsEveryConnection(t *testing.T) {
 			}
 		}
 	}()
-	wg.Add(1)
-	status := 0
-	go func() {
-		defer done("poll")
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/posts/1/poll?timeout=30", nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			status = resp.StatusCode
-			resp.Body.Close()
-		}
-	}()
+	statuses := map[string]int{}
+	for name, path := range map[string]string{"poll": "/posts/1/poll?timeout=30", "pushes poll": "/pushes/poll?timeout=30"} {
+		wg.Add(1)
+		go func() {
+			defer done(name)
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1"+path, nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				mu.Lock()
+				statuses[name] = resp.StatusCode
+				mu.Unlock()
+				resp.Body.Close()
+			}
+		}()
+	}
 	wait := make(chan struct{})
 	go func() { wg.Wait(); close(wait) }()
 	select {
@@ -98,8 +103,13 @@ func TestExpiryEndsEveryConnection(t *testing.T) {
 	if code != websocket.ClosePolicyViolation {
 		t.Errorf("websocket close %d, want 1008", code)
 	}
-	if status != http.StatusUnauthorized {
-		t.Errorf("poll answered %d, want 401", status)
+	for name, status := range statuses {
+		if status != http.StatusUnauthorized {
+			t.Errorf("%s answered %d, want 401", name, status)
+		}
+	}
+	if len(statuses) != 2 {
+		t.Errorf("poll answers %v", statuses)
 	}
 }
 

@@ -166,7 +166,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	var wait *ackWait
 	if n.AwaitAcks > 0 {
-		wait = p.acks.open(id)
+		wait = p.acks.open(id, tenant)
 		defer p.acks.done(id)
 	}
 	cw := &countWait{changed: make(chan struct{}, 1), users: make(map[string]struct{}), wait: wait}
@@ -254,8 +254,9 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 
 // deliver pushes a Notify of some node (this one included) to this node's
 // targets and answers its origin with what it delivered: the number of
-// connections, their distinct users, and the WebSockets to await acks of
-// (only when acks are awaited).
+// connections, their distinct users, and the connections to await acks of
+// (only when acks are awaited): WebSockets, and those acking over HTTP
+// with their users.
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
 	lp := &localPush{channel: m.Channel, event: m.Event, id: m.Envelope, seq: m.Seq, frame: m.Frame}
@@ -281,11 +282,15 @@ func (ps *pushes) deliver(m *nodeMsg) {
 			reached[t.user] = struct{}{}
 			reply.Reached = append(reply.Reached, t.user)
 		}
-		if m.AwaitMs > 0 && t.acks {
+		switch {
+		case m.AwaitMs == 0 || !t.acks:
+		case t.httpAcks:
+			reply.HTTPAckers = append(reply.HTTPAckers, httpAcker{Conn: t.id, User: t.user})
+		default:
 			reply.Ackers = append(reply.Ackers, t.id)
 		}
 	}
-	if m.AwaitMs > 0 && len(reply.Ackers) > 0 && m.Origin != p.node.id {
+	if m.AwaitMs > 0 && len(reply.Ackers)+len(reply.HTTPAckers) > 0 && m.Origin != p.node.id {
 		p.acks.remote(m.Envelope, m.Origin, time.Duration(m.AwaitMs)*time.Millisecond+time.Second)
 	}
 	// The count goes first: an ack can only follow the push's write, and
@@ -325,6 +330,10 @@ func (w *countWait) add(m *nodeMsg) {
 	if w.wait != nil {
 		for _, id := range m.Ackers {
 			w.wait.expect(id)
+			w.awaiting++
+		}
+		for _, a := range m.HTTPAckers {
+			w.wait.expectHTTP(a.Conn, a.User)
 			w.awaiting++
 		}
 	}
@@ -375,10 +384,16 @@ type localPush struct {
 }
 
 // sseEvent is the push as an SSE stream writes it (event: name, id:
-// envelopeId, data: envelope), encoded once for all streams.
+// envelopeId, data: envelope), encoded once for all streams. A push
+// without a channel has no id line: it is in no buffer, so it is no
+// resume point, and a stream's Last-Event-ID stays its last channel push
+// (pushes_http.go).
 func (lp *localPush) sseEvent() *Event {
 	lp.sseOnce.Do(func() {
-		lp.ev = &Event{Type: lp.event, ETag: lp.id, Data: lp.frame, Time: time.Now()}
+		lp.ev = &Event{Type: lp.event, Data: lp.frame, Time: time.Now()}
+		if lp.channel != "" {
+			lp.ev.ETag = lp.id
+		}
 	})
 	return lp.ev
 }

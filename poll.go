@@ -111,17 +111,29 @@ func (p *Plugin) pollWait(c *gin.Context) (time.Duration, error) {
 	return time.Duration(secs * float64(time.Second)), nil
 }
 
-// pollTransport collects a poll's events (its handler answers them).
+// pollTransport collects a poll's events (its handler answers them): a
+// record poll's events, a pushes poll's messages (pushes_http.go) and the
+// position of the last push of a channel.
 type pollTransport struct {
-	events []pollEvent
+	events   []pollEvent
+	messages []json.RawMessage
+	lastID   string
 }
 
 var _ transport = (*pollTransport)(nil)
 
 func (t *pollTransport) write(_ *conn, batch []out, _, _ bool) error {
 	for _, o := range batch {
-		if ev := o.ev; ev != nil && ev != keepaliveEvent {
-			t.events = append(t.events, pollEvent{Event: ev.Type, ID: ev.ETag, Data: ev.Data})
+		switch {
+		case o.push != nil:
+			t.messages = append(t.messages, o.push.frame)
+			if o.push.channel != "" {
+				t.lastID = o.push.id
+			}
+		case o.frame != nil: // a channel's resync, as on a WebSocket
+			t.messages = append(t.messages, o.frame)
+		case o.ev != nil && o.ev != keepaliveEvent:
+			t.events = append(t.events, pollEvent{Event: o.ev.Type, ID: o.ev.ETag, Data: o.ev.Data})
 		}
 	}
 	return nil

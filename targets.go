@@ -9,8 +9,9 @@ import (
 )
 
 // Push targets (PROTOCOL.md §7, §8): the connections a push can reach. A
-// WebSocket and an SSE channel stream are two kinds of one target; each
-// queues its pushes to its conn, whose transport encodes them.
+// WebSocket, an SSE channel stream, an SSE pushes stream and a pushes long
+// poll (pushes_http.go) are kinds of one target; each queues its pushes to
+// its conn, whose transport encodes them.
 
 // userKey names one user of one tenant.
 type userKey struct{ tenant, user string }
@@ -20,11 +21,15 @@ type target struct {
 	id, tenant, user string
 	ident            *Identity
 	c                *conn
-	// all: it receives user pushes and broadcasts (a WebSocket); else
-	// channel pushes only (an SSE channel stream).
+	// all: it receives user pushes and broadcasts (a WebSocket, a pushes
+	// stream or poll); else channel pushes only (an SSE channel stream).
 	all bool
-	// acks: its acks are awaited by Notify (a WebSocket).
-	acks bool
+	// acks: its acks are awaited by Notify (a WebSocket, a pushes stream
+	// or poll); httpAcks: they come by POST {base}/acks, from its user
+	// rather than its connection (acks.go).
+	acks, httpAcks bool
+	// present: it counts in presence (a WebSocket, a pushes stream).
+	present bool
 
 	// Guarded by the registry's lock.
 	channels map[string]struct{}
@@ -98,18 +103,18 @@ type tenantTargets struct {
 	// registry's read lock): channelIndex.match updates the index's dedup
 	// stamps. add and remove run under the registry's write lock.
 	matchMu  sync.Mutex
-	reserved int // WebSocket slots held: registered plus upgrades under way
-	streams  int // other targets registered
+	reserved int // slots held: registered plus upgrades under way
+	streams  int // channel-only targets registered
 }
 
 // registry indexes the push targets: by (tenant, user), by channel pattern
-// per tenant, the WebSockets among them by id (presence), with the slot
-// counts behind the connection caps. Everything is guarded by mu; a
+// per tenant, those counted in presence by id, with the slot counts behind
+// the connection caps (WebSockets, pushes streams and polls hold a slot). Everything is guarded by mu; a
 // target's channels and filters too, so that a push sees a consistent
 // subscription state.
 type registry struct {
 	mu        sync.RWMutex
-	sockets   map[string]*target // WebSockets by id
+	sockets   map[string]*target // the targets counted in presence, by id
 	users     map[userKey]map[*target]struct{}
 	userSlots map[userKey]int
 	tenants   map[string]*tenantTargets
@@ -140,10 +145,11 @@ func (r *registry) pruneLocked(tenant string) {
 	}
 }
 
-// reserve takes a WebSocket slot for (tenant, user) before the upgrade:
-// ErrTooManyConnections over a cap, ErrClosed once closed. Every successful
-// reserve is matched by one release. The slot's handler is counted in wg
-// under the lock, so that close's wait cannot miss it.
+// reserve takes a connection slot for (tenant, user) before a WebSocket's
+// upgrade, a pushes stream or a poll: ErrTooManyConnections over a cap,
+// ErrClosed once closed. Every successful reserve is matched by one
+// release. The slot's handler is counted in wg (when not nil) under the
+// lock, so that close's wait cannot miss it.
 func (r *registry) reserve(k userKey, maxUser, maxTenant int, wg *sync.WaitGroup) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -156,7 +162,9 @@ func (r *registry) reserve(k userKey, maxUser, maxTenant int, wg *sync.WaitGroup
 	}
 	r.userSlots[k]++
 	ts.reserved++
-	wg.Add(1)
+	if wg != nil {
+		wg.Add(1)
+	}
 	return nil
 }
 
@@ -180,9 +188,8 @@ func (r *registry) releaseLocked(k userKey) {
 }
 
 // add registers t with its channel patterns and, under the same lock,
-// calls first (a WebSocket's connected frame: no push can be queued before
-// it); false once the registry is closed. A WebSocket (t.acks) holds a
-// reserved slot.
+// calls first (the connected frame: no push can be queued before it);
+// false once the registry is closed.
 func (r *registry) add(t *target, patterns []string, first func()) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -202,7 +209,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	} else {
 		ts.streams++
 	}
-	if t.acks {
+	if t.present {
 		r.sockets[t.id] = t
 	}
 	for _, p := range patterns {
@@ -218,8 +225,8 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	return true
 }
 
-// remove unregisters t from every index, once; a WebSocket's slot is
-// released (slot: it had one).
+// remove unregisters t from every index, once; its slot is released
+// (slot: it had one).
 func (r *registry) remove(t *target, slot bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -253,7 +260,7 @@ func (r *registry) remove(t *target, slot bool) {
 	r.pruneLocked(k.tenant)
 }
 
-// socketsNow returns every registered WebSocket.
+// socketsNow returns every registered target counted in presence.
 func (r *registry) socketsNow() []*target {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -367,8 +374,8 @@ func (r *registry) filtersOf(t *target) []pushFilter {
 	return slices.Clone(t.filters)
 }
 
-// local counts the WebSockets of tenant on this node and their users
-// (sorted): presence when the broker keeps none.
+// local counts the present targets of tenant on this node and their
+// users (sorted): presence when the broker keeps none.
 func (r *registry) local(tenant string) ([]string, int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -392,8 +399,8 @@ func (r *registry) local(tenant string) ([]string, int) {
 // open registers t for pushes from every node: the broker brings this
 // node its tenant's and its user's topics (before any replay is read: no
 // gap), then t enters the registry with patterns and, under its lock,
-// first runs (a WebSocket's connected frame). False once closed (the
-// listens are undone).
+// first runs (the connected frame). False once closed (the listens are
+// undone).
 func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 	n := ps.p.node
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -404,7 +411,7 @@ func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 			ps.p.log.Warn("realtime: broker listen failed", "err", err)
 		}
 	}
-	if t.acks {
+	if t.present {
 		n.present(t)
 	}
 	if !ps.reg.add(t, patterns, first) {
@@ -414,7 +421,7 @@ func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 	return true
 }
 
-// close undoes open, once (slot: t holds a WebSocket slot to release).
+// close undoes open, once (slot: t holds a slot to release).
 func (ps *pushes) close(t *target, slot bool) {
 	ps.reg.remove(t, slot)
 	ps.unlisten(t)
@@ -428,7 +435,7 @@ func (ps *pushes) unlisten(t *target) {
 		_ = n.b.Unlisten(ctx, topicTenant(tenant))
 		_ = n.b.Unlisten(ctx, topicUser(tenant, user))
 	})
-	if t.acks {
+	if t.present {
 		n.absent(t)
 	}
 }

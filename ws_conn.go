@@ -64,7 +64,7 @@ func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
 	wc.c.ident = ident
-	wc.tg = &target{id: wc.id, tenant: ident.Tenant, user: ident.User, ident: ident, c: wc.c, all: true, acks: true}
+	wc.tg = &target{id: wc.id, tenant: ident.Tenant, user: ident.User, ident: ident, c: wc.c, all: true, acks: true, present: true}
 	return wc
 }
 
@@ -93,14 +93,7 @@ func (c *wsConn) start(conn *websocket.Conn) {
 		return
 	}
 	c.c.setReady()
-	connected := func() {
-		c.sendJSON(struct {
-			Type         string `json:"type"`
-			ConnectionID string `json:"connectionId"`
-			User         string `json:"user"`
-			Tenant       string `json:"tenant"`
-		}{"connected", c.id, c.ident.User, c.ident.Tenant})
-	}
+	connected := func() { c.send(connectedJSON(c.id, c.ident)) }
 	if !p.pushes.open(c.tg, nil, connected) {
 		c.closeWith(closeGoingAway, "server closing")
 		return
