@@ -51,11 +51,19 @@ type Config struct {
 	// every identity may see every record of its own tenant.
 	Authorize Authorizer
 	// AuthorizeChannel decides who may subscribe to a channel (WebSocket
-	// subscribe, SSE channel stream) or read its history (PROTOCOL.md §8).
-	// It sees patterns as sent and must refuse those that would reach a
+	// subscribe, SSE channel and pushes streams) or read its history
+	// (PROTOCOL.md §8), and, with ClientPublish, who may publish on it. It
+	// sees patterns as sent and must refuse those that would reach a
 	// channel the identity may not read (see ChannelAuthorizer). Default:
-	// nil, every channel of the token's tenant.
+	// nil, every channel of the token's tenant (and no client publishing).
 	AuthorizeChannel ChannelAuthorizer
+	// ClientPublish lets WebSocket clients publish to channels
+	// ({"type":"publish"}, PROTOCOL.md §6) where AuthorizeChannel allows
+	// ChannelOpPublish: an AuthorizeChannel is then required, and it must
+	// look at ChannelAccess.Op (one written before ChannelOpPublish existed
+	// would allow every channel it lets clients read). Default: false,
+	// every client publish is refused (forbidden).
+	ClientPublish bool
 	// ETag computes record ETags. Default: DefaultETag. A record value that
 	// implements ETagger supplies its own ETag instead.
 	ETag ETagFunc
@@ -223,6 +231,9 @@ func (c Config) withDefaults() (Config, error) {
 		if *n.v == 0 {
 			*n.v = n.def
 		}
+	}
+	if c.ClientPublish && c.AuthorizeChannel == nil {
+		return c, fmt.Errorf("%w: ClientPublish needs an AuthorizeChannel deciding ChannelOpPublish", ErrInvalidConfig)
 	}
 	if len(c.CORSAllowedOrigins) > 0 {
 		if _, err := corsConfig(c.CORSAllowedOrigins); err != nil {

@@ -41,6 +41,10 @@ type Notification struct {
 	// AwaitAcks, when positive, makes Notify wait up to this long (at most
 	// MaxAwaitAcks) for the ack frames of the connections it delivered to.
 	AwaitAcks time.Duration
+	// From, when set, is the envelope's "from": the user who published it
+	// (the plugin sets it to the publisher of a client's publish message).
+	// Default: empty, no from field.
+	From string
 }
 
 // Ack is one connection's answer to a push.
@@ -73,6 +77,7 @@ type envelope struct {
 	Event      string          `json:"event"`
 	Data       json.RawMessage `json:"data"`
 	Timestamp  string          `json:"timestamp"`
+	From       string          `json:"from,omitempty"`
 }
 
 // Notify pushes n to the connections it targets (PROTOCOL.md §7), on every
@@ -147,7 +152,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	now := time.Now()
 	frame, err := json.Marshal(envelope{
 		Type: "message", EnvelopeID: id, Channel: n.Channel, Event: n.Event, Data: data,
-		Timestamp: now.UTC().Format(time.RFC3339Nano),
+		Timestamp: now.UTC().Format(time.RFC3339Nano), From: n.From,
 	})
 	if err != nil {
 		return NotifyResult{}, badRequest("data is not valid JSON")

@@ -61,7 +61,7 @@ func New(cfg Config) (*Plugin, error) {
 		cfg:     c,
 		log:     c.Logger,
 		auth:    newAuthenticator(&c),
-		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel},
+		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel, clientPublish: c.ClientPublish},
 		retry:   retryFrame(c.Retry),
 		baseCtx: ctx,
 		cancel:  cancel,

@@ -280,6 +280,8 @@ func (c *wsConn) handle(raw []byte) {
 		c.ws.p.acks.receive(m.EnvelopeID, c.id, c.ident.User, m.Result)
 	case wsTypeRefresh:
 		c.handleRefresh(&m)
+	case wsTypePublish:
+		c.handlePublish(&m)
 	default:
 		c.badInput("unknown message type")
 	}
