@@ -8,9 +8,13 @@ import (
 )
 
 // authorizeChannel is the CMS's channel rule (realtime.Config.AuthorizeChannel),
-// checked on WebSocket subscribe, on GET /api/v1/channels/subscribe and on
-// GET /api/v1/channels/:channel/history:
+// checked on WebSocket subscribe, on GET /api/v1/channels/subscribe, on the
+// channels of GET /api/v1/pushes/subscribe and /pushes/poll, on
+// GET /api/v1/channels/:channel/history, and on a browser's publish
+// (realtime.Config.ClientPublish is on):
 //
+//   - a browser may publish on chat.<room> channels (and below) only: a
+//     publish anywhere else is refused, user.<x> included;
 //   - user.<x> (and anything below it) is the private channel of user x:
 //     only the token whose sub is x may subscribe to it or read its history;
 //   - a pattern that could match another user's channel is refused: "user.*",
@@ -21,6 +25,11 @@ import (
 func authorizeChannel(_ context.Context, a realtime.ChannelAccess) error {
 	first, rest, _ := strings.Cut(a.Channel, ".")
 	switch {
+	case a.Op == realtime.ChannelOpPublish:
+		if first == "chat" && rest != "" {
+			return nil
+		}
+		return realtime.ErrForbidden
 	case first == "user":
 		// The second segment must be the caller's own id, literally
 		// ("user.*" and "user.>" could reach anyone's).
