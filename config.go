@@ -88,6 +88,7 @@ type Config struct {
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
 	Retry time.Duration
 	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
+	// (Expired tokens are looked for every 250 ms, whatever it is.)
 	Heartbeat time.Duration
 	// QueueSize bounds the frames waiting for one subscriber; when it is full
 	// the subscriber is disconnected and resumes on reconnect. Default: 512.
@@ -124,11 +125,12 @@ type Config struct {
 	// an Origin header (a non-browser client) is always allowed. Default: nil,
 	// only an Origin whose host equals the request's Host.
 	WSAllowedOrigins []string
-	// WSMaxConnsPerUser caps the open WebSockets of one user of one tenant
-	// (429 before the upgrade). Default: 16.
+	// WSMaxConnsPerUser caps the push connections of one user of one
+	// tenant: WebSockets, pushes streams and pushes polls together (429
+	// before the upgrade or the stream). Default: 16.
 	WSMaxConnsPerUser int
-	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (429 before
-	// the upgrade). Default: 10000.
+	// WSMaxConnsPerTenant caps the push connections of one tenant
+	// (WebSockets, pushes streams and polls; 429). Default: 10000.
 	WSMaxConnsPerTenant int
 	// WSMaxMessageBytes is the largest frame a client may send; a larger one
 	// closes the connection with 1009. Default: 64 KiB.
