@@ -54,11 +54,11 @@ func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online 
 	return n > 0, n, nil
 }
 
-// Presence is kept in the broker (PresenceStore): a WebSocket (or pushes
-// stream) is recorded
-// when it opens, renewed every presenceTTL/3 by the heartbeat loop, and
-// removed when it closes; a node that dies is forgotten after presenceTTL.
-// A broker without a PresenceStore counts this node's WebSockets only.
+// Presence is kept in the broker (PresenceStore): a WebSocket or pushes
+// stream is recorded when it opens, renewed every presenceTTL/3 by the
+// heartbeat loop, and removed when it closes; a node that dies is
+// forgotten after presenceTTL. A broker without a PresenceStore counts
+// this node's connections only.
 
 // present records a WebSocket's presence (on its handler goroutine,
 // before its connected frame).

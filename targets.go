@@ -109,9 +109,9 @@ type tenantTargets struct {
 
 // registry indexes the push targets: by (tenant, user), by channel pattern
 // per tenant, those counted in presence by id, with the slot counts behind
-// the connection caps (WebSockets, pushes streams and polls hold a slot). Everything is guarded by mu; a
-// target's channels and filters too, so that a push sees a consistent
-// subscription state.
+// the connection caps (WebSockets, pushes streams and polls hold a slot).
+// Everything is guarded by mu; a target's channels and filters too, so
+// that a push sees a consistent subscription state.
 type registry struct {
 	mu        sync.RWMutex
 	sockets   map[string]*target // the targets counted in presence, by id
