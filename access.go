@@ -44,10 +44,15 @@ type Access struct {
 
 // Channel operations seen by a ChannelAuthorizer (ChannelAccess.Op).
 const (
-	// ChannelOpSubscribe: a WebSocket subscribe or an SSE channel stream.
+	// ChannelOpSubscribe: a WebSocket subscribe, an SSE channel stream, the
+	// channels of a pushes stream or poll.
 	ChannelOpSubscribe = "subscribe"
 	// ChannelOpHistory: GET {base}/channels/:channel/history.
 	ChannelOpHistory = "history"
+	// ChannelOpPublish: a WebSocket client's publish message (PROTOCOL.md
+	// §6), on a concrete channel. It is asked only with
+	// Config.ClientPublish set; otherwise every such publish is refused.
+	ChannelOpPublish = "publish"
 )
 
 // ChannelAccess is what a ChannelAuthorizer decides on.
@@ -59,7 +64,7 @@ type ChannelAccess struct {
 	// Pattern reports that Channel contains "*" or ">" segments: it
 	// stands for every channel it matches.
 	Pattern bool
-	// Op is ChannelOpSubscribe or ChannelOpHistory.
+	// Op is ChannelOpSubscribe, ChannelOpHistory or ChannelOpPublish.
 	Op string
 }
 
@@ -165,6 +170,9 @@ func ChannelRules(rules ...ChannelAuthorizer) ChannelAuthorizer {
 type access struct {
 	authorize Authorizer
 	channel   ChannelAuthorizer
+	// clientPublish: clients may publish where channel allows
+	// ChannelOpPublish (Config.ClientPublish).
+	clientPublish bool
 }
 
 // record checks a subscription to a record or collection (a.Event empty).
@@ -201,6 +209,16 @@ func (ac *access) channelOp(ctx context.Context, ident *Identity, name, op strin
 		return fmt.Errorf("channel %s: %w", name, err)
 	}
 	return nil
+}
+
+// publish checks a client's publish on a concrete channel: refused
+// unless the app enabled it (Config.ClientPublish, which requires an
+// AuthorizeChannel) and its ChannelAuthorizer allows ChannelOpPublish.
+func (ac *access) publish(ctx context.Context, ident *Identity, channel string) error {
+	if !ac.clientPublish || ac.channel == nil {
+		return fmt.Errorf("channel %s: %w: publishing from clients is not enabled", channel, ErrForbidden)
+	}
+	return ac.channelOp(ctx, ident, channel, ChannelOpPublish)
 }
 
 // pushTargeting is a channel push's targeting, kept with it in the buffer

@@ -7,11 +7,19 @@ import (
 	"time"
 )
 
-// Acks (PROTOCOL.md §6, §7): a connection answers a push with
+// Acks (PROTOCOL.md §6, §7, §8): a connection answers a push with
 // {"type":"ack","envelopeId":…,"result":…}; the Notify that pushed it with
 // AwaitAcks waits for them. The push may come from another node: its
 // delivery records the origin (remote), and the connection's ack travels
 // there.
+//
+// A push received over HTTP (a pushes stream or poll) is acked by
+// POST {base}/acks, which names the envelope but not the connection: the
+// ack is its user's, and counts for one of that user's HTTP connections
+// the push was delivered to (receiveHTTP). The node that takes the POST
+// delivers it when it is the origin, forwards it when it delivered the
+// push, and else hands it to every node (the control topic), where only
+// the origin uses it.
 //
 // ackBoard holds the acks awaited by this node's Notify calls, by envelope
 // id, and the pushes this node delivered for other nodes that await acks.
@@ -51,6 +59,32 @@ func (b *ackBoard) receive(envelopeID, connID, user string, result json.RawMessa
 		Result: append(json.RawMessage(nil), result...)})
 }
 
+// receiveHTTP handles an ack of POST {base}/acks by user of tenant (see
+// above). The error wraps ErrUnavailable when the broker cannot take it.
+func (b *ackBoard) receiveHTTP(ctx context.Context, envelopeID, tenant, user string, result json.RawMessage) error {
+	if len(result) == 0 {
+		result = json.RawMessage("null")
+	}
+	b.mu.Lock()
+	_, local := b.waits[envelopeID]
+	ra, remote := b.origin[envelopeID]
+	b.mu.Unlock()
+	m := &nodeMsg{Type: "ack", Envelope: envelopeID, Tenant: tenant, User: user,
+		Result: append(json.RawMessage(nil), result...)}
+	switch {
+	case local:
+		b.deliverHTTP(envelopeID, tenant, user, result)
+	case remote && time.Now().Before(ra.until):
+		b.node.reply(ra.origin, m)
+	default:
+		m.Type = "httpack"
+		if _, err := b.node.publish(ctx, topicControl, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // remote records that a push delivered here is awaited by node origin for d.
 func (b *ackBoard) remote(envelopeID, origin string, d time.Duration) {
 	b.mu.Lock()
@@ -69,8 +103,8 @@ func (b *ackBoard) expire(now time.Time) {
 	}
 }
 
-func (b *ackBoard) open(id string) *ackWait {
-	w := &ackWait{board: b, want: make(map[string]bool), changed: make(chan struct{}, 1)}
+func (b *ackBoard) open(id, tenant string) *ackWait {
+	w := &ackWait{board: b, tenant: tenant, want: make(map[string]bool), changed: make(chan struct{}, 1)}
 	b.mu.Lock()
 	b.waits[id] = w
 	b.mu.Unlock()
@@ -117,6 +151,36 @@ func (b *ackBoard) deliver(envelopeID, connID, user string, result json.RawMessa
 	w.acked(ack)
 }
 
+// deliverHTTP records user's ack of a push over HTTP: it counts for the
+// first of the user's HTTP connections the push was delivered to that has
+// not acked. One that comes before the delivery count naming them is kept
+// until then.
+func (b *ackBoard) deliverHTTP(envelopeID, tenant, user string, result json.RawMessage) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := b.waits[envelopeID]
+	if w == nil || w.tenant != tenant {
+		return
+	}
+	if len(result) == 0 {
+		result = json.RawMessage("null")
+	}
+	result = append(json.RawMessage(nil), result...)
+	for _, id := range w.http[user] {
+		if !w.want[id] {
+			w.acked(Ack{User: user, ConnectionID: id, Result: result})
+			return
+		}
+	}
+	if w.earlyN < maxEarlyAcks {
+		if w.earlyHTTP == nil {
+			w.earlyHTTP = make(map[string][]json.RawMessage)
+		}
+		w.earlyHTTP[user] = append(w.earlyHTTP[user], result)
+		w.earlyN++
+	}
+}
+
 // maxEarlyAcks bounds the acks one Notify keeps before the counts that
 // name their connections.
 const maxEarlyAcks = 1 << 16
@@ -124,10 +188,16 @@ const maxEarlyAcks = 1 << 16
 // ackWait is one Notify's wait (fields guarded by board.mu).
 type ackWait struct {
 	board   *ackBoard
+	tenant  string
 	want    map[string]bool // connection id → acked
 	early   map[string]Ack  // acks of connections not expected yet
 	got     []Ack
 	changed chan struct{} // capacity 1: a new ack arrived
+	// The connections that ack over HTTP, by user, and the HTTP acks of
+	// users none of whose connections is expected yet (earlyN in all).
+	http      map[string][]string
+	earlyHTTP map[string][]json.RawMessage
+	earlyN    int
 }
 
 // acked records an ack of an expected connection (board.mu held).
@@ -151,6 +221,25 @@ func (w *ackWait) expect(connID string) {
 	if a, ok := w.early[connID]; ok {
 		delete(w.early, connID)
 		w.acked(a)
+	}
+}
+
+// expectHTTP adds a connection of user that acks over HTTP.
+func (w *ackWait) expectHTTP(connID, user string) {
+	w.board.mu.Lock()
+	defer w.board.mu.Unlock()
+	if _, ok := w.want[connID]; ok {
+		return
+	}
+	w.want[connID] = false
+	if w.http == nil {
+		w.http = make(map[string][]string)
+	}
+	w.http[user] = append(w.http[user], connID)
+	if early := w.earlyHTTP[user]; len(early) > 0 {
+		w.earlyHTTP[user] = early[1:]
+		w.earlyN--
+		w.acked(Ack{User: user, ConnectionID: connID, Result: early[0]})
 	}
 }
 

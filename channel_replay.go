@@ -159,16 +159,21 @@ func (t *target) release(r replay) {
 	}
 }
 
-// parseSince decodes a subscribe's since object: concrete channels, each
-// listed in channels, to a resume point (an envelopeId).
+// parseSince decodes a subscribe's since object (checkSince).
 func parseSince(raw json.RawMessage, channels []string) (map[string]string, error) {
 	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, nil
 	}
 	var since map[string]string
 	if err := json.Unmarshal(raw, &since); err != nil {
-		return nil, badRequest(`since must be an object of channel names to envelopeIds`)
+		return nil, badRequest(`field "since" must be an object of strings`)
 	}
+	return checkSince(since, channels)
+}
+
+// checkSince validates a subscribe's since: concrete channels, each listed
+// in channels, to a resume point (an envelopeId).
+func checkSince(since map[string]string, channels []string) (map[string]string, error) {
 	listed := make(map[string]bool, len(channels))
 	for _, ch := range channels {
 		listed[ch] = true

@@ -68,11 +68,8 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 	lastID := ""
 	if resumeCh != "" {
-		if lastID = c.GetHeader("Last-Event-ID"); lastID == "" {
-			lastID = c.Query("lastEventId")
-		}
-		if strings.ContainsAny(lastID, "\r\n\x00") || len(lastID) > 512 {
-			writeError(c, badRequest("invalid Last-Event-ID"))
+		if lastID, err = resumePoint(c); err != nil {
+			writeError(c, err)
 			return
 		}
 	}

@@ -8,9 +8,15 @@ import "time"
 // or closeGrace passes, so that the client reads the code: closing a
 // socket with unread input would reset it, and the client would see 1006.
 const (
+	// closeProtocolError (1002): a frame the RFC forbids (unmasked,
+	// reserved bits, a bad length or opcode).
+	closeProtocolError = 1002
 	// closeGoingAway (1001): the plugin is closing.
 	closeGoingAway = 1001
-	// closePolicyViolation (1008): the token expired.
+	// closeInvalidPayload (1007): a text frame that is not valid UTF-8.
+	closeInvalidPayload = 1007
+	// closePolicyViolation (1008): the token expired, or the client sent
+	// messages faster than Config.WSMessageRate allows.
 	closePolicyViolation = 1008
 	// closeMessageTooBig (1009): a client frame over WSMaxMessageBytes
 	// (written by gorilla's reader).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"math"
 	"runtime"
 	"time"
 
@@ -98,12 +99,21 @@ type Config struct {
 	// every identity may see every record of its own tenant.
 	Authorize Authorizer
 	// AuthorizeChannel decides who may subscribe to a channel (WebSocket
-	// subscribe, SSE channel stream) or read its history (PROTOCOL.md §8).
-	// It sees patterns as sent and must refuse those that would reach a
+	// subscribe, SSE channel and pushes streams) or read its history
+	// (PROTOCOL.md §8), and, with ClientPublish, who may publish on it. It
+	// sees patterns as sent and must refuse those that would reach a
 	// channel the identity may not read (see ChannelAuthorizer);
 	// PrivateUserChannels is such a rule for per-user channels, ChannelRules
-	// combines rules. Default: nil, every channel of the token's tenant.
+	// combines rules. Default: nil, every channel of the token's tenant (and
+	// no client publishing).
 	AuthorizeChannel ChannelAuthorizer
+	// ClientPublish lets WebSocket clients publish to channels
+	// ({"type":"publish"}, PROTOCOL.md §6) where AuthorizeChannel allows
+	// ChannelOpPublish: an AuthorizeChannel is then required, and it must
+	// look at ChannelAccess.Op (one written before ChannelOpPublish existed
+	// would allow every channel it lets clients read). Default: false,
+	// every client publish is refused (forbidden).
+	ClientPublish bool
 	// ETag computes record ETags. Default: DefaultETag. A record value that
 	// implements ETagger supplies its own ETag instead.
 	ETag ETagFunc
@@ -128,6 +138,7 @@ type Config struct {
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
 	Retry time.Duration
 	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
+	// (Expired tokens are looked for every 250 ms, whatever it is.)
 	Heartbeat time.Duration
 	// QueueSize bounds the frames waiting for one subscriber; when it is full
 	// the subscriber is disconnected and resumes on reconnect. Default: 512.
@@ -175,11 +186,13 @@ type Config struct {
 	// an Origin header (a non-browser client) is always allowed. Default: nil,
 	// only an Origin whose host equals the request's Host.
 	WSAllowedOrigins []string
-	// WSMaxConnsPerUser caps the open WebSockets of one user of one tenant
-	// (close 4429, see WSRefuseBeforeUpgrade). Default: 16.
+	// WSMaxConnsPerUser caps the push connections of one user of one
+	// tenant: WebSockets, pushes streams and pushes polls together (a
+	// WebSocket closes with 4429, see WSRefuseBeforeUpgrade; a stream or
+	// poll answers 429). Default: 16.
 	WSMaxConnsPerUser int
-	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (close
-	// 4429). Default: 10000.
+	// WSMaxConnsPerTenant caps the push connections of one tenant
+	// (WebSockets, pushes streams and polls; 4429 or 429). Default: 10000.
 	WSMaxConnsPerTenant int
 	// WSRefuseBeforeUpgrade answers a WebSocket handshake refused for its
 	// credentials or a connection cap with a plain 401, 403 or 429 before
@@ -210,6 +223,13 @@ type Config struct {
 	// (subscribe with records); beyond it the subscribe is refused with a
 	// bad_request error frame. Default: 100.
 	WSMaxRecords int
+	// WSMessageRate is how many messages per second one WebSocket client
+	// may send on average (a token bucket per connection, computed on each
+	// message); a client over it is closed with 1008. Default: 50.
+	WSMessageRate float64
+	// WSMessageBurst is how many messages one WebSocket client may send at
+	// once above WSMessageRate (the bucket's size). Default: 100.
+	WSMessageBurst int
 
 	// Logger receives the plugin's logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -283,6 +303,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
 		{"WSMaxRecords", &c.WSMaxRecords, 100},
 		{"MaxConnsPerIP", &c.MaxConnsPerIP, 0},
+		{"WSMessageBurst", &c.WSMessageBurst, 100},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)
@@ -294,6 +315,9 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := newOriginPolicy(c.CSRFTrustedOrigins); err != nil {
 		return c, err
 	}
+	if c.ClientPublish && c.AuthorizeChannel == nil {
+		return c, fmt.Errorf("%w: ClientPublish needs an AuthorizeChannel deciding ChannelOpPublish", ErrInvalidConfig)
+	}
 	if len(c.CORSAllowedOrigins) > 0 {
 		if _, err := corsConfig(c.CORSAllowedOrigins); err != nil {
 			return c, err
@@ -304,6 +328,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WSPingInterval >= c.WSPongWait {
 		return c, fmt.Errorf("%w: WSPingInterval must be shorter than WSPongWait", ErrInvalidConfig)
+	}
+	if c.WSMessageRate < 0 || math.IsNaN(c.WSMessageRate) || math.IsInf(c.WSMessageRate, 0) {
+		return c, fmt.Errorf("%w: WSMessageRate must be a positive number", ErrInvalidConfig)
+	}
+	if c.WSMessageRate == 0 {
+		c.WSMessageRate = 50
 	}
 	if c.WSMaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: WSMaxMessageBytes is negative", ErrInvalidConfig)

@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"sync"
+	"sync/atomic"
 )
 
 // conn is the outgoing side of one client connection: the bounded queue
@@ -33,6 +34,11 @@ type conn struct {
 	solo bool
 	// ident is the client's identity (its expiry ends the conn).
 	ident *Identity
+	// expires is when c must end (unix ns: the token's exp + leeway; 0:
+	// never), checked before each write (drain) and by the plugin's
+	// expiry heap, which keeps c's position in expIdx (under its lock).
+	expires atomic.Int64
+	expIdx  int
 
 	mu        sync.Mutex
 	ready     bool // the transport can write: until then nothing is kicked
@@ -83,7 +89,7 @@ type out struct {
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
-	c := &conn{t: t, pool: pool, max: max}
+	c := &conn{t: t, pool: pool, max: max, expIdx: -1}
 	if onHandler {
 		c.wake = make(chan struct{}, 1)
 	}

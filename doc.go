@@ -7,8 +7,9 @@
 // missed, or a resync frame and the fresh record. Never a duplicate, never
 // out of order, never a silent gap. One WebSocket carries the same record
 // streams and pushes to users and channels, with filters, acknowledgements
-// and presence. One node runs alone; many share a Redis (package
-// redisbroker) and behave as one.
+// and presence; where WebSockets cannot pass, the same pushes come over an
+// SSE stream or a long poll. One node runs alone; many share a Redis
+// (package redisbroker) and behave as one.
 //
 // # Concurrency contract
 //
@@ -58,6 +59,9 @@
 //	GET  {base}/presence[/:user]           who is connected (publish scope)
 //	GET  {base}/channels/subscribe         channel pushes as SSE
 //	GET  {base}/channels/:channel/history  a channel's recent pushes
+//	GET  {base}/pushes/subscribe           the caller's pushes as SSE (no WebSocket needed)
+//	GET  {base}/pushes/poll                the same as a long poll (JSON)
+//	POST {base}/acks                       ack a push received over HTTP
 //
 // The wire format of each is the team's PROTOCOL.md; Authenticate is the
 // middleware that verifies the same credentials for the app's routes.
@@ -84,6 +88,22 @@
 // handshake refused for its credentials or a connection cap is upgraded
 // and closed with 4401, 4403 or 4429 after one error frame, so a browser
 // can tell it from an outage (Config.WSRefuseBeforeUpgrade: plain HTTP).
+// # Inputs, limits and expiry
+//
+// Every JSON object the plugin reads (request bodies, WebSocket messages,
+// queued requests) is decoded strictly: an unknown field or a wrong type is
+// refused with ErrBadRequest (400, or a bad_request error frame) naming the
+// field, and nothing is published. A WebSocket client is rate-limited
+// (Config.WSMessageRate, WSMessageBurst: a token bucket per connection;
+// over it the socket closes with 1008), its frames are size-limited (1009)
+// and must be UTF-8 (1007). No frame is written on any stream or socket
+// after its token's exp + JWTLeeway (the writer compares before each
+// write), and each is closed within a second of it (one deadline-ordered
+// heap for every connection); a WebSocket client extends its connection
+// with a refresh message carrying a fresh token of the same identity.
+// Browsers publish to channels over their WebSocket only where the app
+// enables it (Config.ClientPublish with AuthorizeChannel's
+// ChannelOpPublish).
 //
 // # Order and resync
 //

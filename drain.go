@@ -1,5 +1,7 @@
 package realtime
 
+import "time"
+
 // The one drain loop of every transport: whoever drains a conn (a worker
 // of the writer pool, or the conn's handler goroutine) takes everything
 // queued, has each record event re-checked (checkFrames, access.go), and
@@ -44,7 +46,8 @@ const roundsBatch = 8
 // drain writes what c has queued, round after round, until nothing is
 // left: the one drain loop of every transport. It reports whether c is
 // over (closed). On the writer pool it yields after roundsBatch rounds
-// (yield true: c stays scheduled and is put back on the pool).
+// (yield true: c stays scheduled and is put back on the pool). Past c's
+// deadline (its token expired) nothing queued is written: only the end.
 func (c *conn) drain(yield bool) (over bool) {
 	for round := 0; ; round++ {
 		batch, state, sig := c.take()
@@ -52,7 +55,16 @@ func (c *conn) drain(yield bool) (over bool) {
 			c.settle(batch)
 			return true
 		}
-		batch, end := checkFrames(batch)
+		var end bool
+		if c.pastDeadline(time.Now().UnixNano()) {
+			c.mu.Lock()
+			c.expireLocked() // c is scheduled: no kick needed
+			c.mu.Unlock()
+			clear(batch)
+			batch, end = batch[:0], true
+		} else {
+			batch, end = checkFrames(batch)
+		}
 		end = end || state == connEnding
 		if err := c.t.write(c, batch, end, sig); err != nil {
 			c.settle(batch)

@@ -53,7 +53,7 @@ func topicUser(tenant, user string) string {
 
 // nodeMsg is a message between nodes.
 type nodeMsg struct {
-	Type string `json:"type"` // resync, notify, count, ack
+	Type string `json:"type"` // resync, notify, count, ack, httpack
 	// resync
 	Tenant     string `json:"tenant,omitempty"`
 	Collection string `json:"collection,omitempty"`
@@ -70,13 +70,21 @@ type nodeMsg struct {
 	Seq      uint64          `json:"seq,omitempty"` // the push's position in its channel's buffer
 	// count: how many connections a node delivered to, its distinct users,
 	// and the connections that will ack (only when acks are awaited)
-	N       int      `json:"n,omitempty"`
-	Reached []string `json:"reached,omitempty"`
-	Ackers  []string `json:"ackers,omitempty"`
-	// ack
+	N          int         `json:"n,omitempty"`
+	Reached    []string    `json:"reached,omitempty"`
+	Ackers     []string    `json:"ackers,omitempty"`
+	HTTPAckers []httpAcker `json:"httpAckers,omitempty"` // connections acking by POST {base}/acks
+	// ack (Conn empty: by POST {base}/acks, the User's), httpack (the
+	// same, to every node: the origin takes it)
 	Conn   string          `json:"conn,omitempty"`
 	User   string          `json:"user,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// httpAcker is a connection that acks over HTTP, and its user.
+type httpAcker struct {
+	Conn string `json:"c"`
+	User string `json:"u"`
 }
 
 // localMessenger is the optional ability of the in-process engine to hand a
@@ -221,7 +229,13 @@ func (n *node) message(m *nodeMsg) {
 	case "count":
 		p.pushes.counted(m)
 	case "ack":
+		if m.Conn == "" {
+			p.acks.deliverHTTP(m.Envelope, m.Tenant, m.User, m.Result)
+			return
+		}
 		p.acks.deliver(m.Envelope, m.Conn, m.User, m.Result)
+	case "httpack":
+		p.acks.deliverHTTP(m.Envelope, m.Tenant, m.User, m.Result)
 	}
 }
 

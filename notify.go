@@ -14,6 +14,10 @@ import (
 // MaxAwaitAcks is the longest Notification.AwaitAcks.
 const MaxAwaitAcks = 30 * time.Second
 
+// DefaultPushEvent is the event name of a push that names none
+// (PROTOCOL.md §7).
+const DefaultPushEvent = "message"
+
 // Notification is a push to the WebSocket connections of a tenant.
 type Notification struct {
 	// Tenant is the tenant whose connections are targeted. Default: the
@@ -27,7 +31,7 @@ type Notification struct {
 	// Channel, when set, restricts the push to connections subscribed to a
 	// matching pattern; it must be a concrete channel name.
 	Channel string
-	// Event is the push's event name. Required.
+	// Event is the push's event name. Default: DefaultPushEvent ("message").
 	Event string
 	// Data is the push's payload: a json.RawMessage or []byte is taken as
 	// JSON as is, anything else is marshalled with encoding/json.
@@ -35,6 +39,10 @@ type Notification struct {
 	// AwaitAcks, when positive, makes Notify wait up to this long (at most
 	// MaxAwaitAcks) for the ack frames of the connections it delivered to.
 	AwaitAcks time.Duration
+	// From, when set, is the envelope's "from": the user who published it
+	// (the plugin sets it to the publisher of a client's publish message).
+	// Default: empty, no from field.
+	From string
 }
 
 // Ack is one connection's answer to a push.
@@ -67,6 +75,7 @@ type envelope struct {
 	Event      string          `json:"event"`
 	Data       json.RawMessage `json:"data"`
 	Timestamp  string          `json:"timestamp"`
+	From       string          `json:"from,omitempty"`
 }
 
 // Notify pushes n to the connections it targets (PROTOCOL.md §7), on every
@@ -115,7 +124,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 		return NotifyResult{}, ErrClosed
 	}
 	if n.Event == "" {
-		return NotifyResult{}, badRequest("event is required")
+		n.Event = DefaultPushEvent
 	}
 	if strings.ContainsAny(n.Event, "\r\n\x00") {
 		// It is the SSE event field of channel streams.
@@ -141,7 +150,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	now := time.Now()
 	frame, err := json.Marshal(envelope{
 		Type: "message", EnvelopeID: id, Channel: n.Channel, Event: n.Event, Data: data,
-		Timestamp: now.UTC().Format(time.RFC3339Nano),
+		Timestamp: now.UTC().Format(time.RFC3339Nano), From: n.From,
 	})
 	if err != nil {
 		return NotifyResult{}, badRequest("data is not valid JSON")
@@ -160,7 +169,7 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	var wait *ackWait
 	if n.AwaitAcks > 0 {
-		wait = p.acks.open(id)
+		wait = p.acks.open(id, tenant)
 		defer p.acks.done(id)
 	}
 	cw := &countWait{changed: make(chan struct{}, 1), users: make(map[string]struct{}), wait: wait}
@@ -248,8 +257,9 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 
 // deliver pushes a Notify of some node (this one included) to this node's
 // targets and answers its origin with what it delivered: the number of
-// connections, their distinct users, and the WebSockets to await acks of
-// (only when acks are awaited).
+// connections, their distinct users, and the connections to await acks of
+// (only when acks are awaited): WebSockets, and those acking over HTTP
+// with their users.
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
 	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
@@ -275,11 +285,15 @@ func (ps *pushes) deliver(m *nodeMsg) {
 			reached[t.ident.User] = struct{}{}
 			reply.Reached = append(reply.Reached, t.ident.User)
 		}
-		if m.AwaitMs > 0 && t.acks {
+		switch {
+		case m.AwaitMs == 0 || !t.acks:
+		case t.httpAcks:
+			reply.HTTPAckers = append(reply.HTTPAckers, httpAcker{Conn: t.id, User: t.ident.User})
+		default:
 			reply.Ackers = append(reply.Ackers, t.id)
 		}
 	}
-	if m.AwaitMs > 0 && len(reply.Ackers) > 0 && m.Origin != p.node.id {
+	if m.AwaitMs > 0 && len(reply.Ackers)+len(reply.HTTPAckers) > 0 && m.Origin != p.node.id {
 		p.acks.remote(m.Envelope, m.Origin, time.Duration(m.AwaitMs)*time.Millisecond+time.Second)
 	}
 	// The count goes first: an ack can only follow the push's write, and
@@ -321,6 +335,10 @@ func (w *countWait) add(m *nodeMsg) {
 			w.wait.expect(id)
 			w.awaiting++
 		}
+		for _, a := range m.HTTPAckers {
+			w.wait.expectHTTP(a.Conn, a.User)
+			w.awaiting++
+		}
 	}
 	w.mu.Unlock()
 	select {
@@ -359,18 +377,26 @@ func (w *countWait) result() (delivered, users, awaiting int) {
 // localPush is one push on its way to this node's targets.
 type localPush struct {
 	channel string
+	id      string // its envelopeId
 	// seq is the push's position in its channel's buffer (0 without a
 	// channel): a connection resumed past it already has it.
 	seq uint64
 	// ev is the push as every target queues it: its envelope (the
-	// WebSocket frame, the SSE data), event name and envelopeId (the SSE
-	// event and id), each encoding made once for all targets.
+	// WebSocket frame, the SSE data), event name and, for a channel push,
+	// envelopeId (the SSE event and id), each encoding made once for all
+	// targets.
 	ev *Event
 }
 
 func newLocalPush(channel, event, id string, seq uint64, frame []byte) *localPush {
-	return &localPush{channel: channel, seq: seq,
-		ev: &Event{kind: kindPush, Type: event, ETag: id, Data: frame, Time: time.Now()}}
+	ev := &Event{kind: kindPush, Type: event, Data: frame, Time: time.Now()}
+	if channel != "" {
+		// A push without a channel has no SSE id line: it is in no
+		// buffer, so it is no resume point, and a stream's Last-Event-ID
+		// stays its last channel push (pushes_http.go).
+		ev.ETag = id
+	}
+	return &localPush{channel: channel, seq: seq, id: id, ev: ev}
 }
 
 // dataJSON returns the JSON of a push's data ("null" for nil).

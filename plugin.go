@@ -43,6 +43,7 @@ type Plugin struct {
 	liveMu sync.Mutex
 	live   map[*conn]string // each tracked conn, with its client IP slot ("": none)
 	ips    *ipSlots         // Config.MaxConnsPerIP
+	expiry expiryHeap       // the tracked conns with a deadline (expiry.go)
 
 	mountMu sync.Mutex
 	mounted map[any]bool
@@ -61,7 +62,7 @@ func New(cfg Config) (*Plugin, error) {
 		cfg:     c,
 		log:     c.Logger,
 		auth:    newAuthenticator(&c),
-		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel},
+		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel, clientPublish: c.ClientPublish},
 		retry:   retryFrame(c.Retry),
 		baseCtx: ctx,
 		cancel:  cancel,
@@ -141,6 +142,7 @@ func (p *Plugin) trackSlot(c *conn, ipKey string) bool {
 	}
 	p.live[c] = ipKey
 	p.wg.Add(1)
+	p.expiry.add(c, deadlineOf(c.ident, p.cfg.JWTLeeway))
 	return true
 }
 
@@ -155,6 +157,7 @@ func (p *Plugin) untrack(c *conn) {
 		return
 	}
 	p.ips.release(ipKey)
+	p.expiry.remove(c)
 	if errors.Is(c.closeCause(), ErrSlowSubscriber) {
 		user := ""
 		if c.ident != nil {
@@ -191,24 +194,28 @@ func (p *Plugin) Subscribers() int {
 
 // heartbeats sends keepalive comments to every SSE stream at the
 // configured interval, pings every WebSocket, ends connections whose token
-// has expired, and renews presence: one ticker each for all connections,
-// no timer per connection.
+// has expired (expiry.go, every expiryTick), and renews presence: one
+// ticker each for all connections, no timer per connection.
 func (p *Plugin) heartbeats() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.cfg.Heartbeat)
 	defer t.Stop()
 	pt := time.NewTicker(p.cfg.WSPingInterval)
 	defer pt.Stop()
+	et := time.NewTicker(expiryTick)
+	defer et.Stop()
 	ct := time.NewTicker(presenceTTL / 3)
 	defer ct.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
-		case now := <-t.C:
-			p.beat(now)
-		case now := <-pt.C:
-			p.ping(now)
+		case <-t.C:
+			p.beat()
+		case <-pt.C:
+			p.ping()
+		case now := <-et.C:
+			p.expireDue(now)
 		case now := <-ct.C:
 			p.acks.expire(now)
 			p.node.refreshPresence(p.pushes.reg.socketsNow())
@@ -222,44 +229,20 @@ type heartbeater interface{ heartbeat(c *conn) }
 // pinger is a transport that pings (WebSocket).
 type pinger interface{ ping(c *conn) }
 
-// expirer is a transport with its own end for an expired token (a
-// WebSocket closes with 1008); others end cleanly.
-type expirer interface{ expire(c *conn) }
-
-func (p *Plugin) beat(now time.Time) {
+func (p *Plugin) beat() {
 	for _, c := range p.liveConns() {
-		if p.expired(c, now) {
-			continue
-		}
 		if hb, ok := c.t.(heartbeater); ok {
 			hb.heartbeat(c)
 		}
 	}
 }
 
-func (p *Plugin) ping(now time.Time) {
+func (p *Plugin) ping() {
 	for _, c := range p.liveConns() {
-		if p.expired(c, now) {
-			continue
-		}
 		if pg, ok := c.t.(pinger); ok {
 			pg.ping(c)
 		}
 	}
-}
-
-// expired ends c when its token has expired (and reports it).
-func (p *Plugin) expired(c *conn, now time.Time) bool {
-	id := c.ident
-	if id == nil || id.Expires.IsZero() || !now.After(id.Expires.Add(p.cfg.JWTLeeway)) {
-		return false
-	}
-	if e, ok := c.t.(expirer); ok {
-		e.expire(c)
-	} else {
-		c.end()
-	}
-	return true
 }
 
 // Close ends every stream and long poll cleanly, closes every WebSocket

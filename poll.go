@@ -79,6 +79,12 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		pc.drain(false)
 		pc.close(errClientGone)
 		p.streams.detach(s)
+		if pc.pastDeadline(time.Now().UnixNano()) {
+			// Nothing is answered past the token's expiry (PROTOCOL.md §1):
+			// the client polls again, from its last id, with a fresh token.
+			writeError(c, fmt.Errorf("poll: %w: token expired", ErrUnauthorized))
+			return
+		}
 		resp := pollResponse{Events: t.events}
 		if resp.Events == nil {
 			resp.Events = []pollEvent{}
@@ -106,17 +112,29 @@ func (p *Plugin) pollWait(c *gin.Context) (time.Duration, error) {
 	return time.Duration(secs * float64(time.Second)), nil
 }
 
-// pollTransport collects a poll's events (its handler answers them).
+// pollTransport collects a poll's events (its handler answers them): a
+// record poll's events, a pushes poll's messages (pushes_http.go) and the
+// position of the last push of a channel.
 type pollTransport struct {
-	events []pollEvent
+	events   []pollEvent
+	messages []json.RawMessage
+	lastID   string
 }
 
 var _ transport = (*pollTransport)(nil)
 
 func (t *pollTransport) write(_ *conn, batch []out, _, _ bool) error {
 	for _, o := range batch {
-		if ev := o.ev; ev != nil && ev != keepaliveEvent {
-			t.events = append(t.events, pollEvent{Event: ev.Type, ID: ev.ETag, Data: ev.Data})
+		switch {
+		case o.ev.kind == kindPush:
+			t.messages = append(t.messages, o.ev.Data)
+			if o.ev.ETag != "" { // a channel push: a resume point
+				t.lastID = o.ev.ETag
+			}
+		case o.ev.kind == kindChannelResync: // as on a WebSocket
+			t.messages = append(t.messages, wsPayload(o))
+		case o.ev != keepaliveEvent:
+			t.events = append(t.events, pollEvent{Event: o.ev.Type, ID: o.ev.ETag, Data: o.ev.Data})
 		}
 	}
 	return nil

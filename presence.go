@@ -9,8 +9,8 @@ import (
 	"github.com/gin-gonic/gin"
 )
 
-// Presence returns the users of tenant with at least one open WebSocket
-// (sorted) and the tenant's number of open WebSockets: on every node when
+// Presence returns the users of tenant with at least one open WebSocket or
+// pushes stream (sorted) and the tenant's number of them: on every node when
 // the Broker keeps presence (PresenceStore), else on this node. An empty
 // tenant means the tenant of ctx (WithTenant), else DefaultTenant. The
 // error wraps ErrUnavailable when the broker cannot be reached.
@@ -32,8 +32,8 @@ func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, c
 	return users, conns, nil
 }
 
-// UserPresence reports whether user of tenant has an open WebSocket, and
-// how many (on every node, as Presence).
+// UserPresence reports whether user of tenant has an open WebSocket or
+// pushes stream, and how many (on every node, as Presence).
 func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online bool, conns int, err error) {
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
@@ -54,10 +54,11 @@ func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online 
 	return n > 0, n, nil
 }
 
-// Presence is kept in the broker (PresenceStore): a WebSocket is recorded
-// when it opens, renewed every presenceTTL/3 by the heartbeat loop, and
-// removed when it closes; a node that dies is forgotten after presenceTTL.
-// A broker without a PresenceStore counts this node's WebSockets only.
+// Presence is kept in the broker (PresenceStore): a WebSocket or pushes
+// stream is recorded when it opens, renewed every presenceTTL/3 by the
+// heartbeat loop, and removed when it closes; a node that dies is
+// forgotten after presenceTTL. A broker without a PresenceStore counts
+// this node's connections only.
 
 // present records a WebSocket's presence (on its handler goroutine,
 // before its connected frame).

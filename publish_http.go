@@ -47,8 +47,8 @@ func (p *Plugin) handlePublish(collection string) gin.HandlerFunc {
 }
 
 // publisherRequest authenticates a server-to-server request (publish scope)
-// and decodes its JSON body, capped at MaxBodyBytes, into dst. On failure it
-// has answered (401, 403, 413, 400) and returns false.
+// and decodes its JSON body (decodeBody) into dst. On failure it has
+// answered (401, 403, 413, 400) and returns false.
 func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity, bool) {
 	ident, ok := p.identify(c)
 	if !ok {
@@ -58,13 +58,7 @@ func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}
-	body, err := p.readBody(c, op)
-	if err != nil {
-		writeError(c, err)
-		return nil, false
-	}
-	if err := json.Unmarshal(body, dst); err != nil {
-		writeError(c, badRequest("body must be a JSON object with event and data"))
+	if !p.decodeBody(c, op, dst) {
 		return nil, false
 	}
 	return ident, true

@@ -14,18 +14,18 @@ type tenantTargets struct {
 	// registry's read lock): channelIndex.match updates the index's dedup
 	// stamps. add and remove run under the registry's write lock.
 	matchMu  sync.Mutex
-	reserved int // WebSocket slots held: registered plus upgrades under way
-	streams  int // other targets registered
+	reserved int // slots held: registered plus upgrades under way
+	streams  int // channel-only targets registered
 }
 
 // registry indexes the push targets: by (tenant, user), by channel pattern
-// per tenant, the WebSockets among them by id (presence), with the slot
-// counts behind the connection caps. Everything is guarded by mu; a
-// target's channels and filters too, so that a push sees a consistent
-// subscription state.
+// per tenant, those counted in presence by id, with the slot counts behind
+// the connection caps (WebSockets, pushes streams and polls hold a slot).
+// Everything is guarded by mu; a target's channels and filters too, so
+// that a push sees a consistent subscription state.
 type registry struct {
 	mu        sync.RWMutex
-	sockets   map[string]*target // WebSockets by id
+	sockets   map[string]*target // the targets counted in presence, by id
 	users     map[userKey]map[*target]struct{}
 	userSlots map[userKey]int
 	tenants   map[string]*tenantTargets
@@ -56,10 +56,11 @@ func (r *registry) pruneLocked(tenant string) {
 	}
 }
 
-// reserve takes a WebSocket slot for (tenant, user) before the upgrade:
-// ErrTooManyConnections over a cap, ErrClosed once closed. Every successful
-// reserve is matched by one release. The slot's handler is counted in wg
-// under the lock, so that close's wait cannot miss it.
+// reserve takes a connection slot for (tenant, user) before a WebSocket's
+// upgrade, a pushes stream or a poll: ErrTooManyConnections over a cap,
+// ErrClosed once closed. Every successful reserve is matched by one
+// release. The slot's handler is counted in wg (when not nil) under the
+// lock, so that close's wait cannot miss it.
 func (r *registry) reserve(k userKey, maxUser, maxTenant int, wg *sync.WaitGroup) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -72,7 +73,9 @@ func (r *registry) reserve(k userKey, maxUser, maxTenant int, wg *sync.WaitGroup
 	}
 	r.userSlots[k]++
 	ts.reserved++
-	wg.Add(1)
+	if wg != nil {
+		wg.Add(1)
+	}
 	return nil
 }
 
@@ -96,9 +99,8 @@ func (r *registry) releaseLocked(k userKey) {
 }
 
 // add registers t with its channel patterns and, under the same lock,
-// calls first (a WebSocket's connected frame: no push can be queued before
-// it); false once the registry is closed. A WebSocket (t.acks) holds a
-// reserved slot.
+// calls first (the connected frame: no push can be queued before it);
+// false once the registry is closed.
 func (r *registry) add(t *target, patterns []string, first func()) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -118,7 +120,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	} else {
 		ts.streams++
 	}
-	if t.acks {
+	if t.present {
 		r.sockets[t.id] = t
 	}
 	for _, p := range patterns {
@@ -134,8 +136,8 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	return true
 }
 
-// remove unregisters t from every index, once; a WebSocket's slot is
-// released (slot: it had one).
+// remove unregisters t from every index, once; its slot is released
+// (slot: it had one).
 func (r *registry) remove(t *target, slot bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -169,7 +171,7 @@ func (r *registry) remove(t *target, slot bool) {
 	r.pruneLocked(k.tenant)
 }
 
-// socketsNow returns every registered WebSocket.
+// socketsNow returns every registered target counted in presence.
 func (r *registry) socketsNow() []*target {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -279,8 +281,8 @@ func (r *registry) filtersOf(t *target) []pushFilter {
 	return slices.Clone(t.filters)
 }
 
-// local counts the WebSockets of tenant on this node and their users
-// (sorted): presence when the broker keeps none.
+// local counts the present targets of tenant on this node and their
+// users (sorted): presence when the broker keeps none.
 func (r *registry) local(tenant string) ([]string, int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

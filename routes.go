@@ -19,10 +19,14 @@ import (
 //	GET  /presence, /presence/:user   presence (publish scope)
 //	GET  /channels/subscribe          channel pushes as SSE (?channels=…)
 //	GET  /channels/:channel/history   a channel's buffered pushes
+//	GET  /pushes/subscribe            the caller's pushes as SSE
+//	GET  /pushes/poll                 the caller's pushes as a long poll
+//	POST /acks                        an ack of a push received over HTTP
 //
-// The last six are mounted once per group, whether by Register or by
+// The last nine are mounted once per group, whether by Register or by
 // RegisterCollection (which may be called several times on one group);
-// "channels" is therefore not usable as a collection name with Register.
+// "channels" and "pushes" are therefore not usable as collection names
+// with Register.
 //
 // gin's router does not backtrack: when the app has its own routes under rg
 // such as GET /posts/:id, use RegisterCollection for those collections.
@@ -69,6 +73,9 @@ func (p *Plugin) mountGroup(rg gin.IRoutes) {
 	p.publishRoute(rg, http.MethodGet, "/presence/:user", p.handleUserPresence)
 	rg.GET("/channels/subscribe", p.handleChannelSubscribe)
 	rg.GET("/channels/:channel/history", p.handleChannelHistory)
+	rg.GET("/pushes/subscribe", p.handlePushSubscribe)
+	rg.GET("/pushes/poll", p.handlePushPoll)
+	rg.POST("/acks", p.handleAck)
 }
 
 // publishRoute mounts a publish endpoint (publish scope: record events,

@@ -8,8 +8,9 @@ import (
 )
 
 // Push targets (PROTOCOL.md §7, §8): the connections a push can reach. A
-// WebSocket and an SSE channel stream are two kinds of one target; each
-// queues its pushes to its conn, whose transport encodes them.
+// WebSocket, an SSE channel stream, an SSE pushes stream and a pushes long
+// poll (pushes_http.go) are kinds of one target; each queues its pushes to
+// its conn, whose transport encodes them.
 
 // userKey names one user of one tenant.
 type userKey struct{ tenant, user string }
@@ -19,11 +20,15 @@ type target struct {
 	id    string
 	ident *Identity // its tenant and user
 	c     *conn
-	// all: it receives user pushes and broadcasts (a WebSocket); else
-	// channel pushes only (an SSE channel stream).
+	// all: it receives user pushes and broadcasts (a WebSocket, a pushes
+	// stream or poll); else channel pushes only (an SSE channel stream).
 	all bool
-	// acks: its acks are awaited by Notify (a WebSocket).
-	acks bool
+	// acks: its acks are awaited by Notify (a WebSocket, a pushes stream
+	// or poll); httpAcks: they come by POST {base}/acks, from its user
+	// rather than its connection (acks.go).
+	acks, httpAcks bool
+	// present: it counts in presence (a WebSocket, a pushes stream).
+	present bool
 
 	// Guarded by the registry's lock. channels is sorted (a handful per
 	// target: a slice costs less than a map).
@@ -94,8 +99,8 @@ func (t *target) subscribedTo(channel string) bool {
 // open registers t for pushes from every node: the broker brings this
 // node its tenant's and its user's topics (before any replay is read: no
 // gap), then t enters the registry with patterns and, under its lock,
-// first runs (a WebSocket's connected frame). False once closed (the
-// listens are undone).
+// first runs (the connected frame). False once closed (the listens are
+// undone).
 func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 	n := ps.p.node
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -106,7 +111,7 @@ func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 			ps.p.log.Warn("realtime: broker listen failed", "err", err)
 		}
 	}
-	if t.acks {
+	if t.present {
 		n.present(t)
 	}
 	if !ps.reg.add(t, patterns, first) {
@@ -116,7 +121,7 @@ func (ps *pushes) open(t *target, patterns []string, first func()) bool {
 	return true
 }
 
-// close undoes open, once (slot: t holds a WebSocket slot to release).
+// close undoes open, once (slot: t holds a slot to release).
 func (ps *pushes) close(t *target, slot bool) {
 	ps.reg.remove(t, slot)
 	ps.unlisten(t)
@@ -130,7 +135,7 @@ func (ps *pushes) unlisten(t *target) {
 		_ = n.b.Unlisten(ctx, topicTenant(tenant))
 		_ = n.b.Unlisten(ctx, topicUser(tenant, user))
 	})
-	if t.acks {
+	if t.present {
 		n.absent(t)
 	}
 }

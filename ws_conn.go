@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"net"
@@ -50,6 +49,12 @@ type wsConn struct {
 	inbox     [][]byte
 	inRunning bool
 	inClosed  bool
+
+	// The read loop's own: the message budget (ws_messages.go), and
+	// refused once a frame over it (or not UTF-8) has closed the
+	// connection: later frames are dropped.
+	bucket  tokenBucket
+	refused bool
 }
 
 // wsInboxMax bounds the frames a connection's read loop queues before it
@@ -62,7 +67,7 @@ func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout, pongWait: p.cfg.WSPongWait}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
 	wc.c.ident = ident
-	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true}
+	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true, present: true}
 	return wc
 }
 
@@ -82,14 +87,7 @@ func (c *wsConn) start(nc net.Conn) {
 		return
 	}
 	c.c.setReady()
-	connected := func() {
-		c.sendJSON(struct {
-			Type         string `json:"type"`
-			ConnectionID string `json:"connectionId"`
-			User         string `json:"user"`
-			Tenant       string `json:"tenant"`
-		}{"connected", c.id, c.ident.User, c.ident.Tenant})
-	}
+	connected := func() { c.send(connectedJSON(c.id, c.ident)) }
 	if !p.pushes.open(c.tg, nil, connected) {
 		c.closeWith(closeGoingAway, "server closing")
 		return
@@ -123,14 +121,22 @@ func (c *wsConn) closeWith(code int, reason string) {
 	}
 }
 
-// expire closes a connection whose token expired with 1008.
-func (t *wsTransport) expire(c *conn) {
-	c.mu.Lock()
-	kick := t.closeWithLocked(c, closePolicyViolation, "token expired")
-	c.mu.Unlock()
-	if kick {
-		c.kick()
+// expireLocked closes a connection whose token expired with 1008, ahead
+// of its queued frames and of any ping or pong (c.mu held).
+func (t *wsTransport) expireLocked(c *conn) bool {
+	if t.ended || c.state == connClosed {
+		return false
 	}
+	t.pingDue, t.pongs = false, nil
+	if c.state == connEnding {
+		// A clean end (1001) was decided: the token's end replaces it.
+		t.ended, t.code, t.reason = true, closePolicyViolation, "token expired"
+		c.sealed = true
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		return c.scheduleLocked()
+	}
+	return t.closeWithLocked(c, closePolicyViolation, "token expired")
 }
 
 // clientClosed answers a client's close frame (from the read loop): when
@@ -154,8 +160,12 @@ func (c *wsConn) clientClosed(code int) {
 	_, _ = c.wt.nc.Write(appendWSFrame(nil, opClose, body))
 }
 
-// receive queues one client frame for handling (from the read loop).
+// receive queues one client text frame for handling (from the read
+// loop), once it passed the limits (admit).
 func (c *wsConn) receive(b []byte) {
+	if !c.admit(b, true) {
+		return
+	}
 	c.inMu.Lock()
 	if c.inDone.L == nil {
 		c.inDone.L = &c.inMu
@@ -225,15 +235,12 @@ func (c *wsConn) sendJSON(v any) bool {
 	return c.send(b)
 }
 
-// wsIn is a client → server message.
-type wsIn struct {
-	Type       string            `json:"type"`
-	Channels   []string          `json:"channels"`
-	Filters    []json.RawMessage `json:"filters"`
-	Records    json.RawMessage   `json:"records"`
-	Since      json.RawMessage   `json:"since"`
-	EnvelopeID string            `json:"envelopeId"`
-	Result     json.RawMessage   `json:"result"`
+// receiveBinary answers a binary frame (from the read loop): counted
+// like every message, refused.
+func (c *wsConn) receiveBinary() {
+	if c.admit(nil, false) {
+		c.badInput("binary frames are not supported")
+	}
 }
 
 type wsError struct {
@@ -256,27 +263,22 @@ func (c *wsConn) badInput(msg string) {
 
 // handle serves one text frame from the client.
 func (c *wsConn) handle(raw []byte) {
-	trimmed := bytes.TrimSpace(raw)
-	if bytes.EqualFold(trimmed, []byte("ping")) {
-		c.send(pongFrame)
-		return
-	}
-	var m wsIn
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &m) != nil {
-		c.badInput("a frame must be one JSON object")
+	m, err := parseWSMessage(raw)
+	if err != nil {
+		c.badInput(publicMessage(err))
 		return
 	}
 	switch m.Type {
-	case "ping":
+	case wsTypePing:
 		c.send(pongFrame)
-	case "subscribe", "unsubscribe":
+	case wsTypeSubscribe, wsTypeUnsubscribe:
 		c.handleSubscribe(&m)
-	case "ack":
-		if m.EnvelopeID == "" {
-			c.badInput("ack needs an envelopeId")
-			return
-		}
+	case wsTypeAck:
 		c.ws.p.acks.receive(m.EnvelopeID, c.id, c.ident.User, m.Result)
+	case wsTypeRefresh:
+		c.handleRefresh(&m)
+	case wsTypePublish:
+		c.handlePublish(&m)
 	default:
 		c.badInput("unknown message type")
 	}
@@ -287,17 +289,17 @@ func (c *wsConn) handle(raw []byte) {
 func (c *wsConn) handleSubscribe(m *wsIn) {
 	p := c.ws.p
 	reg := p.pushes.reg
-	sub := m.Type == "subscribe"
-	hasRecords := len(m.Records) > 0 && !bytes.Equal(m.Records, []byte("null"))
+	sub := m.Type == wsTypeSubscribe
+	hasRecords := m.Records != nil
 	var reqs []wsRecordReq
 	if hasRecords {
 		var err error
-		if reqs, err = c.parseRecords(m.Records, sub); err != nil {
+		if reqs, err = c.checkRecords(m.Records, sub); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
 	}
-	hasSince := sub && len(m.Since) > 0 && !bytes.Equal(m.Since, []byte("null"))
+	hasSince := sub && m.Since != nil
 	if m.Channels == nil && m.Filters == nil {
 		switch {
 		case hasSince:
@@ -332,7 +334,7 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 	var since map[string]string
 	if hasSince {
 		var err error
-		if since, err = parseSince(m.Since, m.Channels); err != nil {
+		if since, err = checkSince(m.Since, m.Channels); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"net"
 	"time"
-	"unicode/utf8"
 )
 
 // The WebSocket's read side (RFC 6455 §5). melody upgrades the connection
@@ -16,12 +15,6 @@ import (
 // no read buffer: its payloads are allocated per message. (melody would
 // keep a write goroutine with a ticker per connection, and gorilla a read
 // buffer, for nothing the plugin needs.)
-
-// Close codes of the read side (RFC 6455 §7.4.1).
-const (
-	closeProtocolError = 1002
-	closeInvalidData   = 1007 // a text message that is not UTF-8
-)
 
 // wsOp is a frame's opcode.
 const (
@@ -143,22 +136,22 @@ func (c *wsConn) readFrame(nc net.Conn, hdr [2]byte, st *frameState) bool {
 	return true
 }
 
-// dispatch hands a whole message to the connection; false when it closed
-// the connection (a text that is not UTF-8).
+// dispatch hands a whole message to the connection, through its limits
+// (admit: the message rate, UTF-8); false when they closed the connection
+// (the rest of the client's input is then drained).
 func (c *wsConn) dispatch(nc net.Conn, op byte, data []byte) bool {
 	if !c.c.open() {
 		return true // closing: what the client still sends is discarded
 	}
 	if op == opBinary {
-		c.badInput("binary frames are not supported")
-		return true
+		c.receiveBinary()
+	} else {
+		c.receive(data)
 	}
-	if !utf8.Valid(data) {
-		c.closeWith(closeInvalidData, "invalid UTF-8")
+	if c.refused {
 		drain(nc)
 		return false
 	}
-	c.receive(data)
 	return true
 }
 

@@ -39,13 +39,10 @@ func recordErrorFrame(code string, key StreamKey) []byte {
 	return b
 }
 
-// parseRecords decodes and validates a message's records. For a subscribe
-// it also checks the per-connection limit (Config.WSMaxRecords).
-func (c *wsConn) parseRecords(raw json.RawMessage, sub bool) ([]wsRecordReq, error) {
-	var reqs []wsRecordReq
-	if err := json.Unmarshal(raw, &reqs); err != nil {
-		return nil, badRequest("records must be a list of {collection, id, lastEventId}")
-	}
+// checkRecords validates a message's records (decoded by
+// parseWSMessage), without duplicates. For a subscribe it also checks the
+// per-connection limit (Config.WSMaxRecords).
+func (c *wsConn) checkRecords(reqs []wsRecordReq, sub bool) ([]wsRecordReq, error) {
 	max := c.ws.p.cfg.WSMaxRecords
 	if len(reqs) > max {
 		return nil, badRequest("too many records")

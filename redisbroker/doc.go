@@ -180,11 +180,15 @@
 //	{"type":"publish","tenant":"t1","collection":"posts","id":"42",
 //	 "event":"changed","data":{"id":"42","title":"Hello"},"etag":"\"v7\""}
 //
-// type is required; tenant defaults to "default"; the other fields mean
-// what they mean over HTTP and are checked the same way (the plugin's
-// Notify and Publish do it). awaitAcks is refused (nobody waits for the
-// answer), and so are the fields of the other type. Other fields of the
-// entry are ignored (and kept in a dead letter). From redis-cli:
+// type is required; tenant defaults to "default"; a push's event defaults
+// to "message"; the other fields mean what they mean over HTTP and are
+// checked the same way (the plugin's Notify and Publish do it). The JSON is
+// read as strictly as an HTTP body (PROTOCOL.md §1): an unknown field (or a
+// field spelt in another case) or a value of the wrong type dead-letters
+// the request with a reason naming it (`request: unknown field
+// "exclude_users"`). awaitAcks is refused (nobody waits for the answer),
+// and so are the fields of the other type. Other fields of the entry are
+// ignored (and kept in a dead letter). From redis-cli:
 //
 //	redis-cli XADD rt:queue '*' request '{"type":"notify","tenant":"t1","channel":"orders.new","event":"order_created","data":{"order_id":123}}'
 //
@@ -205,7 +209,7 @@
 // nothing orders requests of different batches read by different nodes, or
 // a retried request against later ones.
 //
-// Failures. A request that is bad (not JSON, unknown type, a check the
+// Failures. A request that is bad (not JSON, an unknown field or type, a check the
 // plugin fails with realtime.ErrBadRequest) is written to the dead-letter
 // stream (QueueConfig.DeadLetter, "rt:queue:dead") at once and acknowledged:
 // it blocks nothing. Any other failure (realtime.ErrUnavailable while the

@@ -123,8 +123,10 @@ func newApp(cfg appConfig) (*app, error) {
 		},
 		Authorize: a.authorize,
 		Logger:    log,
-		// user.<sub> channels are private to their user (channels.go).
+		// user.<sub> channels are private to their user; browsers may
+		// publish on chat.<room> channels (channels.go).
 		AuthorizeChannel: authorizeChannel,
+		ClientPublish:    true,
 		// Dashboards on these origins may publish and notify from a browser.
 		CORSAllowedOrigins: cfg.CORSOrigins,
 	}

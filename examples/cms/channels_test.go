@@ -33,4 +33,21 @@ func TestAuthorizeChannel(t *testing.T) {
 			t.Errorf("%s on %s: %v, want allowed=%v", c.user, c.channel, err, c.ok)
 		}
 	}
+	// Browsers publish on chat.<room> only.
+	for _, c := range []struct {
+		user, channel string
+		ok            bool
+	}{
+		{"123", "chat.room1", true},
+		{"123", "chat.room1.thread", true},
+		{"123", "user.123", false},
+		{"123", "news", false},
+		{"123", "announce.release", false},
+	} {
+		err := authorizeChannel(context.Background(), realtime.ChannelAccess{
+			Identity: &realtime.Identity{User: c.user}, Channel: c.channel, Op: realtime.ChannelOpPublish})
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, realtime.ErrForbidden)) {
+			t.Errorf("publish by %s on %s: %v, want allowed=%v", c.user, c.channel, err, c.ok)
+		}
+	}
 }

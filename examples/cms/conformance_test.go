@@ -17,11 +17,17 @@ import (
 //     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
 //     refusals closed with 4401, ping, bad input, channel wildcards,
 //     tenants, multicast, filters, acks with a silent connection,
-//     presence, 1009 on an oversize frame;
+//     presence, 1009 on an oversize frame, strict input, 1007 on invalid
+//     UTF-8, 1008 over the message rate, refresh, publishing from the
+//     socket;
 //   - channels.test.mjs, "ws" and "eventsource" on channels (§8): since
 //     resume and resync, an EventSource on channels/subscribe with
 //     wildcards and its Last-Event-ID resume through a cut connection,
 //     history oldest first, user 456 refused user.123 on all three paths;
+//   - pushes.test.mjs, "eventsource" on pushes/subscribe and fetch on
+//     pushes/poll and POST /acks (§8): user pushes, broadcasts and
+//     channels, acks over HTTP, resume through a cut connection, a
+//     socket's publish reaching a pushes stream;
 //   - client.test.mjs, the browser client (client/realtime.js) under
 //     Node with "ws" and "eventsource" injected: backoff schedule,
 //     resubscription after a dropped socket, resync → snapshot, restart,
