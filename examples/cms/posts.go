@@ -87,7 +87,7 @@ func notFound(c *gin.Context) { errorJSON(c, http.StatusNotFound, "not_found", "
 
 // internalError logs err and answers 500 without details.
 func (a *app) internalError(c *gin.Context, op string, err error) {
-	a.log.ErrorContext(c.Request.Context(), "cms: "+op+" failed", "path", c.Request.URL.Path, "err", err)
+	a.log.ErrorContext(c.Request.Context(), "cms: request failed", "op", op, "path", c.Request.URL.Path, "err", err)
 	errorJSON(c, http.StatusInternalServerError, "internal", "internal error")
 }
 

@@ -71,6 +71,11 @@ function notify(tenant, body) {
     body: JSON.stringify(body),
   }).then((r) => r.json());
 }
+// connections counts a user's connections in presence (sockets and pushes streams).
+async function connections(tenant, user) {
+  const res = await fetch(`${ex.url}/api/v1/presence/${user}`, { headers: { Authorization: `Bearer ${publisher(tenant)}` } });
+  return (await res.json()).connections;
+}
 
 // ---- pure functions ---------------------------------------------------------
 
@@ -329,6 +334,9 @@ for (const mode of ["sse", "poll"]) {
     await until(() => rt.transportInUse === "websocket" && rt._fb === null, "back on the WebSocket");
     assert.deepEqual(transports, [mode, "websocket"]);
     const wsConn = rt.connectionId;
+    // The server notices the fallback's stream ending when its connection
+    // closes: wait for it before counting.
+    await until(async () => (await connections(tenant, "hana")) === 1, "the fallback's stream to end on the server");
     r = await notify(tenant, { users: ["hana"], event: "direct", data: { n: 3 }, awaitAcks: "5s" });
     assert.deepEqual([r.delivered, r.acks[0].connectionId], [1, wsConn], "only the socket is left");
     const v3 = await patch(tok, post.id, { title: "f3" });
