@@ -98,9 +98,12 @@ func (p *Plugin) identify(c *gin.Context) (*Identity, bool) {
 	if id, ok := IdentityFrom(c); ok {
 		return id, true
 	}
-	id, err := p.auth.verify(p.auth.tokenFrom(c.Request))
+	raw := p.auth.tokenFrom(c.Request)
+	id, err := p.auth.verify(raw)
 	if err != nil {
-		p.log.Debug("realtime: token refused", "path", c.FullPath(), "remote", c.ClientIP(), "err", err)
+		why := tokenFailure(raw, err)
+		p.stats.authFailed(why)
+		p.log.Debug("realtime: token refused", "path", c.FullPath(), "remote", c.ClientIP(), "reason", authNames[why], "err", err)
 		writeError(c, err)
 		return nil, false
 	}
@@ -136,6 +139,7 @@ func (p *Plugin) publisher(c *gin.Context, op string) (*Identity, bool) {
 		return nil, false
 	}
 	if !ident.HasScope(ScopePublish) {
+		p.stats.authFailed(authScope)
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}

@@ -78,6 +78,7 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 
 	st := p.newSSEStream(c, ident)
+	st.c.kind = kindSSEChannel
 	t := &target{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ident: ident, c: st.c}
 	if !p.track(st.c) {
 		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))

@@ -2,6 +2,8 @@ package realtime
 
 import (
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // conn is the outgoing side of one client connection: the bounded queue
@@ -33,6 +35,15 @@ type conn struct {
 	solo bool
 	// ident is the client's identity (its expiry ends the conn).
 	ident *Identity
+	// kind is the conn's transport, key the stream of a solo record or
+	// collection stream (nil otherwise): for Stats and logs (stats_conns.go).
+	kind connKind
+	key  *StreamKey
+	// frames counts the frames written (per batch, by the drainer); wrote
+	// is what the transport's last write wrote, read and reset by the
+	// drainer's meter (stats_meter.go).
+	frames atomic.Uint64
+	wrote  int
 
 	mu        sync.Mutex
 	ready     bool // the transport can write: until then nothing is kicked
@@ -44,6 +55,9 @@ type conn struct {
 	signal    bool  // the transport has something of its own to write (a ping)
 	cause     error // why it closed
 	done      chan struct{}
+
+	why    endReason // why it ended, when decided before it closed (expired, revoked)
+	opened int64     // when tracked (monotonic nanoseconds, stats_conns.go)
 }
 
 // connState is a conn's life: open, ending (write what is queued, then end
@@ -82,6 +96,7 @@ type out struct {
 	frame []byte        // a WebSocket message (answers, errors)
 	push  *localPush    // a push (§7): its envelope, encoded per transport
 	sub   *subscription // the record subscription ev belongs to: re-checked before it is written
+	live  bool          // ev was delivered live (not read back from a buffer): its latency is metered
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
@@ -301,19 +316,35 @@ const roundsBatch = 8
 // over (closed). On the writer pool it yields after roundsBatch rounds
 // (yield true: c stays scheduled and is put back on the pool).
 func (c *conn) drain(yield bool) (over bool) {
+	var t tally
+	over = c.drainMetered(yield, &t, time.Time{})
+	t.flush(&c.pool.meter)
+	return over
+}
+
+// drainMetered is drain, metering each write into t (stats_meter.go); now
+// is the drainer's clock reading when it took c (zero: read when needed).
+func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 	for round := 0; ; round++ {
 		batch, state, sig := c.take()
 		if state == connClosed {
 			c.settle(batch)
 			return true
 		}
-		batch, end := checkFrames(batch)
-		end = end || state == connEnding
+		batch, revoked := checkFrames(batch)
+		if revoked {
+			c.markEnd(endRevoked)
+		}
+		end := revoked || state == connEnding
 		if err := c.t.write(c, batch, end, sig); err != nil {
 			c.settle(batch)
 			c.close(err)
 			return true
 		}
+		if round > 0 {
+			now = time.Time{} // stale after a write: read again when needed
+		}
+		now = t.add(c, batch, now)
 		if end {
 			c.settle(batch)
 			c.close(ErrClosed)

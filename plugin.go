@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -30,6 +29,7 @@ type Plugin struct {
 	acks    *ackBoard
 	pool    *writerPool
 	ws      *wsServer
+	stats   *statsCounters // Stats (stats.go)
 	retry   []byte
 	cors    gin.HandlerFunc // nil without Config.CORSAllowedOrigins
 
@@ -60,6 +60,7 @@ func New(cfg Config) (*Plugin, error) {
 		cfg:     c,
 		log:     c.Logger,
 		auth:    newAuthenticator(&c),
+		stats:   newStatsCounters(),
 		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel},
 		retry:   retryFrame(c.Retry),
 		baseCtx: ctx,
@@ -80,11 +81,12 @@ func New(cfg Config) (*Plugin, error) {
 	p.node = newNode(p, p.broker)
 	p.acks = newAckBoard()
 	p.acks.node = p.node
+	p.acks.stats = p.stats
 	p.pushes = newPushes(p)
 	p.streams = &recordStreams{
 		hub: newHub(), broker: p.broker, buf: c.Buffer,
 		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
-		async: p.node.async,
+		async: p.node.async, stats: p.stats,
 	}
 	p.streams.resumer = newResumer(ctx, c.Writers)
 	p.streams.resumer.rs = p.streams
@@ -135,6 +137,7 @@ func (p *Plugin) track(c *conn) bool {
 	}
 	p.live[c] = struct{}{}
 	p.wg.Add(1)
+	p.connOpened(c)
 	return true
 }
 
@@ -147,13 +150,7 @@ func (p *Plugin) untrack(c *conn) {
 	if !ok {
 		return
 	}
-	if errors.Is(c.closeCause(), ErrSlowSubscriber) {
-		user := ""
-		if c.ident != nil {
-			user = c.ident.User
-		}
-		p.log.Info("realtime: disconnected a subscriber that could not keep up; it resumes on reconnect", "user", user)
-	}
+	p.connClosed(c)
 	p.wg.Done()
 }
 
@@ -246,6 +243,7 @@ func (p *Plugin) expired(c *conn, now time.Time) bool {
 	if id == nil || id.Expires.IsZero() || !now.After(id.Expires.Add(p.cfg.JWTLeeway)) {
 		return false
 	}
+	c.markEnd(endExpired)
 	if e, ok := c.t.(expirer); ok {
 		e.expire(c)
 	} else {

@@ -111,6 +111,7 @@ func (s *subscription) admitLocked(o out) bool {
 		case ev.Version > s.version+1:
 			// Versions were missed: resume from the last one sent (the
 			// resume reads this one back from the buffer, or its successor).
+			s.streams.stats.resync(resyncVersionJump, 1)
 			s.resumeLocked(resyncEvent)
 			return false
 		}

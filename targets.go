@@ -114,6 +114,8 @@ type registry struct {
 	userSlots map[userKey]int
 	tenants   map[string]*tenantTargets
 	closed    bool
+	// nchan counts the channel patterns of every target (Stats).
+	nchan int
 }
 
 func newRegistry() *registry {
@@ -205,6 +207,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	if t.acks {
 		r.sockets[t.id] = t
 	}
+	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if t.channels == nil {
 			t.channels = make(map[string]struct{}, len(patterns))
@@ -243,6 +246,7 @@ func (r *registry) remove(t *target, slot bool) {
 			if r.sockets[t.id] == t {
 				delete(r.sockets, t.id)
 			}
+			r.nchan -= len(t.channels)
 			t.channels = nil
 			t.filters = nil
 		}
@@ -292,6 +296,7 @@ func (r *registry) subscribe(t *target, patterns []string, max int) ([]string, e
 		t.channels = make(map[string]struct{}, len(patterns))
 	}
 	ts := r.tenant(t.tenant)
+	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if _, ok := t.channels[p]; ok {
 			continue
@@ -312,6 +317,7 @@ func (r *registry) unsubscribe(t *target, patterns []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ts := r.tenants[t.tenant]; ts != nil && r.registeredLocked(t) {
+		defer r.countChannels(t, len(t.channels))
 		for _, p := range patterns {
 			if _, ok := t.channels[p]; ok {
 				delete(t.channels, p)

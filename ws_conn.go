@@ -59,6 +59,7 @@ func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
 	wc.c.ident = ident
+	wc.c.kind = kindWebSocket
 	wc.tg = &target{id: wc.id, tenant: ident.Tenant, user: ident.User, ident: ident, c: wc.c, all: true, acks: true}
 	return wc
 }
