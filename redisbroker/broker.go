@@ -49,6 +49,7 @@ type Broker struct {
 	tried   bool
 	healthy bool // last state reported to Node.Health
 	seq     int  // sessions opened
+	counts  linkCounts // catch-ups (stats.go)
 
 	stop   chan struct{}
 	ctx    context.Context // ended by Stop: the link's commands
