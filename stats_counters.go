@@ -36,6 +36,8 @@ type statsCounters struct {
 	outageEnd   time.Time
 
 	sources statsSources
+	// gapLog limits the Warn lines of broker gaps (stats_resync.go).
+	gapLog logLimiter
 }
 
 func newStatsCounters() *statsCounters {

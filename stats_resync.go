@@ -30,7 +30,10 @@ func (rs *recordStreams) gapped(key StreamKey, n int) {
 	if n == 0 {
 		return
 	}
-	if ok, suppressed := gapLog.allow(time.Now()); ok {
+	if rs.stats == nil {
+		return
+	}
+	if ok, suppressed := rs.stats.gapLog.allow(time.Now()); ok {
 		rs.log.LogAttrs(context.Background(), slog.LevelWarn, "realtime: broker gap: subscribers resync",
 			slog.String("tenant", key.Tenant), slog.String("collection", key.Collection), slog.String("id", key.ID),
 			slog.Int("subscriptions", n), slog.Int("suppressed", suppressed))
@@ -47,8 +50,6 @@ type logLimiter struct {
 	n          int
 	suppressed int
 }
-
-var gapLog logLimiter
 
 // allow reports whether a line may be logged at now, and how many were
 // held back since the last one logged.
