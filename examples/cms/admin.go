@@ -82,6 +82,22 @@ func startAdmin(cfg opsConfig, a *app, log *slog.Logger) (*adminServer, error) {
 	return s, nil
 }
 
+// startAdminFor starts the admin listener cfg asks for: none without an
+// address; the default address taken (another instance on this host) is
+// logged and given up, an address named by ADMIN_ADDR that cannot be
+// listened on is an error.
+func startAdminFor(cfg opsConfig, a *app, log *slog.Logger) (*adminServer, error) {
+	if cfg.adminAddr == "" {
+		return nil, nil
+	}
+	s, err := startAdmin(cfg, a, log)
+	if err != nil && !cfg.adminSet {
+		log.Warn("cms: no admin listener: its default address is taken; set ADMIN_ADDR", "addr", cfg.adminAddr, "err", err)
+		return nil, nil
+	}
+	return s, err
+}
+
 // Addr is the admin listener's address.
 func (s *adminServer) Addr() string { return s.ln.Addr().String() }
 

@@ -17,8 +17,11 @@ import (
 
 // opsConfig is what loadOpsEnv reads.
 type opsConfig struct {
-	// adminAddr is the admin listener's address ("": none).
+	// adminAddr is the admin listener's address ("": none); adminSet
+	// tells that ADMIN_ADDR named it (else it is the default, given up
+	// when taken: several instances on one host).
 	adminAddr string
+	adminSet  bool
 	// pprof mounts /debug/pprof/ on the admin listener.
 	pprof bool
 	// tenants is the number of tenants realtime_tenant_connections shows.
@@ -134,7 +137,7 @@ func loadOpsEnv(getenv func(string) string, cfg *envConfig) error {
 	case "off", "none":
 		ops.adminAddr = ""
 	default:
-		ops.adminAddr = v
+		ops.adminAddr, ops.adminSet = v, true
 	}
 	if v := getenv("ADMIN_PPROF"); v != "" {
 		b, err := strconv.ParseBool(v)

@@ -214,12 +214,10 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 		fmt.Fprintf(out, "\nJWT_SECRET is not set: using a random key. Dev token (sub \"dev\", tenant \"default\", scope \"publish\", valid %s):\n\n    http://%s/?token=%s\n\n", devTokenTTL, addr, cfg.devToken)
 	}
 
-	var admin *adminServer
-	if cfg.ops.adminAddr != "" {
-		if admin, err = startAdmin(cfg.ops, a, log); err != nil {
-			_ = ln.Close()
-			return errors.Join(err, a.Close(context.Background()))
-		}
+	admin, err := startAdminFor(cfg.ops, a, log)
+	if err != nil {
+		_ = ln.Close()
+		return errors.Join(err, a.Close(context.Background()))
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

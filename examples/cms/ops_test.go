@@ -145,3 +145,26 @@ func TestStatsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminAddressTaken: the default address taken (another instance on
+// this host) is given up with a warning; one named by ADMIN_ADDR is an error.
+func TestAdminAddressTaken(t *testing.T) {
+	e := newEnv(t)
+	taken, err := startAdmin(opsConfig{adminAddr: "127.0.0.1:0"}, e.app, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close(context.Background())
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	s, err := startAdminFor(opsConfig{adminAddr: taken.Addr()}, e.app, log)
+	if s != nil || err != nil || !strings.Contains(logs.String(), "no admin listener") {
+		t.Errorf("default address taken: %v %v, logs %q", s, err, logs.String())
+	}
+	if s, err := startAdminFor(opsConfig{adminAddr: taken.Addr(), adminSet: true}, e.app, log); s != nil || err == nil {
+		t.Errorf("ADMIN_ADDR taken: %v %v, want an error", s, err)
+	}
+	if s, err := startAdminFor(opsConfig{}, e.app, log); s != nil || err != nil {
+		t.Errorf("no address: %v %v", s, err)
+	}
+}
