@@ -96,7 +96,6 @@ type out struct {
 	frame []byte        // a WebSocket message (answers, errors)
 	push  *localPush    // a push (§7): its envelope, encoded per transport
 	sub   *subscription // the record subscription ev belongs to: re-checked before it is written
-	live  bool          // ev was delivered live (not read back from a buffer): its latency is metered
 }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {

@@ -122,8 +122,9 @@ type DeliveryStats struct {
 	// Writes are the writes: several frames queued for one connection
 	// leave in one write.
 	Writes PerTransport `json:"writes"`
-	// Latency is, for each live record event written, the time from its
-	// publish (Event.Time, on whichever node) to its write.
+	// Latency is, for each live record event written (published after its
+	// subscription began: not a replay, not a Loader snapshot), the time
+	// from its publish (Event.Time, on whichever node) to its write.
 	Latency Histogram `json:"latency"`
 	// Fanout is, for each record event the broker brought to this node,
 	// the time to queue it to every subscriber of the node.

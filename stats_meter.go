@@ -6,8 +6,8 @@ import (
 )
 
 // Delivery metering: frames, bytes and writes per transport, and the
-// publish-to-write latency of live record events, counted at no
-// measurable cost on the delivery path.
+// publish-to-write latency of live record events (metered), counted at
+// no measurable cost on the delivery path.
 //
 // Nothing is counted per frame in shared memory. The drainer of a conn
 // (conn.drainMetered) adds each write to a tally, a plain struct of its
@@ -100,7 +100,7 @@ func (t *tally) add(c *conn, batch []out, now time.Time) time.Time {
 			continue
 		}
 		n++
-		if o.live && !o.ev.Time.IsZero() {
+		if metered(o) {
 			if now.IsZero() {
 				now = time.Now()
 			}
@@ -122,6 +122,16 @@ func (t *tally) add(c *conn, batch []out, now time.Time) time.Time {
 		c.frames.Add(uint64(n))
 	}
 	return now
+}
+
+// metered reports whether o is a live record event, whose latency is
+// metered: a stream event (a position) of a subscription, published since
+// the subscription began. Not metered: a snapshot or tombstone from the
+// Loader (no position), events replayed from before the subscription,
+// resync frames and pushes (no Event.Time of a publish).
+func metered(o *out) bool {
+	s := o.sub
+	return s != nil && o.seq != 0 && o.ev != nil && !o.ev.Time.IsZero() && !o.ev.Time.Before(s.started)
 }
 
 // flush adds t to m and clears it.

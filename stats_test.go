@@ -489,8 +489,9 @@ func TestStatsConcurrent(t *testing.T) {
 // TestTallyAllocatesNothing: metering a write costs no allocation.
 func TestTallyAllocatesNothing(t *testing.T) {
 	c := &conn{kind: kindSSERecord}
+	s := &subscription{started: time.Now()}
 	ev := &Event{Type: EventChanged, Time: time.Now()}
-	batch := []out{{ev: ev, live: true}, {ev: keepaliveEvent}, {ev: ev}}
+	batch := []out{{ev: ev, seq: 7, sub: s}, {ev: keepaliveEvent}, {ev: ev}}
 	var tl tally
 	var m deliveryMeter
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -503,5 +504,8 @@ func TestTallyAllocatesNothing(t *testing.T) {
 	}
 	if m.frames[kindSSERecord].Load() != 2*1001 || m.bytes[kindSSERecord].Load() != 100*1001 {
 		t.Errorf("frames %d bytes %d", m.frames[kindSSERecord].Load(), m.bytes[kindSSERecord].Load())
+	}
+	if h := m.latency.snapshot(latencyBounds); h.Count != 1001 {
+		t.Errorf("%d latencies, want one per write (the event of the subscription)", h.Count)
 	}
 }

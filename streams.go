@@ -72,7 +72,7 @@ func (rs *recordStreams) detach(s *subscription) {
 func (rs *recordStreams) deliver(key StreamKey, e Entry) {
 	begin := time.Now()
 	sp := schedPool.Get().(*[]*conn)
-	sched := rs.hub.deliver(key, out{ev: e.Event, seq: e.Seq, live: true}, (*sp)[:0])
+	sched := rs.hub.deliver(key, out{ev: e.Event, seq: e.Seq}, (*sp)[:0])
 	kickAll(rs.pool, sched)
 	rs.stats.fanoutSince(begin)
 	clear(sched)
