@@ -509,3 +509,25 @@ func TestTallyAllocatesNothing(t *testing.T) {
 		t.Errorf("%d latencies, want one per write (the event of the subscription)", h.Count)
 	}
 }
+
+// BenchmarkDeliveryMeter is what metering adds to one write of one live
+// record event on a writer-pool worker: the tally (added to the shared
+// atomics every tallyJobs writes). Compare with the write itself (a
+// loopback write costs microseconds; BenchmarkPublish).
+func BenchmarkDeliveryMeter(b *testing.B) {
+	c := &conn{kind: kindSSERecord}
+	s := &subscription{started: time.Now()}
+	ev := &Event{Type: EventChanged, Time: time.Now()}
+	batch := []out{{ev: ev, seq: 7, sub: s}}
+	var tl tally
+	var m deliveryMeter
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		c.wrote = 180
+		tl.add(c, batch, now)
+		if tl.jobs++; tl.jobs >= tallyJobs {
+			tl.flush(&m)
+		}
+	}
+}
