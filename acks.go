@@ -24,7 +24,8 @@ import (
 // ackBoard holds the acks awaited by this node's Notify calls, by envelope
 // id, and the pushes this node delivered for other nodes that await acks.
 type ackBoard struct {
-	node *node
+	node  *node
+	stats *statsCounters
 
 	mu     sync.Mutex
 	waits  map[string]*ackWait
@@ -45,6 +46,7 @@ func newAckBoard() *ackBoard {
 // receive handles a connection's ack: for a push awaited on another node
 // it is forwarded there, else delivered here.
 func (b *ackBoard) receive(envelopeID, connID, user string, result json.RawMessage) {
+	b.stats.ackReceived()
 	if len(result) == 0 {
 		result = json.RawMessage("null")
 	}

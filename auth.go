@@ -162,6 +162,19 @@ func (a *authenticator) identityOf(r *http.Request) (*Identity, error) {
 	return &id, nil
 }
 
+// failure is why identifying r failed with err (AuthFailureStats; never
+// told to the client).
+func (a *authenticator) failure(r *http.Request, err error) authReason {
+	if a.identify != nil {
+		if errors.Is(err, ErrForbidden) || errors.Is(err, ErrUnavailable) {
+			return authOther
+		}
+		return authClaims
+	}
+	tok, _ := a.tokenFrom(r)
+	return tokenFailure(tok, err)
+}
+
 // VerifyToken verifies a raw JWT with the plugin's settings (keys, claim
 // mapping, identity rules) and returns its identity. Errors wrap
 // ErrUnauthorized (always, without a JWT key).
@@ -179,11 +192,13 @@ func (p *Plugin) authenticate(c *gin.Context, csrf bool) (*Identity, error) {
 	if !known {
 		var err error
 		if id, err = p.auth.identityOf(r); err != nil {
+			p.stats.authFailed(p.auth.failure(r, err))
 			return nil, fmt.Errorf("authenticate: %w", err)
 		}
 	}
 	if csrf {
 		if err := p.auth.origins.check(r, p.auth.ambient(r)); err != nil {
+			p.stats.authFailed(authOrigin)
 			return nil, fmt.Errorf("authenticate: %w", err)
 		}
 	}
@@ -267,6 +282,7 @@ func (p *Plugin) publisher(c *gin.Context, op string) (*Identity, bool) {
 		return nil, false
 	}
 	if !ident.HasScope(ScopePublish) {
+		p.stats.authFailed(authScope)
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}

@@ -91,6 +91,10 @@ type MemoryBuffer struct {
 	lru     list.List // of *memStream, front = most recently active
 	bytes   int64
 	seq     uint64 // last position handed out, shared by all streams
+	// entries are the events held; evictions those dropped early to keep
+	// MaxBytes (ReportStats).
+	entries   int
+	evictions uint64
 }
 
 var _ Buffer = (*MemoryBuffer)(nil)
@@ -159,16 +163,19 @@ func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 	s.entries = append(s.entries, Entry{Seq: s.headSeq, Event: ev})
 	s.bytes += sz
 	b.bytes += sz
+	b.entries++
 	b.trim(s)
 	for b.bytes > b.cfg.MaxBytes && b.lru.Len() > 1 {
 		victim := b.lru.Back().Value.(*memStream)
 		if victim == s {
 			break
 		}
+		b.evictions += uint64(len(victim.entries))
 		b.drop(victim)
 	}
 	if b.bytes > b.cfg.MaxBytes { // one stream alone over the cap: keep its newest
 		for len(s.entries) > 1 && b.bytes > b.cfg.MaxBytes {
+			b.evictions++
 			b.shift(s)
 		}
 	}
@@ -233,6 +240,7 @@ func (b *MemoryBuffer) shift(s *memStream) {
 	s.entries = s.entries[1:]
 	s.bytes -= sz
 	b.bytes -= sz
+	b.entries--
 	if len(s.entries) == 0 {
 		s.entries = nil
 	}
@@ -240,6 +248,7 @@ func (b *MemoryBuffer) shift(s *memStream) {
 
 func (b *MemoryBuffer) drop(s *memStream) {
 	b.bytes -= s.bytes
+	b.entries -= len(s.entries)
 	b.lru.Remove(s.elem)
 	delete(b.streams, s.key)
 }
@@ -299,4 +308,17 @@ func (b *MemoryBuffer) Stats() (streams int, bytes int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.streams), b.bytes
+}
+
+var _ StatsSource = (*MemoryBuffer)(nil)
+
+// ReportStats implements StatsSource: Stats.Buffer.
+func (b *MemoryBuffer) ReportStats(s *Stats) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.Buffer.Reported = true
+	s.Buffer.Streams += len(b.streams)
+	s.Buffer.Entries += b.entries
+	s.Buffer.Bytes += b.bytes
+	s.Buffer.Evictions += b.evictions
 }

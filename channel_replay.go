@@ -82,6 +82,7 @@ func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, 
 	if err != nil {
 		// Never an error the client cannot act on: it resyncs.
 		ps.p.log.Warn("realtime: channel buffer unavailable, resyncing the subscriber", "op", "channel replay", "err", err)
+		ps.p.stats.resync(resyncBufferMiss, 1)
 		return r
 	}
 	switch lk.Status {
@@ -95,6 +96,9 @@ func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, 
 				r.outs = append(r.outs, out{ev: bufferedPush(e), seq: e.Seq})
 			}
 		}
+	}
+	if !r.ok {
+		ps.p.stats.resync(resyncBufferMiss, 1)
 	}
 	return r
 }

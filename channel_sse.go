@@ -75,6 +75,7 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 
 	st := p.newSSEStream(c, ident)
+	st.c.kind = kindSSEChannel
 	t := &target{id: uuid.NewString(), ident: ident, c: st.c}
 	if err := p.admit(c, st.c); err != nil {
 		writeError(c, fmt.Errorf("channel subscribe: %w", err))

@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"math"
+	"net/http"
 	"runtime"
 	"time"
 

@@ -39,6 +39,15 @@ type conn struct {
 	// expiry heap, which keeps c's position in expIdx (under its lock).
 	expires atomic.Int64
 	expIdx  int
+	// kind is the conn's transport, key the stream of a solo record or
+	// collection stream (nil otherwise): for Stats and logs (stats_conns.go).
+	kind connKind
+	key  *StreamKey
+	// frames counts the frames written (per batch, by the drainer); wrote
+	// is what the transport's last write wrote, read and reset by the
+	// drainer's meter (stats_meter.go).
+	frames atomic.Uint64
+	wrote  int
 
 	mu        sync.Mutex
 	ready     bool // the transport can write: until then nothing is kicked
@@ -50,6 +59,9 @@ type conn struct {
 	signal    bool          // the transport has something of its own to write (a ping)
 	cause     error         // why it closed
 	done      chan struct{} // closed once closed; made on first use (doneChan)
+
+	why    endReason // why it ended, when decided before it closed (expired, revoked)
+	opened int64     // when tracked (monotonic nanoseconds, stats_conns.go)
 }
 
 // connState is a conn's life: open, ending (write what is queued, then end

@@ -132,6 +132,18 @@
 // outbox keeps the events of writes committed meanwhile and publishes them,
 // in order, once it is back.
 //
+// # Observability
+//
+// Stats returns the plugin's counters and gauges (connections by
+// transport and tenant, deliveries and their latency, resyncs and
+// disconnects by reason, authentication failures, acks, the broker's
+// state, the buffer, the writers), cheap enough to call on every scrape;
+// components outside it (redisbroker.Queue, gormhook.Hook) report through
+// AddStatsSource. Counting costs no lock and no allocation per delivered
+// frame. Package realtimeprom exposes Stats to Prometheus. Logs go to
+// Config.Logger: Debug for each connection's open and close, Warn for slow
+// subscribers disconnected and broker gaps.
+//
 // # Types
 //
 // Config configures a Plugin; Publication and Notification are what it

@@ -49,21 +49,44 @@ const roundsBatch = 8
 // (yield true: c stays scheduled and is put back on the pool). Past c's
 // deadline (its token expired) nothing queued is written: only the end.
 func (c *conn) drain(yield bool) (over bool) {
+	var t tally
+	over = c.drainMetered(yield, &t, time.Time{})
+	t.flush(&c.pool.meter)
+	return over
+}
+
+// drainMetered is drain, metering each write into t (stats_meter.go); now
+// is the drainer's clock reading when it took c (zero: read when needed).
+func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 	for round := 0; ; round++ {
+		if round > 0 {
+			now = time.Time{} // stale after a write: read again when needed
+		}
 		batch, state, sig := c.take()
 		if state == connClosed {
 			c.settle(batch)
 			return true
 		}
 		var end bool
-		if c.pastDeadline(time.Now().UnixNano()) {
-			c.mu.Lock()
-			c.expireLocked() // c is scheduled: no kick needed
-			c.mu.Unlock()
-			clear(batch)
-			batch, end = batch[:0], true
-		} else {
-			batch, end = checkFrames(batch)
+		if d := c.expires.Load(); d != 0 {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if now.UnixNano() > d {
+				c.mu.Lock()
+				c.expireLocked() // c is scheduled: no kick needed
+				c.mu.Unlock()
+				clear(batch)
+				batch, end = batch[:0], true
+			}
+		}
+		if !end {
+			var revoked bool
+			batch, revoked = checkFrames(batch)
+			if revoked {
+				c.markEnd(endRevoked)
+			}
+			end = revoked
 		}
 		end = end || state == connEnding
 		if err := c.t.write(c, batch, end, sig); err != nil {
@@ -71,6 +94,7 @@ func (c *conn) drain(yield bool) (over bool) {
 			c.close(err)
 			return true
 		}
+		now = t.add(c, batch, now)
 		if end {
 			c.settle(batch)
 			c.close(ErrClosed)

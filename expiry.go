@@ -144,6 +144,9 @@ func expireConn(c *conn) {
 // transport's (a WebSocket's close 1008), else a clean end. It reports
 // whether c must be kicked.
 func (c *conn) expireLocked() bool {
+	if c.why == endUnknown {
+		c.why = endExpired
+	}
 	if e, ok := c.t.(expirer); ok {
 		return e.expireLocked(c)
 	}

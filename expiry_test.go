@@ -212,7 +212,7 @@ func (r *recordingTransport) closed(*conn)     {}
 // frames are dropped and only the end is written.
 func TestExpiryCheckedBeforeEachWrite(t *testing.T) {
 	rt := &recordingTransport{}
-	c := newConn(rt, nil, 16, true)
+	c := newConn(rt, &writerPool{}, 16, true)
 	c.expires.Store(time.Now().Add(time.Hour).UnixNano())
 	c.setReady()
 	c.send(out{ev: keepaliveEvent})
@@ -232,7 +232,7 @@ func TestExpiryCheckedBeforeEachWrite(t *testing.T) {
 
 func TestExpiryHeap(t *testing.T) {
 	var x expiryHeap
-	mk := func() *conn { return newConn(&recordingTransport{}, nil, 1, true) }
+	mk := func() *conn { return newConn(&recordingTransport{}, &writerPool{}, 1, true) }
 	a, b, c, never := mk(), mk(), mk(), mk()
 	x.add(a, 30)
 	x.add(b, 10)

@@ -19,6 +19,9 @@ type hub struct {
 
 	mu   sync.RWMutex
 	subs map[StreamKey]*subList
+	// n counts the subscriptions and the streams, of records and of
+	// collections (Stats), under mu.
+	n hubCounts
 }
 
 type subList struct {
@@ -49,9 +52,11 @@ func (h *hub) attach(s *subscription) {
 	if l == nil {
 		l = &subList{}
 		h.subs[s.key] = l
+		h.n.add(s.key, 0, 1)
 	}
 	s.idx = len(l.subs)
 	l.subs = append(l.subs, s)
+	h.n.add(s.key, 1, 0)
 	h.mu.Unlock()
 	mu.Unlock()
 }
@@ -67,8 +72,10 @@ func (h *hub) detach(s *subscription) {
 		l.subs[s.idx].idx = s.idx
 		l.subs[last] = nil
 		l.subs = l.subs[:last]
+		h.n.add(s.key, -1, 0)
 		if len(l.subs) == 0 {
 			delete(h.subs, s.key)
+			h.n.add(s.key, 0, -1)
 		}
 	}
 	s.idx = -1

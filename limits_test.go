@@ -38,9 +38,12 @@ func TestMaxConnsPerIP(t *testing.T) {
 					t.Fatalf("round %d: %d slots held, want 3", round, held())
 				}
 				refusedPoll()
-				resp := getWith(t, chanSSEURL(srv, "news"), tok, nil)
-				if resp.StatusCode != http.StatusTooManyRequests {
-					t.Fatalf("a fourth stream: %d", resp.StatusCode)
+				for _, u := range []string{chanSSEURL(srv, "news"), pushesURL(srv, ""), srv.URL + "/api/v1/pushes/poll?timeout=0"} {
+					resp := getWith(t, u, tok, nil)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusTooManyRequests {
+						t.Fatalf("a fourth stream (%s): %d", u, resp.StatusCode)
+					}
 				}
 				expectRefusal(t, srv, tok, nil, closeTooManyConnections, "too_many_connections")
 				// One stream ends: a poll and then a WebSocket fit again.

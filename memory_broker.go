@@ -459,3 +459,13 @@ func (n *memoryNode) UserPresence(_ context.Context, tenant, user string) (int, 
 	}
 	return count, nil
 }
+
+var _ StatsSource = (*memoryNode)(nil)
+
+// ReportStats implements StatsSource: the engine's buffer, when it reports
+// itself (a MemoryBuffer does).
+func (n *memoryNode) ReportStats(s *Stats) {
+	if src, ok := n.m.buf.(StatsSource); ok {
+		src.ReportStats(s)
+	}
+}

@@ -266,6 +266,7 @@ func (h nodeHandle) Health(err error) {
 	was := n.health
 	n.health = err
 	n.healthMu.Unlock()
+	n.p.stats.brokerHealth(err)
 	switch {
 	case err != nil && was == nil:
 		n.p.log.Warn("realtime: broker unavailable", "err", err)

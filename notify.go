@@ -205,12 +205,14 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	if err != nil {
 		return NotifyResult{}, err
 	}
+	p.stats.pushed()
 	cw.await(ctx, nodes)
 	delivered, users, awaiting := cw.result()
 	res.Delivered, res.Users = delivered, users
 	if wait != nil && awaiting > 0 {
 		res.Acks = wait.wait(ctx, n.AwaitAcks, p.acks.closed)
 		res.TimedOut = awaiting - len(res.Acks)
+		p.stats.acksTimedOut(res.TimedOut)
 	}
 	return res, nil
 }
@@ -262,6 +264,8 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 // with their users.
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
+	begin := time.Now()
+	defer p.stats.pushFanoutSince(begin)
 	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
 	targets := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}

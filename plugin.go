@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -30,6 +29,7 @@ type Plugin struct {
 	acks    *ackBoard
 	pool    *writerPool
 	ws      *wsServer
+	stats   *statsCounters // Stats (stats.go)
 	retry   []byte
 	cors    gin.HandlerFunc // nil without Config.CORSAllowedOrigins
 
@@ -62,6 +62,7 @@ func New(cfg Config) (*Plugin, error) {
 		cfg:     c,
 		log:     c.Logger,
 		auth:    newAuthenticator(&c),
+		stats:   newStatsCounters(),
 		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel, clientPublish: c.ClientPublish},
 		retry:   retryFrame(c.Retry),
 		baseCtx: ctx,
@@ -83,11 +84,12 @@ func New(cfg Config) (*Plugin, error) {
 	p.node = newNode(p, p.broker)
 	p.acks = newAckBoard()
 	p.acks.node = p.node
+	p.acks.stats = p.stats
 	p.pushes = newPushes(p)
 	p.streams = &recordStreams{
 		hub: newHub(), broker: p.broker, buf: c.Buffer,
 		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
-		async: p.node.async,
+		async: p.node.async, stats: p.stats,
 	}
 	p.streams.resumer = newResumer(ctx, c.Writers)
 	p.streams.resumer.rs = p.streams
@@ -143,6 +145,7 @@ func (p *Plugin) trackSlot(c *conn, ipKey string) bool {
 	p.live[c] = ipKey
 	p.wg.Add(1)
 	p.expiry.add(c, deadlineOf(c.ident, p.cfg.JWTLeeway))
+	p.connOpened(c)
 	return true
 }
 
@@ -158,13 +161,7 @@ func (p *Plugin) untrack(c *conn) {
 	}
 	p.ips.release(ipKey)
 	p.expiry.remove(c)
-	if errors.Is(c.closeCause(), ErrSlowSubscriber) {
-		user := ""
-		if c.ident != nil {
-			user = c.ident.User
-		}
-		p.log.Info("realtime: disconnected a subscriber that could not keep up; it resumes on reconnect", "user", user)
-	}
+	p.connClosed(c)
 	p.wg.Done()
 }
 

@@ -53,6 +53,7 @@ func (p *Plugin) handlePoll(collection string) gin.HandlerFunc {
 		pc := newConn(t, p.pool, p.cfg.QueueSize, true)
 		pc.ident = ident
 		pc.solo = true
+		pc.kind, pc.key = kindPoll, &key
 		s := newSubscription(p.streams, key, ident, pc, true)
 		if err := p.admit(c, pc); err != nil {
 			writeError(c, fmt.Errorf("poll: %w", err))

@@ -55,6 +55,7 @@ func (p *Plugin) publisherRequest(c *gin.Context, op string, dst any) (*Identity
 		return nil, false
 	}
 	if !ident.HasScope(ScopePublish) {
+		p.stats.authFailed(authScope)
 		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
 		return nil, false
 	}

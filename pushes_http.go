@@ -150,10 +150,11 @@ func (p *Plugin) handlePushSubscribe(c *gin.Context) {
 		return
 	}
 	st := p.newSSEStream(c, ident)
+	st.c.kind = kindSSEPushes
 	t := newPushTarget(ident, st.c, q.filters, true)
-	if !p.track(st.c) {
+	if err := p.admit(c, st.c); err != nil {
 		p.pushes.reg.release(k)
-		writeError(c, fmt.Errorf("pushes: %w", ErrClosed))
+		writeError(c, fmt.Errorf("pushes: %w", err))
 		return
 	}
 	hold := q.lastID != ""
@@ -211,10 +212,11 @@ func (p *Plugin) handlePushPoll(c *gin.Context) {
 	pt := &pollTransport{lastID: q.lastID}
 	pc := newConn(pt, p.pool, p.cfg.QueueSize, true)
 	pc.ident = ident
+	pc.kind = kindPoll
 	t := newPushTarget(ident, pc, q.filters, false)
-	if !p.track(pc) {
+	if err := p.admit(c, pc); err != nil {
 		p.pushes.reg.release(k)
-		writeError(c, fmt.Errorf("pushes poll: %w", ErrClosed))
+		writeError(c, fmt.Errorf("pushes poll: %w", err))
 		return
 	}
 	hold := q.lastID != ""

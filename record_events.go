@@ -174,11 +174,15 @@ func (p *Plugin) publish(ctx context.Context, ev *Event, gap bool) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	if _, err := p.broker.AppendRecord(ctx, ev, gap); err != nil {
+	dup, err := p.broker.AppendRecord(ctx, ev, gap)
+	if err != nil {
 		if errors.Is(err, ErrOutOfOrder) {
 			return fmt.Errorf("broker: %w", err)
 		}
 		return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
+	}
+	if !dup {
+		p.stats.publishedEvent()
 	}
 	return nil
 }

@@ -30,6 +30,8 @@ type registry struct {
 	userSlots map[userKey]int
 	tenants   map[string]*tenantTargets
 	closed    bool
+	// nchan counts the channel patterns of every target (Stats).
+	nchan int
 }
 
 func newRegistry() *registry {
@@ -123,6 +125,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	if t.present {
 		r.sockets[t.id] = t
 	}
+	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if !t.hasChannel(p) {
 			i, _ := slices.BinarySearch(t.channels, p)
@@ -161,6 +164,7 @@ func (r *registry) remove(t *target, slot bool) {
 			if r.sockets[t.id] == t {
 				delete(r.sockets, t.id)
 			}
+			r.nchan -= len(t.channels)
 			t.channels = nil
 			t.filters = nil
 		}
@@ -207,6 +211,7 @@ func (r *registry) subscribe(t *target, patterns []string, max int) ([]string, e
 		return nil, badRequest("too many channels")
 	}
 	ts := r.tenant(t.ident.Tenant)
+	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if i, ok := slices.BinarySearch(t.channels, p); !ok {
 			t.channels = slices.Insert(t.channels, i, p)
@@ -226,6 +231,7 @@ func (r *registry) unsubscribe(t *target, patterns []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ts := r.tenants[t.ident.Tenant]; ts != nil && r.registeredLocked(t) {
+		defer r.countChannels(t, len(t.channels))
 		for _, p := range patterns {
 			if i, ok := slices.BinarySearch(t.channels, p); ok {
 				t.channels = slices.Delete(t.channels, i, i+1)

@@ -72,6 +72,7 @@ func validName(what, s string) error {
 // revoked.
 func (p *Plugin) serveRecordStream(c *gin.Context, key StreamKey, ident *Identity, lastID string) {
 	st := p.newSSEStream(c, ident)
+	st.c.kind, st.c.key = kindOfKey(key), &key
 	s := newSubscription(p.streams, key, ident, st.c, true)
 	if err := p.admit(c, st.c); err != nil {
 		writeError(c, fmt.Errorf("subscribe: %w", err))
@@ -271,7 +272,11 @@ func (t *sseTransport) write(c *conn, batch []out, end, _ bool) error {
 		if len(buf) == 0 {
 			return nil
 		}
-		return t.out(buf)
+		if err := t.out(buf); err != nil {
+			return err
+		}
+		c.wrote = len(buf)
+		return nil
 	}
 	start := chunkRoom
 	if n := len(buf) - chunkRoom; n > 0 {
@@ -290,7 +295,8 @@ func (t *sseTransport) write(c *conn, batch []out, end, _ bool) error {
 		return nil
 	}
 	t.renewDeadline()
-	_, err := t.nc.Write(buf[start:])
+	n, err := t.nc.Write(buf[start:])
+	c.wrote = n
 	return err
 }
 

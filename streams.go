@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // recordStreams is the record side of the plugin: this node's subscriptions
@@ -24,6 +25,7 @@ type recordStreams struct {
 	async   func(op func(context.Context)) // broker calls off the caller's goroutine
 	// multiplexed counts the WebSocket record subscriptions (Subscribers).
 	multiplexed atomic.Int64
+	stats       *statsCounters
 }
 
 // subscribe starts s (holding, from newSubscription): the broker delivers
@@ -37,6 +39,9 @@ func (rs *recordStreams) subscribe(ctx context.Context, s *subscription, lastID 
 	if err != nil {
 		rs.detach(s)
 		return start{}, err
+	}
+	if startsWithResync(st) {
+		rs.stats.resync(resyncBufferMiss, 1)
 	}
 	return st, nil
 }
@@ -65,9 +70,11 @@ func (rs *recordStreams) detach(s *subscription) {
 // deliver hands a stream's event to this node's subscriptions of it (from
 // the broker, in stream order).
 func (rs *recordStreams) deliver(key StreamKey, e Entry) {
+	begin := time.Now()
 	sp := schedPool.Get().(*[]*conn)
 	sched := rs.hub.deliver(key, out{ev: e.Event, seq: e.Seq}, (*sp)[:0])
 	kickAll(rs.pool, sched)
+	rs.stats.fanoutSince(begin)
 	clear(sched)
 	*sp = sched[:0]
 	schedPool.Put(sp)
@@ -81,7 +88,9 @@ var schedPool = sync.Pool{New: func() any { s := make([]*conn, 0, 256); return &
 // frame (their clients refetch the list).
 func (rs *recordStreams) gap(key StreamKey) {
 	var sched []*conn
+	n := 0
 	rs.hub.each(key, func(s *subscription) {
+		n++
 		if key.ID != "" {
 			s.resume(resyncEvent)
 			return
@@ -91,6 +100,7 @@ func (rs *recordStreams) gap(key StreamKey) {
 		}
 	})
 	kickAll(rs.pool, sched)
+	rs.gapped(key, n)
 }
 
 // resyncCollection tells this node's subscriptions of a tenant's collection
@@ -102,7 +112,9 @@ func (rs *recordStreams) gap(key StreamKey) {
 func (rs *recordStreams) resyncCollection(tenant, collection string) {
 	ev := bulkResync
 	var sched []*conn
-	for _, s := range rs.hub.collect(tenant, collection) {
+	subs := rs.hub.collect(tenant, collection)
+	rs.stats.resync(resyncBulkWrite, len(subs))
+	for _, s := range subs {
 		if s.key.ID != "" {
 			s.resume(ev)
 			continue

@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"sync/atomic"
+	"time"
 )
 
 // subscription is one client following one stream: a record's (key.ID
@@ -41,6 +42,9 @@ type subscription struct {
 	solo bool
 	drop func(*subscription) // multiplexed: called once when revoked
 	idx  int                 // position in the hub's list, under the key's stripe
+	// started is when the subscription began: the events published since
+	// are metered for their delivery latency (stats_meter.go).
+	started time.Time
 	// watched is set while the broker delivers key's events for it; detach
 	// undoes it once.
 	watched atomic.Bool
@@ -56,7 +60,7 @@ type subscription struct {
 }
 
 func newSubscription(rs *recordStreams, key StreamKey, ident *Identity, c *conn, solo bool) *subscription {
-	return &subscription{streams: rs, key: key, ident: ident, c: c, solo: solo, idx: -1, holding: true}
+	return &subscription{streams: rs, key: key, ident: ident, c: c, solo: solo, idx: -1, holding: true, started: time.Now()}
 }
 
 // offer queues a live event (c.mu not held); it reports whether c must be
@@ -110,6 +114,7 @@ func (s *subscription) admitLocked(o out) bool {
 		case ev.Version > s.version+1:
 			// Versions were missed: resume from the last one sent (the
 			// resume reads this one back from the buffer, or its successor).
+			s.streams.stats.resync(resyncVersionJump, 1)
 			s.resumeLocked(resyncEvent)
 			return false
 		}

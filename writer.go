@@ -35,6 +35,11 @@ type writerPool struct {
 	wg     sync.WaitGroup
 	stop   chan struct{}
 	epoch  time.Time
+
+	// meter counts what the drainers wrote (stats_meter.go): each worker
+	// tallies its writes in a tally of its own and adds it here every
+	// tallyJobs jobs and before it waits.
+	meter deliveryMeter
 }
 
 // workerSlot tells since when (monotonic nanoseconds since the pool
@@ -86,6 +91,7 @@ func (w *writerPool) supervise() {
 		if len(w.ready) > w.head && w.idle == 0 && w.extra < maxExtraWriters {
 			if k := min(w.n-w.ableLocked(nil), maxExtraWriters-w.extra); k > 0 {
 				w.extra += k
+				w.meter.stalls.Add(uint64(k))
 				w.wg.Add(k)
 				for range k {
 					slot := &workerSlot{}
@@ -170,11 +176,13 @@ func (w *writerPool) addMany(list []*conn) {
 }
 
 // next waits for a job. An extra worker retires instead of waiting when n
-// other workers are able to write, or the pool is closed.
-func (w *writerPool) next(slot *workerSlot, extra bool) (*conn, bool) {
+// other workers are able to write, or the pool is closed. The worker's
+// tally is added to the meter before it waits.
+func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.head == len(w.ready) {
+		t.flush(&w.meter)
 		if extra && (w.closed || w.ableLocked(slot) >= w.n) {
 			w.retireLocked(slot)
 			return nil, false
@@ -209,13 +217,19 @@ func (w *writerPool) close() {
 // run is one worker: it drains the conns it is handed until the pool closes.
 func (w *writerPool) run(slot *workerSlot, extra bool) {
 	defer w.wg.Done()
+	var t tally
+	defer t.flush(&w.meter)
 	for {
-		c, ok := w.next(slot, extra)
+		c, ok := w.next(slot, extra, &t)
 		if !ok {
 			return
 		}
-		slot.since.Store(w.now())
-		c.drain(true)
+		now := time.Now() // one clock reading: the stall supervisor's and the meter's
+		slot.since.Store(int64(now.Sub(w.epoch)) + 1)
+		c.drainMetered(true, &t, now)
 		slot.since.Store(0)
+		if t.jobs++; t.jobs >= tallyJobs {
+			t.flush(&w.meter)
+		}
 	}
 }

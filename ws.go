@@ -101,6 +101,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	// The Origin first: a page of another site gets 403 whatever
 	// credentials its browser attached (cookies included).
 	if !w.originAllowed(c.Request) {
+		p.stats.authFailed(authOrigin)
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
 		return
 	}

@@ -67,6 +67,7 @@ func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout, pongWait: p.cfg.WSPongWait}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
 	wc.c.ident = ident
+	wc.c.kind = kindWebSocket
 	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true, present: true}
 	return wc
 }

@@ -89,7 +89,8 @@ func (t *wsTransport) write(c *conn, batch []out, end, signal bool) error {
 		return nil
 	}
 	t.renewDeadline()
-	_, err := t.nc.Write(buf)
+	n, err := t.nc.Write(buf)
+	c.wrote = n
 	return err
 }
 

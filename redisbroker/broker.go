@@ -49,6 +49,8 @@ type Broker struct {
 	tried   bool
 	healthy bool // last state reported to Node.Health
 	seq     int  // sessions opened
+	// counts are the link's catch-ups (stats.go).
+	counts linkCounts
 
 	stop   chan struct{}
 	ctx    context.Context // ended by Stop: the link's commands

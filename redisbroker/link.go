@@ -301,6 +301,7 @@ func (b *Broker) linkDown(s *session, err error) bool {
 	report := b.healthy && !b.stopped
 	if report {
 		b.healthy = false
+		b.counts.down(time.Now())
 	}
 	node := b.node
 	b.mu.Unlock()
@@ -325,6 +326,9 @@ func (b *Broker) linkUp(s *session) {
 	b.linkCh = make(chan struct{})
 	report := !b.healthy
 	b.healthy = true
+	if report {
+		b.counts.caughtUp(time.Now())
+	}
 	node := b.node
 	b.mu.Unlock()
 	if report {

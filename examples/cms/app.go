@@ -48,6 +48,9 @@ type appConfig struct {
 	// CORSOrigins may call the publish API from a browser
 	// (realtime.Config.CORSAllowedOrigins). Default: none.
 	CORSOrigins []string
+	// Tune, when set, adjusts the plugin's settings (from the environment:
+	// env.go). Default: the plugin's defaults.
+	Tune func(*realtime.Config)
 }
 
 // app is the CMS: a gin engine with the posts API, the realtime plugin
@@ -130,6 +133,9 @@ func newApp(cfg appConfig) (*app, error) {
 		// Dashboards on these origins may publish and notify from a browser.
 		CORSAllowedOrigins: cfg.CORSOrigins,
 	}
+	if cfg.Tune != nil {
+		cfg.Tune(&rtCfg)
+	}
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
@@ -167,6 +173,7 @@ func newApp(cfg appConfig) (*app, error) {
 		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: gorm hook: %w", err)
 	}
+	rt.AddStatsSource(a.hook) // Stats.Outbox
 	if err := db.AutoMigrate(&Post{}); err != nil {
 		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: migrate: %w", err)
@@ -183,6 +190,7 @@ func newApp(cfg appConfig) (*app, error) {
 			return nil, fmt.Errorf("cms: redis queue: %w", err)
 		}
 		a.queue = q
+		rt.AddStatsSource(q) // Stats.Queue
 	}
 
 	a.engine = a.routes()
@@ -232,6 +240,7 @@ func (a *app) routes() *gin.Engine {
 	api.GET("/posts/:id", a.getPost)
 	api.PATCH("/posts/:id", a.updatePost)
 	api.DELETE("/posts/:id", a.deletePost)
+	api.GET("/stats", a.getStats) // realtime.Stats (publish scope)
 	// GET /posts/subscribe, /posts/:id/subscribe, /posts/:id/poll and
 	// POST /posts/:id/events, next to the app's own /posts/:id (gin's router
 	// does not backtrack, so the generic rt.Register would not reach them).

@@ -66,6 +66,11 @@
 //	            API (POST /api/v1/posts/:id/events, /notify, GET /presence)
 //	            from a browser; "none" for no CORS (default
 //	            http://localhost:3000, a dashboard in development)
+//	ADMIN_ADDR  the admin listener: /metrics, /healthz, /readyz, and
+//	            /debug/pprof/ with ADMIN_PPROF=true (default 127.0.0.1:9090;
+//	            "off" for none)
+//	LOG_LEVEL   debug (connection lifecycle), info, warn or error
+//	RT_*        the plugin's settings (env.go; the README lists them)
 //
 // GET /healthz answers 200 once the app is ready. SIGINT or SIGTERM shut it
 // down gracefully: open streams end cleanly and the database is closed.
@@ -97,6 +102,8 @@ type envConfig struct {
 	port int
 	// devToken is set when JWT_SECRET was not: a token signed with the random key.
 	devToken string
+	// ops is the admin listener and the log level (env.go).
+	ops opsConfig
 }
 
 // defaultCORSOrigin is the origin allowed to call the publish API from a
@@ -109,6 +116,9 @@ const devTokenTTL = 24 * time.Hour
 // loadEnv reads the configuration through getenv (os.Getenv in main).
 func loadEnv(getenv func(string) string) (envConfig, error) {
 	cfg := envConfig{port: 8080}
+	if err := loadOpsEnv(getenv, &cfg); err != nil {
+		return cfg, err
+	}
 	cfg.app.RedisURL = getenv("REDIS_URL")
 	cfg.app.CORSOrigins = []string{defaultCORSOrigin}
 	if v := strings.TrimSpace(getenv("CORS_ORIGINS")); v == "none" {
@@ -164,7 +174,8 @@ func signToken(secret []byte, sub, tenant, scope string, exp time.Time) (string,
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var level slog.LevelVar // LOG_LEVEL, once the environment is read
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
 	slog.SetDefault(log)
 	if os.Getenv(gin.EnvGinMode) == "" {
 		gin.SetMode(gin.ReleaseMode)
@@ -175,6 +186,7 @@ func main() {
 		log.Error("cms: bad configuration", "err", err)
 		os.Exit(2)
 	}
+	level.Set(cfg.ops.logLevel)
 	cfg.app.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -226,6 +238,11 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 		fmt.Fprintf(out, "\nJWT_SECRET is not set: using a random key. Dev token (sub \"dev\", tenant \"default\", scope \"publish\", valid %s):\n\n    http://%s/?token=%s\n\n", devTokenTTL, addr, cfg.devToken)
 	}
 
+	admin, err := startAdminFor(cfg.ops, a, log)
+	if err != nil {
+		_ = ln.Close()
+		return errors.Join(err, a.Close(context.Background()))
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -248,6 +265,9 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	shutErr := srv.Shutdown(sctx)
 	rtErr := <-rtClosed
 	closeErr := a.Close(sctx)
+	if admin != nil {
+		closeErr = errors.Join(closeErr, admin.Close(sctx))
+	}
 	if err == nil {
 		err = <-served
 	}

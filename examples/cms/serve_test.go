@@ -112,7 +112,7 @@ func (s *syncBuffer) String() string {
 // cleanly and serve returns nil. No token reaches the logs.
 func TestServe(t *testing.T) {
 	cfg, err := loadEnv(func(k string) string {
-		return map[string]string{"DB_PATH": filepath.Join(t.TempDir(), "cms.db")}[k]
+		return map[string]string{"DB_PATH": filepath.Join(t.TempDir(), "cms.db"), "ADMIN_ADDR": "127.0.0.1:0"}[k]
 	})
 	if err != nil {
 		t.Fatal(err)

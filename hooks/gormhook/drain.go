@@ -21,6 +21,7 @@ func (h *Hook) drainLoop(ctx context.Context) {
 		// A full batch drained without failure: there may be more.
 		for h.drain(ctx) && ctx.Err() == nil {
 		}
+		h.countBacklog(ctx)
 	}
 }
 

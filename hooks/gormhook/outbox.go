@@ -99,6 +99,8 @@ type outbox struct {
 	cfg    OutboxConfig
 	owner  string // claimed_by prefix: host, pid and a random suffix
 	drains atomic.Uint64
+	// backlog is the last count of rows older than Grace (stats.go).
+	backlog atomic.Int64
 
 	// pubDown and dbDown make failures log once per outage.
 	pubDown atomic.Bool
