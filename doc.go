@@ -88,6 +88,7 @@
 // handshake refused for its credentials or a connection cap is upgraded
 // and closed with 4401, 4403 or 4429 after one error frame, so a browser
 // can tell it from an outage (Config.WSRefuseBeforeUpgrade: plain HTTP).
+//
 // # Inputs, limits and expiry
 //
 // Every JSON object the plugin reads (request bodies, WebSocket messages,
