@@ -111,13 +111,14 @@ type eventWire struct {
 	Prior      json.RawMessage `json:"p,omitempty"`
 	Time       int64           `json:"ts"`
 	Version    uint64          `json:"v,omitempty"`
+	PrevETag   string          `json:"pe,omitempty"`
 }
 
 // MarshalEvent encodes ev for a Broker: UnmarshalEvent gives back an event
 // whose frames are byte-identical to ev's.
 func MarshalEvent(ev *Event) ([]byte, error) {
 	w := eventWire{Type: ev.Type, Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection, ID: ev.Ref.ID,
-		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior, Version: ev.Version}
+		ETag: ev.ETag, Data: ev.Data, Prior: ev.Prior, Version: ev.Version, PrevETag: ev.PrevETag}
 	if !ev.Time.IsZero() {
 		w.Time = ev.Time.UnixNano()
 	}
@@ -142,7 +143,7 @@ func UnmarshalEvent(b []byte) (*Event, error) {
 		return nil, fmt.Errorf("realtime: decode event: %w: type and collection are required", ErrBadRequest)
 	}
 	ev := &Event{Type: w.Type, Ref: Ref{Tenant: w.Tenant, Collection: w.Collection, ID: w.ID},
-		ETag: w.ETag, Data: w.Data, Prior: w.Prior, Version: w.Version}
+		ETag: w.ETag, Data: w.Data, Prior: w.Prior, Version: w.Version, PrevETag: w.PrevETag}
 	if w.Time != 0 {
 		ev.Time = time.Unix(0, w.Time)
 	}

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -272,23 +273,54 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 	if key.ID != "" && lastID == s.headETag {
 		return Lookup{Status: LookupUpToDate, Seq: s.headSeq, Version: s.headVersion}, nil
 	}
-	at := -1
-	for i := len(s.entries) - 1; i >= 0; i-- {
-		if s.entries[i].Event.ETag == lastID {
-			if at >= 0 {
-				return Lookup{Status: LookupUnknown}, nil // ambiguous
-			}
-			at = i
+	lk := ResumeIn(s.entries, lastID, key.ID != "")
+	lk.Events = slices.Clone(lk.Events)
+	return lk, nil
+}
+
+// ResumeIn is the resume rule of every Buffer (written once: MemoryBuffer
+// and redisbroker apply it to what they keep): where a subscriber whose
+// last event had the ETag lastID goes on in a stream whose retained
+// entries are entries, oldest first. Found, the events after the resume
+// point (Events aliases entries); UpToDate, none; Unknown, the point is not
+// there, or not in one place only (an ETag seen twice), and the subscriber
+// needs resync.
+//
+// On a record's stream (record) the resume point is also found before an
+// entry whose Event.PrevETag is lastID: a subscriber that got the version
+// before that entry as a snapshot, not as an event (a new subscriber, or
+// one resynced after the events were lost), resumes exactly from it.
+func ResumeIn(entries []Entry, lastID string, record bool) Lookup {
+	at := -1 // the index of the first entry to send
+	for i := len(entries) - 1; i >= 0; i-- {
+		ev := entries[i].Event
+		next := -1
+		switch {
+		case ev.ETag == lastID:
+			next = i + 1
+		case record && ev.PrevETag == lastID && ev.Version > 0:
+			next = i
+		default:
+			continue
 		}
+		if at >= 0 && at != next {
+			return Lookup{Status: LookupUnknown} // ambiguous
+		}
+		at = next
 	}
 	if at < 0 {
-		return Lookup{Status: LookupUnknown}, nil
+		return Lookup{Status: LookupUnknown}
 	}
-	v := s.entries[at].Event.Version
-	if at == len(s.entries)-1 {
-		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq, Version: v}, nil
+	var seq, version uint64
+	if at > 0 && entries[at-1].Event.ETag == lastID {
+		seq, version = entries[at-1].Seq, entries[at-1].Event.Version
+	} else { // before entries[at], which follows lastID's version
+		seq, version = entries[at].Seq-1, entries[at].Event.Version-1
 	}
-	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Version: v, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
+	if at == len(entries) {
+		return Lookup{Status: LookupUpToDate, Seq: seq, Version: version}
+	}
+	return Lookup{Status: LookupFound, Seq: seq, Version: version, Events: entries[at:]}
 }
 
 // Invalidate implements Buffer.

@@ -51,6 +51,11 @@ type Event struct {
 	// writes are serialized (Publication.Version). 0 when the publisher gave
 	// none: such events are ordered by their stream alone.
 	Version uint64
+	// PrevETag is the ETag of the record's version before this one
+	// (Version - 1), when the publisher knows it (Publication.PrevETag):
+	// a subscriber that holds that version from a snapshot rather than
+	// from an event resumes exactly from this event (ResumeIn). Never sent.
+	PrevETag string
 
 	kind eventKind
 

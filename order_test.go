@@ -267,6 +267,55 @@ func TestOrderJumpEndsSSEStream(t *testing.T) {
 	expectFrames(t, again, frame{EventChanged, v2.ETag, ""}, frame{EventChanged, v3.ETag, ""})
 }
 
+// TestOrderSnapshotResumesByPrevETag: a subscriber whose last frame is a
+// snapshot (a version the buffer holds no event of: a quiet record, or one
+// resynced after its events were lost) resumes exactly from the next
+// version when that event names the snapshot's ETag as its PrevETag (the
+// GORM hook's do): no resync. Without PrevETag it gets resync, as before.
+func TestOrderSnapshotResumesByPrevETag(t *testing.T) {
+	for _, withPrev := range []bool{true, false} {
+		t.Run(fmt.Sprintf("prev=%v", withPrev), func(t *testing.T) {
+			e := newOrderEnv(t)
+			e.put("1", 3)
+			s := openStream(t, nil, recordURL(e.srv, "1"), e.tok, nil)
+			snap := e.event(t, "1", 3)
+			expectFrames(t, s, frame{EventSnapshot, snap.ETag, ""})
+			s.close()
+			var evs []*Event
+			for v := uint64(4); v <= 5; v++ {
+				e.put("1", v)
+				ev := e.event(t, "1", v)
+				if withPrev {
+					ev.PrevETag = e.event(t, "1", v-1).ETag
+				}
+				if err := e.rt.publish(context.Background(), ev, false); err != nil {
+					t.Fatal(err)
+				}
+				evs = append(evs, ev)
+			}
+			again := openStream(t, nil, recordURL(e.srv, "1"), e.tok, http.Header{"Last-Event-ID": {snap.ETag}})
+			if withPrev {
+				expectFrames(t, again, frame{EventChanged, evs[0].ETag, ""}, frame{EventChanged, evs[1].ETag, ""})
+				return
+			}
+			expectFrames(t, again, frame{EventResync, "", ""}, frame{EventSnapshot, evs[1].ETag, ""})
+		})
+	}
+}
+
+// TestPublishPrevETagValidated: PrevETag needs a version and a valid ETag.
+func TestPublishPrevETagValidated(t *testing.T) {
+	rt, _ := newTestServer(t, Config{})
+	for _, pub := range []Publication{
+		{Collection: "posts", ID: "1", Event: EventChanged, Data: json.RawMessage(`{}`), PrevETag: `"a"`},
+		{Collection: "posts", ID: "1", Event: EventChanged, Data: json.RawMessage(`{}`), PrevETag: "a\nb", Version: 2},
+	} {
+		if _, err := rt.Publish(context.Background(), pub); !errors.Is(err, ErrBadRequest) {
+			t.Fatalf("Publish(%+v) = %v, want ErrBadRequest", pub, err)
+		}
+	}
+}
+
 // TestMemoryBufferRefusesNegativeBounds: a negative bound is refused, as
 // Config refuses its own.
 func TestMemoryBufferRefusesNegativeBounds(t *testing.T) {

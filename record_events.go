@@ -45,6 +45,13 @@ type Publication struct {
 	// after them anyway, and every subscriber of the record gets resync and
 	// the current record before it. Default: false.
 	Gap bool
+	// PrevETag is the ETag of the record's version Version - 1 (for
+	// version 1: of the record deleted before it, if any), when the
+	// publisher knows it; it requires Version. A subscriber that got that
+	// version as a snapshot (a Loader's, after a resync) and reconnects
+	// with it then resumes exactly from this event instead of getting
+	// resync (ResumeIn). The GORM hook sets it. Default: empty, unknown.
+	PrevETag string
 }
 
 // Publish publishes a record event to every subscriber of the record and of
@@ -120,6 +127,15 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 	}
 	if pub.Gap && ev.Version == 0 {
 		return nil, badRequest("gap needs a version")
+	}
+	if pub.PrevETag != "" {
+		if ev.Version == 0 {
+			return nil, badRequest("prevETag needs a version")
+		}
+		if !validETag(pub.PrevETag) {
+			return nil, badRequest("prevETag must not contain CR, LF or NUL")
+		}
+		ev.PrevETag = pub.PrevETag
 	}
 	switch pub.Event {
 	case EventSnapshot, EventChanged:

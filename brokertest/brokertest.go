@@ -247,6 +247,8 @@ func diffEvent(got, want *realtime.Event) string {
 		return fmt.Sprintf("event %s %+v %s, want %s %+v %s", got.Type, got.Ref, got.ETag, want.Type, want.Ref, want.ETag)
 	case got.Version != want.Version:
 		return fmt.Sprintf("Version %d, want %d", got.Version, want.Version)
+	case got.PrevETag != want.PrevETag:
+		return fmt.Sprintf("PrevETag %q, want %q", got.PrevETag, want.PrevETag)
 	case !got.Time.Equal(want.Time):
 		return fmt.Sprintf("Time %v, want %v", got.Time, want.Time)
 	}

@@ -273,6 +273,34 @@ func testVersions(t *testing.T, newNodes factory) {
 			t.Fatalf("Since(version 3, the head) = %v, version %d; want up to date, version 3", lk.Status, lk.Version)
 		}
 	})
+	t.Run("SinceFindsPrevETag", func(t *testing.T) {
+		// A subscriber holding a version from a snapshot (its ETag is no
+		// entry's) resumes from the entry whose PrevETag it is, on a
+		// record's stream: exactly, on any node. On the collection's
+		// stream the same ETag is unknown (other records' events may be
+		// missing before it).
+		n, rec, a, _ := setup(t)
+		v4, v5, v6 := versionEvent(rec, 4, "four"), versionEvent(rec, 5, "five"), versionEvent(rec, 6, "six")
+		v4.PrevETag, v5.PrevETag, v6.PrevETag = `"three"`, v4.ETag, v5.ETag
+		for _, ev := range []*realtime.Event{v4, v5, v6} {
+			a.appended(ev, false)
+		}
+		for _, br := range []realtime.Broker{n.a, n.b} {
+			lk := since(t, br, rec, `"three"`)
+			if lk.Status != realtime.LookupFound || lk.Version != 3 {
+				t.Fatalf("Since(the snapshot before version 4) = %v, version %d; want found, version 3", lk.Status, lk.Version)
+			}
+			if d := sameVersions(lk.Events, []*realtime.Event{v4, v5, v6}); d != "" {
+				t.Fatalf("Since(the snapshot before version 4): %s", d)
+			}
+			if lk := since(t, br, rec, v4.ETag); lk.Status != realtime.LookupFound || lk.Version != 4 || len(lk.Events) != 2 {
+				t.Fatalf("Since(version 4) = %v, version %d, %d events; want found, version 4, 2 events", lk.Status, lk.Version, len(lk.Events))
+			}
+			if lk := since(t, br, collKey(rec), `"three"`); lk.Status != realtime.LookupUnknown {
+				t.Fatalf("Since(the snapshot) on the collection's stream = %v; want unknown", lk.Status)
+			}
+		}
+	})
 	t.Run("Concurrent", func(t *testing.T) { testVersionsConcurrent(t, newNodes) })
 }
 

@@ -289,23 +289,7 @@ func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID strin
 		}
 		decoded = append(decoded, d)
 	}
-	kept := ents[len(ents)-len(decoded):]
-	at := -1
-	for i := len(kept) - 1; i >= 0; i-- {
-		if kept[i].etag == lastID {
-			if at >= 0 {
-				return realtime.Lookup{Status: realtime.LookupUnknown}, nil // ambiguous
-			}
-			at = i
-		}
-	}
-	switch {
-	case at < 0:
-		return realtime.Lookup{Status: realtime.LookupUnknown}, nil
-	case at == len(kept)-1:
-		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq, Version: decoded[at].Event.Version}, nil
-	}
-	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Version: decoded[at].Event.Version, Events: decoded[at+1:]}, nil
+	return realtime.ResumeIn(decoded, lastID, key.ID != ""), nil
 }
 
 // Invalidate implements realtime.Buffer: every stream of the collection is

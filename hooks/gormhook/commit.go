@@ -106,8 +106,12 @@ func (h *Hook) record(ctx context.Context, tx gorm.ConnPool, cs []change) ([]out
 		if err != nil {
 			return nil, err
 		}
-		r.Version, r.CreatedAt = versions[r.Ref], now
+		tk := versions[r.Ref]
+		r.Version, r.PrevETag, r.CreatedAt = tk.version, tk.prevETag, now
 		rows = append(rows, r)
+	}
+	if err := h.setETags(ctx, tx, rows); err != nil {
+		return nil, err
 	}
 	if err := h.insertRows(ctx, tx, rows); err != nil {
 		return nil, err

@@ -78,11 +78,16 @@
 // # Versions
 //
 // Every event of a watched record carries realtime.Publication.Version: 1,
-// 2, 3, … consecutive per record, in commit order. The table
-// realtime_versions (OutboxConfig.VersionTable) holds each record's last
-// version: ref (the primary key: the hex SHA-256 of the collection and the
-// ID, a fixed-width key every database indexes whatever the names'
-// lengths), collection, record_id, version. Right before the COMMIT, the
+// 2, 3, … consecutive per record, in commit order, and
+// realtime.Publication.PrevETag: the ETag of the version before it. The
+// table realtime_versions (OutboxConfig.VersionTable) holds each record's
+// last version: ref (the primary key: the hex SHA-256 of the collection
+// and the ID, a fixed-width key every database indexes whatever the names'
+// lengths), collection, record_id, version, and etag (that version's ETag,
+// written by the same transaction once the record is read: one UPDATE per
+// transaction). With PrevETag a subscriber that got a version as a
+// snapshot resumes exactly from the next event; tables of an earlier
+// layout get the column when the hook starts. Right before the COMMIT, the
 // hook upserts the rows of the records the transaction wrote (version =
 // version + 1, created at 1; INSERT … ON CONFLICT … RETURNING on SQLite and
 // PostgreSQL, INSERT … ON DUPLICATE KEY UPDATE then SELECT on MySQL), in

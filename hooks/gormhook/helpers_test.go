@@ -53,6 +53,7 @@ type published struct {
 	Record                        any    // JSON decoded into a *Post or *Tag
 	ETag                          string
 	Version                       uint64
+	PrevETag                      string
 	Gap                           bool
 }
 
@@ -77,7 +78,7 @@ func (r *recorder) Publish(_ context.Context, p realtime.Publication) (string, e
 		return "", r.fail
 	}
 	ev := published{Tenant: p.Tenant, Collection: p.Collection, ID: p.ID, Event: p.Event,
-		ETag: p.ETag, Version: p.Version, Gap: p.Gap, JSON: string(p.Data)}
+		ETag: p.ETag, Version: p.Version, PrevETag: p.PrevETag, Gap: p.Gap, JSON: string(p.Data)}
 	if p.Data == nil && p.Record != nil {
 		b, err := json.Marshal(p.Record)
 		if err != nil {

@@ -83,6 +83,10 @@ type outboxRow struct {
 	Event string `gorm:"size:16;not null"`
 	// ETag is the event's ETag (a deleted event's tombstone ETag).
 	ETag string `gorm:"column:etag;not null"`
+	// PrevETag is the ETag of the record's previous version, when known
+	// (Publication.PrevETag); NULL in rows written before the column
+	// existed.
+	PrevETag string `gorm:"column:prev_etag"`
 	// Data is the record's JSON as committed; for deleted the record as it
 	// was before the delete (the event's Prior), or empty.
 	Data      string    `gorm:"not null"`
@@ -154,10 +158,24 @@ func (h *Hook) initOutbox(db *gorm.DB) error {
 			return fmt.Errorf("%w: outbox: table %s has the layout of an earlier version of the hook (no version column); drop it",
 				realtime.ErrInvalidConfig, t.name)
 		}
+		// Columns added since: nullable, so adding them to a table with
+		// rows needs no default.
+		for _, col := range addedColumns[t.name == cfg.VersionTable] {
+			if !m.HasColumn(t.model, col) {
+				if err := m.AddColumn(t.model, col); err != nil && !m.HasColumn(t.model, col) {
+					return fmt.Errorf("outbox: add column %s to %s: %w", col, t.name, err)
+				}
+			}
+		}
 	}
 	h.outbox = &outbox{cfg: cfg, owner: ownerID()}
 	return nil
 }
+
+// addedColumns are the columns added to the versions table (true) and the
+// outbox table (false) since their first layout: New adds them to an
+// existing table.
+var addedColumns = map[bool][]string{true: {"ETag"}, false: {"PrevETag"}}
 
 // orDefault returns v, or def when v is the zero value.
 func orDefault[T comparable](v, def T) T {

@@ -156,6 +156,9 @@ func TestOutboxPublishFailure(t *testing.T) {
 	if evs[0].ETag != realtime.DefaultETag("posts", "1", []byte(v1)) {
 		t.Errorf("etag %s, want the default ETag of the committed record", evs[0].ETag)
 	}
+	if evs[0].PrevETag != "" || evs[1].PrevETag != evs[0].ETag {
+		t.Errorf("PrevETags %q, %q; want none, then version 1's ETag", evs[0].PrevETag, evs[1].PrevETag)
+	}
 
 	out := logs.String()
 	if n := strings.Count(out, "publisher unavailable"); n != 1 {
@@ -426,7 +429,7 @@ func TestOutboxConfig(t *testing.T) {
 	}
 	slices.Sort(names)
 	equal(t, "columns", names, []string{"claimed_at", "claimed_by", "collection", "created_at", "data", "etag", "event",
-		"id", "record_id", "ref", "refused_at", "tenant", "version"})
+		"id", "prev_etag", "record_id", "ref", "refused_at", "tenant", "version"})
 	// A second process finds the table there.
 	useOutbox(t, openFile(t, path), &flaky{}, gormhook.OutboxConfig{Table: "events_out", VersionTable: "events_versions"})
 

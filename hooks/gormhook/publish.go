@@ -32,7 +32,7 @@ func (h *Hook) publishRow(ctx context.Context, r *outboxRow, gap bool) outcome {
 		h.published(err, "resync", "collection", r.Collection, "tenant", r.Tenant)
 	} else {
 		pub := realtime.Publication{Tenant: r.Tenant, Collection: r.Collection, ID: r.RecordID,
-			Event: r.Event, ETag: r.ETag, Version: r.Version, Gap: gap}
+			Event: r.Event, ETag: r.ETag, Version: r.Version, PrevETag: r.PrevETag, Gap: gap}
 		if r.Data != "" {
 			pub.Data = json.RawMessage(r.Data)
 		}

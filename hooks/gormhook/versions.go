@@ -22,6 +22,10 @@ type versionRow struct {
 	Collection string `gorm:"not null"`
 	RecordID   string `gorm:"not null"`
 	Version    uint64 `gorm:"not null"`
+	// ETag is the ETag of the record's last version (NULL in rows written
+	// before the column existed: unknown). The next version's event
+	// carries it as Publication.PrevETag.
+	ETag string `gorm:"column:etag"`
 }
 
 // refOf is a record's key in the versions and outbox tables: the hex
@@ -46,8 +50,17 @@ func refOf(collection, id string) string {
 // versionChunk bounds the records of one upsert (4 bind variables each).
 const versionChunk = 250
 
+// taken is a record's version taken by nextVersions, and the ETag of the
+// version before it ("" when unknown).
+type taken struct {
+	version  uint64
+	prevETag string
+}
+
 // nextVersions takes the next version of each record in the transaction
-// tx and returns them by ref: version = version + 1 on the record's row of
+// tx and returns them by ref, with the ETag of the record's previous
+// version (its row's etag, which setETags replaces in the same
+// transaction): version = version + 1 on the record's row of
 // the versions table, created at 1. The upsert locks the row until tx ends:
 // a concurrent transaction taking a version of the same record waits for
 // this one to commit (or roll back) and then reads its value, so versions
@@ -56,11 +69,11 @@ const versionChunk = 250
 //
 // Read the records only after this: a read after the lock sees every
 // earlier version of the record committed.
-func (h *Hook) nextVersions(ctx context.Context, tx gorm.ConnPool, refs []versionRow) (map[string]uint64, error) {
+func (h *Hook) nextVersions(ctx context.Context, tx gorm.ConnPool, refs []versionRow) (map[string]taken, error) {
 	refs = slices.Clone(refs)
 	slices.SortFunc(refs, func(a, b versionRow) int { return strings.Compare(a.Ref, b.Ref) })
 	refs = slices.CompactFunc(refs, func(a, b versionRow) bool { return a.Ref == b.Ref })
-	out := make(map[string]uint64, len(refs))
+	out := make(map[string]taken, len(refs))
 	for len(refs) > 0 {
 		part := refs[:min(len(refs), versionChunk)]
 		refs = refs[len(part):]
@@ -69,10 +82,10 @@ func (h *Hook) nextVersions(ctx context.Context, tx gorm.ConnPool, refs []versio
 			return nil, fmt.Errorf("gormhook: take record versions in %s: %w", h.outbox.cfg.VersionTable, err)
 		}
 		for _, r := range got {
-			out[r.Ref] = r.Version
+			out[r.Ref] = taken{version: r.Version, prevETag: r.ETag}
 		}
 		for _, r := range part {
-			if out[r.Ref] == 0 {
+			if out[r.Ref].version == 0 {
 				return nil, fmt.Errorf("gormhook: take record versions in %s: no version returned for %s/%s",
 					h.outbox.cfg.VersionTable, r.Collection, r.RecordID)
 			}
@@ -81,9 +94,10 @@ func (h *Hook) nextVersions(ctx context.Context, tx gorm.ConnPool, refs []versio
 	return out, nil
 }
 
-// upsertVersions runs one upsert of rows and returns their new versions.
+// upsertVersions runs one upsert of rows and returns their new versions,
+// each with its row's etag, still the previous version's.
 //
-//	SQLite, PostgreSQL: INSERT … ON CONFLICT (ref) DO UPDATE SET version = v.version + 1 RETURNING ref, version
+//	SQLite, PostgreSQL: INSERT … ON CONFLICT (ref) DO UPDATE SET version = v.version + 1 RETURNING ref, version, etag
 //	MySQL, MariaDB:     INSERT … ON DUPLICATE KEY UPDATE version = version + 1, then SELECT
 //
 // MySQL has no RETURNING; its SELECT, in the same transaction, sees the
@@ -99,13 +113,13 @@ func (h *Hook) upsertVersions(ctx context.Context, tx gorm.ConnPool, rows []vers
 	} else {
 		sb.WriteString("INSERT INTO " + table + " AS v")
 	}
-	sb.WriteString(" (ref, collection, record_id, version) VALUES ")
+	sb.WriteString(" (ref, collection, record_id, version, etag) VALUES ")
 	keys := make([]string, len(rows))
 	for i, r := range rows {
 		if i > 0 {
 			sb.WriteString(", ")
 		}
-		sb.WriteString("(?, ?, ?, 1)")
+		sb.WriteString("(?, ?, ?, 1, '')")
 		args = append(args, r.Ref, r.Collection, r.RecordID)
 		keys[i] = r.Ref
 	}
@@ -115,13 +129,52 @@ func (h *Hook) upsertVersions(ctx context.Context, tx gorm.ConnPool, rows []vers
 		if err := q.Exec(sb.String(), args...).Error; err != nil {
 			return nil, err
 		}
-		err := h.session(ctx, tx).Table(h.outbox.cfg.VersionTable).Select("ref", "version").
+		err := h.session(ctx, tx).Table(h.outbox.cfg.VersionTable).Select("ref", "version", "COALESCE(etag, '') AS etag").
 			Where("ref IN ?", keys).Find(&got).Error
 		return got, err
 	}
-	sb.WriteString(" ON CONFLICT (ref) DO UPDATE SET version = v.version + 1 RETURNING ref, version")
+	sb.WriteString(" ON CONFLICT (ref) DO UPDATE SET version = v.version + 1 RETURNING ref, version, COALESCE(etag, '') AS etag")
 	err := q.Raw(sb.String(), args...).Scan(&got).Error
 	return got, err
+}
+
+// setETags stores, in the transaction tx, the ETag of each record's new
+// version (rows: the transaction's outbox rows; resync rows are skipped):
+// the next version's event names it as its PrevETag. One UPDATE per chunk
+// of records.
+func (h *Hook) setETags(ctx context.Context, tx gorm.ConnPool, rows []outboxRow) error {
+	recs := make([]outboxRow, 0, len(rows))
+	for _, r := range rows {
+		if r.Ref != "" {
+			recs = append(recs, r)
+		}
+	}
+	for len(recs) > 0 {
+		part := recs[:min(len(recs), versionChunk)]
+		recs = recs[len(part):]
+		q := h.session(ctx, tx)
+		var sb strings.Builder
+		args := make([]any, 0, 3*len(part))
+		sb.WriteString("UPDATE " + q.Statement.Quote(h.outbox.cfg.VersionTable) + " SET etag = ")
+		if len(part) == 1 {
+			sb.WriteString("? WHERE ref = ?")
+			args = append(args, part[0].ETag, part[0].Ref)
+		} else {
+			sb.WriteString("CASE ref")
+			keys := make([]string, len(part))
+			for i, r := range part {
+				sb.WriteString(" WHEN ? THEN ?")
+				args = append(args, r.Ref, r.ETag)
+				keys[i] = r.Ref
+			}
+			sb.WriteString(" END WHERE ref IN ?")
+			args = append(args, keys)
+		}
+		if err := q.Exec(sb.String(), args...).Error; err != nil {
+			return fmt.Errorf("gormhook: record the versions' ETags in %s: %w", h.outbox.cfg.VersionTable, err)
+		}
+	}
+	return nil
 }
 
 // readVersion returns the last version committed for a record, 0 if none.

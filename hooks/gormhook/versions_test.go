@@ -125,8 +125,14 @@ func TestVersions(t *testing.T) {
 		if len(evs) != len(wants) {
 			t.Fatalf("%d events %v, want %d", len(evs), evs, len(wants))
 		}
+		prev := map[string]string{} // the last ETag published per record
 		for i, e := range evs {
 			w := wants[i]
+			if k := e.Collection + "/" + e.ID; e.PrevETag != prev[k] {
+				t.Errorf("event %d (%s v%d): PrevETag %q, want %q (the previous version's)", i, e, e.Version, e.PrevETag, prev[k])
+			} else {
+				prev[k] = e.ETag
+			}
 			if e.String() != w.event || e.Version != w.version || e.JSON != w.json {
 				t.Errorf("event %d: %s v%d %s\n want %s v%d %s", i, e, e.Version, e.JSON, w.event, w.version, w.json)
 			}
@@ -148,6 +154,52 @@ func TestVersions(t *testing.T) {
 		}
 		if n := outboxRows(t, db); n != 0 {
 			t.Errorf("%d outbox rows left", n)
+		}
+	})
+}
+
+// TestOutboxAddsColumns: tables of the hook's earlier layout (without the
+// versions' etag and the outbox's prev_etag) get the columns, and their
+// rows keep working: a record whose previous ETag is unknown (NULL)
+// publishes its next version without PrevETag, and the one after names it.
+func TestOutboxAddsColumns(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		db := tdb.open(t)
+		type oldVersion struct {
+			Ref        string `gorm:"primaryKey;size:64"`
+			Collection string `gorm:"not null"`
+			RecordID   string `gorm:"not null"`
+			Version    uint64 `gorm:"not null"`
+		}
+		type oldOutbox struct {
+			ID         int64     `gorm:"primaryKey;autoIncrement"`
+			Ref        string    `gorm:"size:64;not null;index"`
+			Tenant     string    `gorm:"not null"`
+			Collection string    `gorm:"not null"`
+			RecordID   string    `gorm:"not null"`
+			Version    uint64    `gorm:"not null"`
+			Event      string    `gorm:"size:16;not null"`
+			ETag       string    `gorm:"column:etag;not null"`
+			Data       string    `gorm:"not null"`
+			CreatedAt  time.Time `gorm:"not null"`
+			ClaimedAt  *time.Time
+			ClaimedBy  string `gorm:"size:128;not null"`
+			RefusedAt  *time.Time
+		}
+		mustNoErr(t, db.Table(gormhook.DefaultVersionTable).Migrator().CreateTable(&oldVersion{}))
+		mustNoErr(t, db.Table(gormhook.DefaultOutboxTable).Migrator().CreateTable(&oldOutbox{}))
+		p := Post{ID: 1, Title: "a"}
+		mustNoErr(t, db.Create(&p).Error) // before the hook: no version row
+		ref := gormhook.RefOf("posts", "1")
+		mustNoErr(t, db.Table(gormhook.DefaultVersionTable).Create(&oldVersion{Ref: ref, Collection: "posts", RecordID: "1", Version: 7}).Error)
+
+		rec := &recorder{}
+		useOutbox(t, db, rec, noDrain)
+		mustNoErr(t, db.Model(&p).Update("title", "b").Error)
+		mustNoErr(t, db.Model(&p).Update("title", "c").Error)
+		evs := rec.take()
+		if len(evs) != 2 || evs[0].Version != 8 || evs[0].PrevETag != "" || evs[1].Version != 9 || evs[1].PrevETag != evs[0].ETag {
+			t.Fatalf("events %+v; want versions 8 (no PrevETag) and 9 (PrevETag the ETag of 8)", evs)
 		}
 	})
 }

@@ -97,7 +97,7 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
         if (foreign) add("foreign", s, post, frames, i, `tenant ${s.tenant} got a frame of ${post} (tenant ${tenantOf.get(post) ?? "unknown"})`);
         if (f.type === "resync") {
           counts.resyncs++;
-          resync = { t: f.t, sub: s.name, post, before: max, since: view?.t ?? 0 };
+          resync = { t: f.t, sub: s.name, post, before: max, since: view?.t ?? 0, s, frames, i };
           resyncs.push(resync);
           return;
         }
@@ -185,10 +185,19 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
   for (const f of faults) slot(f.kind).faults++;
   slot("none");
   const outages = faults.filter((f) => f.kind === "redis");
+  const avoidables = []; // examples, with the frames around them
   for (const r of resyncs) {
     const needless = r.after !== undefined && r.after === r.before;
     const avoidable = !needless && r.after !== undefined && r.before >= 0 && r.after - r.before <= bufferSize && !outages.some((o) => o.start <= r.t && o.end > r.since);
-    if (avoidable) counts.avoidableResyncs++;
+    if (avoidable) {
+      counts.avoidableResyncs++;
+      const from = Math.max(0, r.i - 4);
+      avoidables.push({
+        sub: r.sub, post: r.post, detail: `resync after version ${r.before} (its last frame at ${(r.since / 1000).toFixed(3)}s), then version ${r.after}`,
+        around: r.frames.slice(from, r.i + 3),
+        trace: r.s.trace?.filter((e) => e.t >= (r.frames[from]?.t ?? 0) - 1000).slice(0, 12),
+      });
+    }
     const on = new Set(faults.filter((f) => f.start <= r.t && r.t <= f.end + 5000).map((f) => f.kind));
     if (!on.size) on.add("none");
     for (const k of on) {
@@ -198,7 +207,7 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
       if (avoidable) p.avoidable++;
     }
   }
-  return { violations, counts, perFault };
+  return { violations, counts, perFault, avoidables };
 }
 
 /** short abbreviates an ETag for reports. */
@@ -207,14 +216,14 @@ export const short = (etag) => (etag ? etag.replace(/^"|"$/g, "").slice(0, 8) : 
 /** describe prints a frame on one line. */
 export function describe(f) {
   const v = f.v === undefined ? "" : ` v${f.v}`;
-  return `${(f.t / 1000).toFixed(3)}s ${f.type}${v} ${short(f.etag)} c${f.conn}@i${f.inst}`;
+  return `${(f.t / 1000).toFixed(3)}s ${f.type}${v}${f.reason ? ` (${f.reason})` : ""} ${short(f.etag)} c${f.conn}@i${f.inst}`;
 }
 
 /**
  * report renders a run's result: the counts, resyncs per fault, and up to
  * perKind examples of each kind of violation with the frames around it.
  */
-export function report({ violations, counts, perFault }, perKind = 3) {
+export function report({ violations, counts, perFault, avoidables = [] }, perKind = 3) {
   const lines = [];
   lines.push(
     `frames ${counts.frames} in ${counts.streams} streams; duplicates ${counts.duplicate}, reorders ${counts.reorder}, ` +
@@ -245,6 +254,12 @@ export function report({ violations, counts, perFault }, perKind = 3) {
       });
       if (v.trace?.length) lines.push(`      its connections: ${v.trace.map((e) => `${(e.t / 1000).toFixed(3)}s ${e.what}`).join("; ")}`);
     }
+  }
+  if (avoidables.length) lines.push(`avoidable resyncs: ${avoidables.length}; e.g.`);
+  for (const a of avoidables.slice(0, perKind)) {
+    lines.push(`  ${a.sub} post ${a.post}: ${a.detail}`);
+    for (const f of a.around) lines.push(`    ${f.type === "resync" ? ">" : " "} ${describe(f)}`);
+    if (a.trace?.length) lines.push(`      its connections: ${a.trace.map((e) => `${(e.t / 1000).toFixed(3)}s ${e.what}`).join("; ")}`);
   }
   return lines.join("\n");
 }

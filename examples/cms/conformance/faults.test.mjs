@@ -426,7 +426,7 @@ function followSSE(sub, { ctx, proxies, pick, rnd, now, stats }) {
           f.etag = e.lastEventId;
           f.v = data.counter;
           lastId = e.lastEventId;
-        }
+        } else if (data.reason) f.reason = data.reason;
         push(sub, f);
       });
     }
@@ -495,7 +495,7 @@ function followWS(sub, { ctx, proxies, pick, rnd, now, stats }) {
             f.etag = m.etag;
             f.v = m.data?.counter;
             last.set(f.post, m.etag);
-          }
+          } else if (m.reason) f.reason = m.reason;
           push(sub, f);
           break;
         }

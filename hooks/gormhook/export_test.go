@@ -1,0 +1,4 @@
+package gormhook
+
+// RefOf is refOf, for the external tests.
+var RefOf = refOf
