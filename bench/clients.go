@@ -32,6 +32,7 @@ type clientStats struct {
 	LastNs     int64          `json:"last_ns"`  // receive time of the last delivery since the reset
 	Pongs      int64          `json:"pongs"`    // application-level pongs sent (centrifuge)
 	PongErrs   int64          `json:"pong_errs"`
+	PongMaxMs  int64          `json:"pong_max_ms"` // longest ping-to-pong-posted time (centrifuge SSE)
 	FirstErr   string         `json:"first_err,omitempty"`
 	CPUSeconds float64        `json:"cpu_seconds"`    // user + system time of the process so far
 	Hist       [][2]uint64    `json:"hist,omitempty"` // latency histogram (see hist)
@@ -94,7 +95,8 @@ type clientSet struct {
 	stopping  atomic.Bool
 	loopWG    sync.WaitGroup
 	emulation string         // centrifuge SSE: the emulation endpoint's URL
-	pongQ     chan [2]string // node, session
+	pongQ     chan pongReq
+	pongMax   atomic.Int64 // ns
 	pongHTTP  *http.Client
 }
 
@@ -114,9 +116,10 @@ func clientsMain(args []string) error {
 	cs := &clientSet{spec: spec, bufSize: *bufSize}
 	if spec.emulation != "" {
 		cs.emulation = "http://" + hosts[0] + spec.emulation
-		cs.pongQ = make(chan [2]string, 1<<14)
-		cs.pongHTTP = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-		for range 4 {
+		cs.pongQ = make(chan pongReq, 1<<14)
+		// Browsers pong each on their own: many posts in flight at once.
+		cs.pongHTTP = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: pongers}}
+		for range pongers {
 			go cs.ponger()
 		}
 	}
@@ -500,7 +503,7 @@ func (c *clientConn) line(l *pollLoop, b []byte, now int64) {
 		case len(d) == 2 && d[0] == '{' && d[1] == '}': // centrifuge's ping
 			if c.session != "" {
 				select {
-				case c.cs.pongQ <- [2]string{c.node, c.session}:
+				case c.cs.pongQ <- pongReq{c.node, c.session, now}:
 				default:
 					c.cs.pongErrs.Add(1)
 				}
@@ -561,7 +564,7 @@ func (l *pollLoop) deliveries(p []byte, now int64) {
 // protocol, data is a string holding the commands; {} is the pong).
 func (cs *clientSet) ponger() {
 	for p := range cs.pongQ {
-		body, _ := json.Marshal(map[string]any{"node": p[0], "session": p[1], "data": "{}"})
+		body, _ := json.Marshal(map[string]any{"node": p.node, "session": p.session, "data": "{}"})
 		resp, err := cs.pongHTTP.Post(cs.emulation, "application/json", bytes.NewReader(body))
 		if err != nil {
 			cs.pongErrs.Add(1)
@@ -573,7 +576,19 @@ func (cs *clientSet) ponger() {
 			continue
 		}
 		cs.pongs.Add(1)
+		d := time.Now().UnixNano() - p.at
+		for cur := cs.pongMax.Load(); d > cur && !cs.pongMax.CompareAndSwap(cur, d); cur = cs.pongMax.Load() {
+		}
 	}
+}
+
+// pongers is how many emulation posts one client process has in flight at most.
+const pongers = 64
+
+// pongReq is a pong to post for the ping received at at.
+type pongReq struct {
+	node, session string
+	at            int64
 }
 
 func (cs *clientSet) list() []*clientConn {
@@ -584,7 +599,7 @@ func (cs *clientSet) list() []*clientConn {
 
 func (cs *clientSet) stats(withHist bool) clientStats {
 	st := clientStats{Opened: cs.opened.Load(), Failed: cs.failed.Load(), Closed: cs.closed.Load(),
-		Pongs: cs.pongs.Load(), PongErrs: cs.pongErrs.Load(), CPUSeconds: cpuSeconds(), Codes: map[string]int{}}
+		Pongs: cs.pongs.Load(), PongErrs: cs.pongErrs.Load(), PongMaxMs: cs.pongMax.Load() / 1e6, CPUSeconds: cpuSeconds(), Codes: map[string]int{}}
 	if e, ok := cs.firstErr.Load().(string); ok {
 		st.FirstErr = e
 	}

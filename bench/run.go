@@ -614,6 +614,7 @@ func (g *clientGroup) command(cmd string, perProc func(i int) string, timeout ti
 		total.Events += st.Events
 		total.Pongs += st.Pongs
 		total.PongErrs += st.PongErrs
+		total.PongMaxMs = max(total.PongMaxMs, st.PongMaxMs)
 		for k, v := range st.Codes {
 			total.Codes[k] += v
 		}
@@ -655,6 +656,9 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stal
 	}, limit+30*time.Second)
 	if err != nil {
 		return res, nil, err
+	}
+	if st.Pongs > 0 || st.PongErrs > 0 {
+		o.vlogf("clients: %d pongs sent, %d failed, longest ping → pong posted %d ms", st.Pongs, st.PongErrs, st.PongMaxMs)
 	}
 	res.serverCPU = s.cpu() - cpu0
 	res.clientCPU = st.CPUSeconds - pre.CPUSeconds

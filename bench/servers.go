@@ -92,8 +92,17 @@ func newImpl(name string) (impl, error) {
 }
 
 // discard is the logger every server gets: logging 10,000 connections to
-// stderr would measure the terminal.
+// stderr would measure the terminal. BENCH_SERVER_LOG=1 logs to stderr
+// instead (info level), to find out why a server closes connections.
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+var serverLog = os.Getenv("BENCH_SERVER_LOG") == "1"
+
+func init() {
+	if serverLog {
+		discard = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+}
 
 func serverMain(args []string) error {
 	fs := flag.NewFlagSet("server", flag.ExitOnError)
@@ -326,7 +335,14 @@ type centrifugeImpl struct {
 }
 
 func newCentrifuge(ws bool) (*centrifugeImpl, error) {
-	node, err := centrifuge.New(centrifuge.Config{LogLevel: centrifuge.LogLevelNone})
+	cfg := centrifuge.Config{LogLevel: centrifuge.LogLevelNone}
+	if serverLog {
+		cfg.LogLevel = centrifuge.LogLevelDebug
+		cfg.LogHandler = func(e centrifuge.LogEntry) {
+			fmt.Fprintf(os.Stderr, "centrifuge: %s %v %v\n", e.Message, e.Error, e.Fields)
+		}
+	}
+	node, err := centrifuge.New(cfg)
 	if err != nil {
 		return nil, err
 	}
