@@ -94,7 +94,7 @@ type clientSet struct {
 	byFD      [1 << 16]atomic.Pointer[clientConn]
 	stopping  atomic.Bool
 	loopWG    sync.WaitGroup
-	emulation string         // centrifuge SSE: the emulation endpoint's URL
+	emulation string // centrifuge SSE: the emulation endpoint's URL
 	pongQ     chan pongReq
 	pongMax   atomic.Int64 // ns
 	pongHTTP  *http.Client
