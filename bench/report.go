@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -169,6 +170,7 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 	cfg := o.cfg
 	fmt.Fprintf(w, "## bench (%s mode), %s – %s UTC\n\n", cfg.mode, o.start.UTC().Format("2006-01-02 15:04"), o.end.UTC().Format("15:04"))
 	fmt.Fprintf(w, "%s\n\n", machine())
+	fmt.Fprintf(w, "%s\n\n", modules())
 	fmt.Fprintf(w, "%s\n\n", o.loadLine())
 	fmt.Fprintf(w, "Each server in its own process, raw-TCP clients in separate processes (GOMAXPROCS=1, at most %s connections each), all on 127.0.0.1; "+
 		"%d repetition(s), interleaved (every implementation in turn within each phase of a repetition), medians reported. Server CPU is utime + stime "+
@@ -292,6 +294,26 @@ func machine() string {
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
 	return fmt.Sprintf("Machine: %d cores (%s), %s memory, Linux %s, %s, RLIMIT_NOFILE %d.",
 		runtime.NumCPU(), model, mem, kernel, runtime.Version(), rl.Max)
+}
+
+// modules lists the versions of the libraries measured, as built.
+func modules() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "Modules: unknown."
+	}
+	want := map[string]bool{"github.com/centrifugal/centrifuge": true, "github.com/dunglas/mercure": true, "github.com/olahol/melody": true,
+		"github.com/gorilla/websocket": true, "github.com/gin-gonic/gin": true}
+	var out []string
+	for _, d := range bi.Deps {
+		if d.Path == "github.com/ginrealtime/realtime" {
+			out = append(out, "realtime (this repository, ../)")
+		} else if want[d.Path] {
+			out = append(out, d.Path+" "+d.Version)
+		}
+	}
+	slices.Sort(out)
+	return "Modules: " + strings.Join(out, ", ") + "."
 }
 
 // loadLine summarizes the load average samples taken during the run.
