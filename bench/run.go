@@ -769,6 +769,7 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 	var d stepResult
 	d.codes = map[string]int{}
 	var all hist
+	cpu0 := s.cpu() // once for all bursts: /proc counts 10 ms ticks
 	for range o.cfg.bursts {
 		st, h, err := o.step(s, g, o.cfg.burstEvents, 0, o.cfg.stall, time.Minute)
 		if err != nil {
@@ -780,7 +781,6 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 		d.events += st.events
 		d.seconds += st.seconds
 		d.pubSeconds += st.pubSeconds
-		d.serverCPU += st.serverCPU
 		d.clientCPU += st.clientCPU
 		d.closed += st.closed
 		for k, v := range st.codes {
@@ -791,6 +791,7 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 			break // not drained: the phase is over
 		}
 	}
+	d.serverCPU = s.cpu() - cpu0
 	if d.seconds > 0 {
 		d.rate = float64(d.events) / d.seconds
 	}
