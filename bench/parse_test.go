@@ -100,7 +100,7 @@ func TestWSFramesBatchesFragmentsAndClose(t *testing.T) {
 	var wire []byte
 	wire = append(wire, serverFrame(true, 0x1, []byte(`{"id":1,"connect":{}}`))...)
 	wire = append(wire, serverFrame(true, 0x1, []byte(msg(0)+"\n"+msg(1)+"\n{}\n"+msg(2)))...) // 3 deliveries and a ping in one frame
-	big := strings.Repeat(msg(3)+"\n", 2000)                                                    // > 64 KiB: a 64-bit length
+	big := strings.Repeat(msg(3)+"\n", 2000)                                                   // > 64 KiB: a 64-bit length
 	wire = append(wire, serverFrame(true, 0x1, []byte(big))...)
 	wire = append(wire, serverFrame(false, 0x1, []byte(msg(4)[:10]))...) // a fragmented message
 	wire = append(wire, serverFrame(true, 0x9, []byte("p"))...)          // a ping between the fragments
