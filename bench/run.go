@@ -725,6 +725,12 @@ func (o *orchestrator) idleAndWide(name string, r *repResult) error {
 	o.vlogf("%s idle: RSS %d → %d KiB (freed %d → %d), goroutines %d → %d", name, rssBefore, rssAfter,
 		rssFreedBefore, r.rssFreedAfter, before.Goroutines, after.Goroutines)
 
+	// Unmeasured: the first events after FreeOSMemory fault pages back in.
+	if st, _, err := o.step(s, g, 5, 10, o.cfg.stall, time.Minute); err != nil {
+		return err
+	} else if st.closed > 0 || st.events < st.expected {
+		return fmt.Errorf("wide fan-out warm-up: %d of %d delivered, %d subscribers closed", st.events, st.expected, st.closed)
+	}
 	for _, rate := range o.cfg.wideRates {
 		n := max(1, int(rate*o.cfg.wideDur.Seconds()))
 		st, _, err := o.step(s, g, n, rate, o.cfg.stall, 2*time.Minute)
