@@ -110,6 +110,7 @@ func (o *orchestrator) rows() []row {
 			row{label: "… p50", unit: "ms", get: step(w, p50)},
 			row{label: "… p99", unit: "ms", get: step(w, p99)},
 			row{label: "… server CPU per delivery", unit: "µs", get: step(w, cpu)},
+			row{label: "… delivered", unit: "%", get: step(w, pct)},
 			row{label: "… subscribers closed", get: step(w, closed), cell: closedCell(w)},
 		)
 	}
