@@ -137,6 +137,22 @@ func median(reps []*repResult, get func(r *repResult) (float64, bool)) (float64,
 	return (vs[len(vs)/2-1] + vs[len(vs)/2]) / 2, true
 }
 
+// spread is the lowest and highest value of the repetitions that have one.
+func spread(reps []*repResult, get func(r *repResult) (float64, bool)) (lo, hi float64, n int) {
+	for _, r := range reps {
+		if v, ok := get(r); ok {
+			if n == 0 || v < lo {
+				lo = v
+			}
+			if n == 0 || v > hi {
+				hi = v
+			}
+			n++
+		}
+	}
+	return lo, hi, n
+}
+
 // num formats v with 3 significant digits (integers as they are).
 func num(v float64, unit string) string {
 	var s string
@@ -174,7 +190,8 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 	fmt.Fprintf(w, "%s\n\n", modules())
 	fmt.Fprintf(w, "%s\n\n", o.loadLine())
 	fmt.Fprintf(w, "Each server in its own process, raw-TCP clients in separate processes (GOMAXPROCS=1, at most %s connections each), all on 127.0.0.1; "+
-		"%d repetition(s), interleaved (every implementation in turn within each phase of a repetition), medians reported. Server CPU is utime + stime "+
+		"%d repetition(s), interleaved (every implementation in turn within each phase of a repetition); the tables show medians, "+
+		"with the lowest and highest repetition in parentheses. Server CPU is utime + stime "+
 		"of the server process from /proc/<pid>/stat; RSS is VmRSS from /proc/<pid>/status, read after the server ran runtime.GC() "+
 		"(and again after debug.FreeOSMemory()); heap + stacks are runtime.MemStats HeapInuse + StackInuse. Events carry %d B of JSON.\n\n",
 		count(cfg.perProc), cfg.reps, cfg.size)
@@ -201,6 +218,9 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 					cells[i] = r.cell(v, res[c])
 				default:
 					cells[i] = num(v, r.unit)
+				}
+				if lo, hi, n := spread(res[c], r.get); ok && n > 1 && lo != hi {
+					cells[i] += " (" + num(lo, "") + "–" + num(hi, "") + ")"
 				}
 			}
 			fmt.Fprintf(w, "| %s | %s |\n", r.label, strings.Join(cells, " | "))
