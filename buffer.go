@@ -47,6 +47,10 @@ type Lookup struct {
 	Status LookupStatus
 	// Seq is the position of the resume point (Found, UpToDate).
 	Seq uint64
+	// Version is the record version of the resume point's event
+	// (Event.Version; Found, UpToDate; 0 when unknown): the replay must go
+	// on from the next one.
+	Version uint64
 	// Events are the events after the resume point, oldest first (Found).
 	Events []Entry
 }
@@ -87,6 +91,10 @@ type MemoryBuffer struct {
 	lru     list.List // of *memStream, front = most recently active
 	bytes   int64
 	seq     uint64 // last position handed out, shared by all streams
+	// entries are the events held; evictions those dropped early to keep
+	// MaxBytes (ReportStats).
+	entries   int
+	evictions uint64
 }
 
 var _ Buffer = (*MemoryBuffer)(nil)
@@ -98,17 +106,23 @@ type memStream struct {
 	bytes   int64
 	// head is the newest event ever appended, kept when entries age out, so a
 	// subscriber at the head is known to be up to date.
-	headSeq  uint64
-	headETag string
+	headSeq     uint64
+	headETag    string
+	headVersion uint64 // the newest event's Event.Version
 	// version is the last record version appended (Event.Version; 0: none
-	// known). It is forgotten with the stream, like an engine forgetting a
-	// stream: any version is then appended.
+	// known; events without a version leave it). It is forgotten with the
+	// stream, like an engine forgetting a stream: any version is then
+	// appended.
 	version uint64
 }
 
 // NewMemoryBuffer returns an in-memory Buffer with cfg's bounds (zero fields
-// take their defaults).
+// take their defaults). A negative bound is a programming error, refused as
+// Config refuses its own: NewMemoryBuffer panics with ErrInvalidConfig.
 func NewMemoryBuffer(cfg MemoryBufferConfig) *MemoryBuffer {
+	if cfg.Size < 0 || cfg.MaxAge < 0 || cfg.MaxBytes < 0 {
+		panic(fmt.Errorf("%w: MemoryBufferConfig bounds must not be negative", ErrInvalidConfig))
+	}
 	if cfg.Size <= 0 {
 		cfg.Size = 100
 	}
@@ -144,20 +158,24 @@ func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 	b.seq++ // one counter for all streams: a dropped stream never restarts at 1
 	s.headSeq = b.seq
 	s.headETag = ev.ETag
+	s.headVersion = ev.Version
 	sz := ev.size()
 	s.entries = append(s.entries, Entry{Seq: s.headSeq, Event: ev})
 	s.bytes += sz
 	b.bytes += sz
+	b.entries++
 	b.trim(s)
 	for b.bytes > b.cfg.MaxBytes && b.lru.Len() > 1 {
 		victim := b.lru.Back().Value.(*memStream)
 		if victim == s {
 			break
 		}
+		b.evictions += uint64(len(victim.entries))
 		b.drop(victim)
 	}
 	if b.bytes > b.cfg.MaxBytes { // one stream alone over the cap: keep its newest
 		for len(s.entries) > 1 && b.bytes > b.cfg.MaxBytes {
+			b.evictions++
 			b.shift(s)
 		}
 	}
@@ -222,6 +240,7 @@ func (b *MemoryBuffer) shift(s *memStream) {
 	s.entries = s.entries[1:]
 	s.bytes -= sz
 	b.bytes -= sz
+	b.entries--
 	if len(s.entries) == 0 {
 		s.entries = nil
 	}
@@ -229,6 +248,7 @@ func (b *MemoryBuffer) shift(s *memStream) {
 
 func (b *MemoryBuffer) drop(s *memStream) {
 	b.bytes -= s.bytes
+	b.entries -= len(s.entries)
 	b.lru.Remove(s.elem)
 	delete(b.streams, s.key)
 }
@@ -250,7 +270,7 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 		return Lookup{Status: LookupUnknown, Seq: s.headSeq}, nil
 	}
 	if key.ID != "" && lastID == s.headETag {
-		return Lookup{Status: LookupUpToDate, Seq: s.headSeq}, nil
+		return Lookup{Status: LookupUpToDate, Seq: s.headSeq, Version: s.headVersion}, nil
 	}
 	at := -1
 	for i := len(s.entries) - 1; i >= 0; i-- {
@@ -264,10 +284,11 @@ func (b *MemoryBuffer) Since(_ context.Context, key StreamKey, lastID string) (L
 	if at < 0 {
 		return Lookup{Status: LookupUnknown}, nil
 	}
+	v := s.entries[at].Event.Version
 	if at == len(s.entries)-1 {
-		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq}, nil
+		return Lookup{Status: LookupUpToDate, Seq: s.entries[at].Seq, Version: v}, nil
 	}
-	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
+	return Lookup{Status: LookupFound, Seq: s.entries[at].Seq, Version: v, Events: append([]Entry(nil), s.entries[at+1:]...)}, nil
 }
 
 // Invalidate implements Buffer.
@@ -287,4 +308,17 @@ func (b *MemoryBuffer) Stats() (streams int, bytes int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.streams), b.bytes
+}
+
+var _ StatsSource = (*MemoryBuffer)(nil)
+
+// ReportStats implements StatsSource: Stats.Buffer.
+func (b *MemoryBuffer) ReportStats(s *Stats) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.Buffer.Reported = true
+	s.Buffer.Streams += len(b.streams)
+	s.Buffer.Entries += b.entries
+	s.Buffer.Bytes += b.bytes
+	s.Buffer.Evictions += b.evictions
 }

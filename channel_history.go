@@ -21,85 +21,6 @@ func channelKey(tenant, channel string) StreamKey {
 	return StreamKey{Tenant: tenant, Collection: channelCollection, ID: channel}
 }
 
-// Channel operations seen by a ChannelAuthorizer (ChannelAccess.Op).
-const (
-	// ChannelOpSubscribe: a WebSocket subscribe or an SSE channel stream.
-	ChannelOpSubscribe = "subscribe"
-	// ChannelOpHistory: GET {base}/channels/:channel/history.
-	ChannelOpHistory = "history"
-)
-
-// ChannelAccess is what a ChannelAuthorizer decides on.
-type ChannelAccess struct {
-	// Identity is the client's verified token.
-	Identity *Identity
-	// Channel is the channel name, or the pattern when Pattern is set.
-	Channel string
-	// Pattern reports that Channel contains "*" or ">" segments: it
-	// stands for every channel it matches.
-	Pattern bool
-	// Op is ChannelOpSubscribe or ChannelOpHistory.
-	Op string
-}
-
-// ChannelAuthorizer decides whether an identity may subscribe to a channel
-// (or pattern) or read its history: nil allows, ErrForbidden refuses (403,
-// or a forbidden error frame on a WebSocket). Channels are always confined
-// to the token's tenant; the authorizer adds the app's own rules, e.g.
-// "user.<x> only for the user x".
-//
-// It sees patterns as the client sent them: it must refuse a pattern that
-// would reach a channel the identity may not read ("user.*", "*.123",
-// "user.>", ">" for a rule about user.<x> channels). It is called on
-// handler and WebSocket inbox goroutines: it must be safe for concurrent
-// use and should not block.
-type ChannelAuthorizer func(ctx context.Context, a ChannelAccess) error
-
-// authorizeChannel checks one channel or pattern with Config.AuthorizeChannel.
-func (p *Plugin) authorizeChannel(ctx context.Context, ident *Identity, name, op string) error {
-	auth := p.cfg.AuthorizeChannel
-	if auth == nil {
-		return nil
-	}
-	pattern := validChannel(name, false) != nil // valid as a pattern, not as a channel
-	if err := auth(ctx, ChannelAccess{Identity: ident, Channel: name, Pattern: pattern, Op: op}); err != nil {
-		return fmt.Errorf("channel %s: %w", name, err)
-	}
-	return nil
-}
-
-// pushTargeting is a channel push's targeting, kept with it in the buffer
-// (Event.Prior, never sent) so that replay and history show a message only
-// to the users it was pushed to.
-type pushTargeting struct {
-	Users   []string `json:"u,omitempty"`
-	Exclude []string `json:"x,omitempty"`
-}
-
-// targetingJSON encodes a push's targeting; nil when it targets everyone.
-func targetingJSON(users, exclude []string) json.RawMessage {
-	if len(users) == 0 && len(exclude) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(pushTargeting{Users: users, Exclude: exclude})
-	return b
-}
-
-// targets reports whether a buffered push (its Event.Prior) was meant for user.
-func targetsUser(prior json.RawMessage, user string) bool {
-	if len(prior) == 0 {
-		return true
-	}
-	var t pushTargeting
-	if json.Unmarshal(prior, &t) != nil {
-		return false
-	}
-	if slices.Contains(t.Exclude, user) {
-		return false
-	}
-	return len(t.Users) == 0 || slices.Contains(t.Users, user)
-}
-
 // RecentReader is the optional ability of a Buffer (checked by type
 // assertion) to return a stream's newest entries. Channel history needs
 // it: without it ChannelHistory answers ErrUnavailable.
@@ -129,17 +50,6 @@ func (b *MemoryBuffer) Recent(_ context.Context, key StreamKey, n int) ([]Entry,
 	return append([]Entry(nil), es...), nil
 }
 
-// Recent implements RecentReader.
-func (n *memoryNode) Recent(ctx context.Context, key StreamKey, k int) ([]Entry, error) {
-	n.m.mu.Lock()
-	err := n.unavailable("recent")
-	n.m.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	return n.m.buf.Recent(ctx, key, k)
-}
-
 // ChannelHistory returns the newest (at most limit; 0 or less: BufferSize)
 // messages pushed to a concrete channel of tenant and still buffered,
 // oldest first: each the envelope exactly as it was sent on the WebSocket
@@ -167,7 +77,7 @@ func (p *Plugin) ChannelHistoryFor(ctx context.Context, ident *Identity, channel
 	if err := validChannel(channel, false); err != nil {
 		return nil, fmt.Errorf("realtime: channel history: %w", err)
 	}
-	if err := p.authorizeChannel(ctx, ident, channel, ChannelOpHistory); err != nil {
+	if err := p.access.channelOp(ctx, ident, channel, ChannelOpHistory); err != nil {
 		return nil, fmt.Errorf("realtime: channel history: %w", err)
 	}
 	msgs, err := p.channelHistory(ctx, ident.Tenant, channel, ident.User, limit)

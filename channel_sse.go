@@ -1,7 +1,6 @@
 package realtime
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -44,10 +43,8 @@ func parseChannelList(values []string, max int) ([]string, error) {
 // query parameter) resumes it from its buffer, or sends "event: resync"
 // with data {"channel":…,"reason":"buffer-miss"}; otherwise it is ignored.
 //
-// The stream is a subscriber of the SSE machinery (writer pool or
-// handler, heartbeats, bounded queue, Close) and a push target in the
-// WebSocket registry, indexed by (tenant, user) and by its patterns like
-// a WebSocket, without presence, slot or acks.
+// The stream is a push target (targets.go), like a WebSocket but without
+// presence, slot or acks, whose conn is an SSE stream (sse.go).
 func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	ident, ok := p.identify(c)
 	if !ok {
@@ -60,7 +57,7 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 	ctx := c.Request.Context()
 	for _, ch := range channels {
-		if err := p.authorizeChannel(ctx, ident, ch, ChannelOpSubscribe); err != nil {
+		if err := p.access.channelOp(ctx, ident, ch, ChannelOpSubscribe); err != nil {
 			writeError(c, fmt.Errorf("channel subscribe: %w", err))
 			return
 		}
@@ -71,93 +68,37 @@ func (p *Plugin) handleChannelSubscribe(c *gin.Context) {
 	}
 	lastID := ""
 	if resumeCh != "" {
-		if lastID = c.GetHeader("Last-Event-ID"); lastID == "" {
-			lastID = c.Query("lastEventId")
-		}
-		if strings.ContainsAny(lastID, "\r\n\x00") || len(lastID) > 512 {
-			writeError(c, badRequest("invalid Last-Event-ID"))
+		if lastID, err = resumePoint(c); err != nil {
+			writeError(c, err)
 			return
 		}
 	}
 
-	hijack := !p.cfg.DisableHijack && c.Request.ProtoMajor == 1
-	t := viaHandler
-	if hijack {
-		t = viaPool
-	}
-	s := newSubscriber(p, channelKey(ident.Tenant, resumeCh), ident, t)
-	target := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: p.ws, ident: ident,
-		stream: s, streamSeq: resumeCh != ""}
-	s.stream = target
-	if !p.track(s) {
-		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))
+	st := p.newSSEStream(c, ident)
+	st.c.kind = kindSSEChannel
+	t := &target{id: uuid.NewString(), ident: ident, c: st.c}
+	if err := p.admit(c, st.c); err != nil {
+		writeError(c, fmt.Errorf("channel subscribe: %w", err))
 		return
 	}
-	if p.cluster != nil {
-		p.cluster.streamOpened(ident.Tenant, ident.User) // before it reads its replay: no gap
-		target.clustered = true
-	}
-	if !p.ws.reg.addStream(target, channels) {
-		if target.clustered {
-			p.cluster.streamClosed(ident.Tenant, ident.User)
-		}
-		p.untrack(s)
-		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))
-		return
-	}
-	// Registered and holding (newSubscriber): live pushes wait in held
-	// until release, which drops those at or below base.
-	var (
-		first []item
-		base  uint64
-	)
+	var hold []string
 	if lastID != "" {
-		first, base = p.channelStreamReplay(ident, resumeCh, lastID)
+		hold = []string{resumeCh}
+		t.holdChannels(hold) // its live pushes wait for its replay
 	}
-	if hijack {
-		if p.serveHijacked(c, s, first, base, "") {
-			return
+	if !p.pushes.open(t, channels, nil) {
+		p.untrack(st.c)
+		writeError(c, fmt.Errorf("channel subscribe: %w", ErrClosed))
+		return
+	}
+	var r replay
+	if hold != nil {
+		r = p.pushes.readReplay(c.Request.Context(), t, resumeCh, lastID, nil)
+	}
+	st.onEnd = func() { p.pushes.close(t, false) }
+	st.serve(c, func() {
+		if hold != nil {
+			t.release(r)
 		}
-		s.transport = viaHandler
-		s.wake = make(chan struct{}, 1)
-	}
-	p.serveOnHandler(c, s, first, base, "")
-}
-
-// channelStreamReplay is the first frames of a channel stream resuming
-// from lastID: the buffered pushes after it that ident may see, or a
-// resync frame.
-func (p *Plugin) channelStreamReplay(ident *Identity, ch, lastID string) ([]item, uint64) {
-	lk, err := p.cfg.Buffer.Since(p.baseCtx, channelKey(ident.Tenant, ch), lastID)
-	if err != nil {
-		p.log.Warn("realtime: channel buffer unavailable, resyncing the stream", "err", err)
-		lk.Status = LookupUnknown
-	}
-	switch lk.Status {
-	case LookupUpToDate:
-		return nil, lk.Seq
-	case LookupFound:
-		var first []item
-		base := lk.Seq
-		for _, e := range lk.Events {
-			base = max(base, e.Seq)
-			if e.Event != nil && targetsUser(e.Event.Prior, ident.User) {
-				first = append(first, item{ev: e.Event, seq: e.Seq})
-			}
-		}
-		return first, base
-	}
-	data, _ := json.Marshal(struct {
-		Channel string `json:"channel"`
-		Reason  string `json:"reason"`
-	}{ch, "buffer-miss"})
-	return []item{{ev: &Event{Type: EventResync, Data: data}}}, 0
-}
-
-// dropChannelStream unregisters an SSE channel stream's push target, once
-// (from detach).
-func (p *Plugin) dropChannelStream(target *wsConn) {
-	if p.ws.reg.removeStream(target) && target.clustered {
-		p.cluster.streamClosed(target.tenant, target.user)
-	}
+	})
 }

@@ -352,3 +352,36 @@ func validSegment(name, seg string, pattern, last bool, what string) error {
 	}
 	return nil
 }
+
+// channelPatternMatches reports whether pattern ("*" one segment, trailing
+// ">" one or more further segments) matches the concrete channel. It is the
+// per-connection check of a push to given users; channelIndex serves the
+// push to a channel's subscribers.
+func channelPatternMatches(pattern, channel string) bool {
+	for {
+		ps, prest, pmore := cutDot(pattern)
+		cs, crest, cmore := cutDot(channel)
+		if ps == ">" && !pmore {
+			return true // cs is at least one segment
+		}
+		if ps != "*" && ps != cs {
+			return false
+		}
+		if pmore != cmore {
+			return false
+		}
+		if !pmore {
+			return true
+		}
+		pattern, channel = prest, crest
+	}
+}
+
+func cutDot(s string) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}

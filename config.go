@@ -2,9 +2,10 @@ package realtime
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
+	"net/http"
 	"runtime"
 	"time"
 
@@ -17,36 +18,26 @@ import (
 // []byte is taken as the record's JSON as is.
 type RecordLoader func(ctx context.Context, ref Ref) (any, error)
 
-// Authorizer decides whether an identity may see a record or a collection.
-// It returns nil to allow, ErrForbidden to refuse (403) or ErrNotFound to hide
-// the record (404). It is called at subscribe time and again before every
-// event frame (with Access.Event and Access.Record set), on the plugin's
-// writer goroutines: it must be fast and must not block.
-type Authorizer func(ctx context.Context, a Access) error
-
-// Access is what an Authorizer decides on.
-type Access struct {
-	// Identity is the subscriber's verified token.
-	Identity *Identity
-	// Ref names the record; Ref.ID is empty for a collection subscription.
-	Ref Ref
-	// Event is empty at subscribe time, else the type of the event about to be sent.
-	Event string
-	// Record is the record's JSON when known: the loaded record at subscribe
-	// time, the event's data before a frame, and before a deleted frame the
-	// record as it was (Event.Prior), or {"id":…} when the publisher did not
-	// say. It is nil when the record is absent or no loader is configured.
-	Record json.RawMessage
-}
-
 // ETagFunc computes the ETag of a record version from its collection, id and
 // JSON. It must return a valid HTTP entity tag, quotes included.
 type ETagFunc func(collection, id string, recordJSON []byte) string
 
+// IdentifyFunc identifies the caller of a request by the app's own means
+// (a session cookie, its own middleware's result in the request's
+// context): see Config.Identify. It returns the caller's identity, or an
+// error: one wrapping ErrForbidden refuses with 403, ErrUnavailable with
+// 503, any other (and a nil identity) with 401. The error is not logged
+// and never shown to the client. It runs on handler goroutines, once per
+// request (a stream or a WebSocket keeps its identity): it must be safe for
+// concurrent use.
+type IdentifyFunc func(r *http.Request) (*Identity, error)
+
 // Config configures a Plugin. The zero value of every field means its default;
-// only a JWT key (JWTSecret or JWTKeyfunc) is required.
+// only a way to identify callers is required: a JWT key (JWTSecret or
+// JWTKeyfunc) or Identify.
 type Config struct {
-	// JWTSecret is the HMAC key for HS256 tokens. Required unless JWTKeyfunc is set.
+	// JWTSecret is the HMAC key for HS256 tokens. Required unless JWTKeyfunc
+	// or Identify is set.
 	JWTSecret []byte
 	// JWTKeyfunc supplies verification keys for other algorithms (RS256, ES256,
 	// EdDSA, key rotation). Default: nil, HS256 with JWTSecret.
@@ -65,6 +56,41 @@ type Config struct {
 	TokenCookie string
 	// DisableQueryToken turns off the ?token= query parameter. Default: false (allowed).
 	DisableQueryToken bool
+	// JWTUserClaim names the claim that holds the user id (Identity.User).
+	// A name that is not a top-level claim and contains dots is a path into
+	// nested objects ("user.id" reads {"user":{"id":…}}). The value must be
+	// a non-empty string or an integer. Default: "sub".
+	JWTUserClaim string
+	// JWTTenantClaim names the claim that holds the tenant id
+	// (Identity.Tenant), nested like JWTUserClaim; an absent claim is
+	// DefaultTenant. Default: "tenant".
+	JWTTenantClaim string
+
+	// Identify, when set, identifies the caller of every plugin route and
+	// of Authenticate instead of a JWT (the app's own sessions or
+	// middleware); VerifyToken still verifies JWTs when a key is set. Its
+	// identities obey the same rules as a token's (see Identity). Default:
+	// nil, a JWT from the Authorization header, the cookie or the query.
+	Identify IdentifyFunc
+	// IdentifyByHeader tells that Identify reads a credential a browser
+	// never attaches by itself (a header): its identities are then not
+	// subject to the cross-site check of CSRFTrustedOrigins. Default:
+	// false, Identify is taken to read a cookie.
+	IdentifyByHeader bool
+	// CSRFTrustedOrigins are the origins (scheme://host[:port]) besides the
+	// request's own host whose pages may send state-changing requests (any
+	// method but GET, HEAD and OPTIONS) authenticated by a credential the
+	// browser attaches by itself: the token cookie, or Identify without
+	// IdentifyByHeader. Such a request from any other origin, or without
+	// Origin, is refused with 403 on the plugin's routes and in
+	// Authenticate, whatever CORSAllowedOrigins says (PROTOCOL.md §1; the
+	// exact rule is in csrf.go). "*" is refused. Default: none, the
+	// request's own host only.
+	CSRFTrustedOrigins []string
+	// DisableAuthenticateCSRF turns the cross-site check off in
+	// Authenticate, for an app with CSRF protection of its own; the
+	// plugin's own routes keep it. Default: false (checked).
+	DisableAuthenticateCSRF bool
 
 	// Loader loads records for snapshots and resync. Default: nil, no snapshots
 	// (subscribers get nothing until the next event; a miss gives resync only).
@@ -73,11 +99,21 @@ type Config struct {
 	// every identity may see every record of its own tenant.
 	Authorize Authorizer
 	// AuthorizeChannel decides who may subscribe to a channel (WebSocket
-	// subscribe, SSE channel stream) or read its history (PROTOCOL.md §8).
-	// It sees patterns as sent and must refuse those that would reach a
-	// channel the identity may not read (see ChannelAuthorizer). Default:
-	// nil, every channel of the token's tenant.
+	// subscribe, SSE channel and pushes streams) or read its history
+	// (PROTOCOL.md §8), and, with ClientPublish, who may publish on it. It
+	// sees patterns as sent and must refuse those that would reach a
+	// channel the identity may not read (see ChannelAuthorizer);
+	// PrivateUserChannels is such a rule for per-user channels, ChannelRules
+	// combines rules. Default: nil, every channel of the token's tenant (and
+	// no client publishing).
 	AuthorizeChannel ChannelAuthorizer
+	// ClientPublish lets WebSocket clients publish to channels
+	// ({"type":"publish"}, PROTOCOL.md §6) where AuthorizeChannel allows
+	// ChannelOpPublish: an AuthorizeChannel is then required, and it must
+	// look at ChannelAccess.Op (one written before ChannelOpPublish existed
+	// would allow every channel it lets clients read). Default: false,
+	// every client publish is refused (forbidden).
+	ClientPublish bool
 	// ETag computes record ETags. Default: DefaultETag. A record value that
 	// implements ETagger supplies its own ETag instead.
 	ETag ETagFunc
@@ -102,6 +138,7 @@ type Config struct {
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
 	Retry time.Duration
 	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
+	// (Expired tokens are looked for every 250 ms, whatever it is.)
 	Heartbeat time.Duration
 	// QueueSize bounds the frames waiting for one subscriber; when it is full
 	// the subscriber is disconnected and resumes on reconnect. Default: 512.
@@ -125,6 +162,17 @@ type Config struct {
 	PollMaxTimeout time.Duration
 	// MaxBodyBytes caps the body of the publish endpoint. Default: 1 MiB.
 	MaxBodyBytes int64
+	// BodyTimeout bounds the reading of a request body by the plugin's
+	// endpoints that take one (POST events, POST notify): a body not
+	// received in that time is answered 408 with the error code "timeout".
+	// Default: 10s.
+	BodyTimeout time.Duration
+	// MaxConnsPerIP caps the open connections of one client IP across SSE
+	// streams (record, collection, channel), long polls and WebSockets:
+	// one more is refused with 429 too_many_connections (close 4429 on a
+	// WebSocket). The IP is gin's Context.ClientIP, so it honours the
+	// engine's trusted proxies. Default: 0, no cap.
+	MaxConnsPerIP int
 	// CORSAllowedOrigins are the origins (scheme://host[:port], or "*")
 	// whose pages may call the publish endpoints (POST events, POST
 	// notify, GET presence) from a browser: their preflight is answered
@@ -138,12 +186,23 @@ type Config struct {
 	// an Origin header (a non-browser client) is always allowed. Default: nil,
 	// only an Origin whose host equals the request's Host.
 	WSAllowedOrigins []string
-	// WSMaxConnsPerUser caps the open WebSockets of one user of one tenant
-	// (429 before the upgrade). Default: 16.
+	// WSMaxConnsPerUser caps the push connections of one user of one
+	// tenant: WebSockets, pushes streams and pushes polls together (a
+	// WebSocket closes with 4429, see WSRefuseBeforeUpgrade; a stream or
+	// poll answers 429). Default: 16.
 	WSMaxConnsPerUser int
-	// WSMaxConnsPerTenant caps the open WebSockets of one tenant (429 before
-	// the upgrade). Default: 10000.
+	// WSMaxConnsPerTenant caps the push connections of one tenant
+	// (WebSockets, pushes streams and polls; 4429 or 429). Default: 10000.
 	WSMaxConnsPerTenant int
+	// WSRefuseBeforeUpgrade answers a WebSocket handshake refused for its
+	// credentials or a connection cap with a plain 401, 403 or 429 before
+	// the upgrade. Default: false, the upgrade is accepted, one error frame
+	// ({"type":"error","code":…,"message":…}) is sent and the socket is
+	// closed with 4401, 4403 or 4429, which a browser can read (it cannot
+	// read the status of a refused handshake); nothing is subscribed or
+	// registered on such a socket. A foreign Origin is always 403 before
+	// the upgrade.
+	WSRefuseBeforeUpgrade bool
 	// WSMaxMessageBytes is the largest frame a client may send; a larger one
 	// closes the connection with 1009. Default: 64 KiB.
 	WSMaxMessageBytes int64
@@ -164,6 +223,13 @@ type Config struct {
 	// (subscribe with records); beyond it the subscribe is refused with a
 	// bad_request error frame. Default: 100.
 	WSMaxRecords int
+	// WSMessageRate is how many messages per second one WebSocket client
+	// may send on average (a token bucket per connection, computed on each
+	// message); a client over it is closed with 1008. Default: 50.
+	WSMessageRate float64
+	// WSMessageBurst is how many messages one WebSocket client may send at
+	// once above WSMessageRate (the bucket's size). Default: 100.
+	WSMessageBurst int
 
 	// Logger receives the plugin's logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -172,10 +238,15 @@ type Config struct {
 // withDefaults returns a copy of c with every zero field set to its default,
 // or an error wrapping ErrInvalidConfig.
 func (c Config) withDefaults() (Config, error) {
-	if len(c.JWTSecret) == 0 && c.JWTKeyfunc == nil {
-		return c, fmt.Errorf("%w: JWTSecret or JWTKeyfunc is required", ErrInvalidConfig)
+	jwtKey := len(c.JWTSecret) > 0 || c.JWTKeyfunc != nil
+	if !jwtKey && c.Identify == nil {
+		return c, fmt.Errorf("%w: JWTSecret, JWTKeyfunc or Identify is required", ErrInvalidConfig)
 	}
-	if len(c.JWTAlgorithms) == 0 {
+	if err := c.claimDefaults(); err != nil {
+		return c, err
+	}
+	// With Identify and no key, no JWT is ever verified: no algorithm.
+	if jwtKey && len(c.JWTAlgorithms) == 0 {
 		if c.JWTKeyfunc != nil {
 			return c, fmt.Errorf("%w: JWTAlgorithms must list the algorithms JWTKeyfunc serves", ErrInvalidConfig)
 		}
@@ -205,6 +276,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
 		{"WSPingInterval", &c.WSPingInterval, 25 * time.Second},
 		{"WSPongWait", &c.WSPongWait, 60 * time.Second},
+		{"BodyTimeout", &c.BodyTimeout, 10 * time.Second},
 	} {
 		if *d.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, d.name)
@@ -230,6 +302,8 @@ func (c Config) withDefaults() (Config, error) {
 		{"WSSendQueue", &c.WSSendQueue, 256},
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
 		{"WSMaxRecords", &c.WSMaxRecords, 100},
+		{"MaxConnsPerIP", &c.MaxConnsPerIP, 0},
+		{"WSMessageBurst", &c.WSMessageBurst, 100},
 	} {
 		if *n.v < 0 {
 			return c, fmt.Errorf("%w: %s is negative", ErrInvalidConfig, n.name)
@@ -237,6 +311,12 @@ func (c Config) withDefaults() (Config, error) {
 		if *n.v == 0 {
 			*n.v = n.def
 		}
+	}
+	if _, err := newOriginPolicy(c.CSRFTrustedOrigins); err != nil {
+		return c, err
+	}
+	if c.ClientPublish && c.AuthorizeChannel == nil {
+		return c, fmt.Errorf("%w: ClientPublish needs an AuthorizeChannel deciding ChannelOpPublish", ErrInvalidConfig)
 	}
 	if len(c.CORSAllowedOrigins) > 0 {
 		if _, err := corsConfig(c.CORSAllowedOrigins); err != nil {
@@ -248,6 +328,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.WSPingInterval >= c.WSPongWait {
 		return c, fmt.Errorf("%w: WSPingInterval must be shorter than WSPongWait", ErrInvalidConfig)
+	}
+	if c.WSMessageRate < 0 || math.IsNaN(c.WSMessageRate) || math.IsInf(c.WSMessageRate, 0) {
+		return c, fmt.Errorf("%w: WSMessageRate must be a positive number", ErrInvalidConfig)
+	}
+	if c.WSMessageRate == 0 {
+		c.WSMessageRate = 50
 	}
 	if c.WSMaxMessageBytes < 0 {
 		return c, fmt.Errorf("%w: WSMaxMessageBytes is negative", ErrInvalidConfig)
@@ -287,4 +373,20 @@ func (c Config) withDefaults() (Config, error) {
 		})
 	}
 	return c, nil
+}
+
+// claimDefaults applies the defaults of the claim names and checks them.
+func (c *Config) claimDefaults() error {
+	if c.JWTUserClaim == "" {
+		c.JWTUserClaim = "sub"
+	}
+	if c.JWTTenantClaim == "" {
+		c.JWTTenantClaim = "tenant"
+	}
+	for _, n := range []struct{ field, claim string }{{"JWTUserClaim", c.JWTUserClaim}, {"JWTTenantClaim", c.JWTTenantClaim}} {
+		if _, ok := parseClaimPath(n.claim); !ok {
+			return fmt.Errorf("%w: %s is empty", ErrInvalidConfig, n.field)
+		}
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/gin-contrib/cors"
-	"github.com/gin-gonic/gin"
 )
 
 // corsMaxAge is how long a browser may cache a preflight's answer.
@@ -34,17 +33,4 @@ func corsConfig(origins []string) (cors.Config, error) {
 		return cc, fmt.Errorf("%w: CORSAllowedOrigins: %w", ErrInvalidConfig, err)
 	}
 	return cc, nil
-}
-
-// publishRoute mounts a publish endpoint (publish scope: record events,
-// notify, presence) on rg, with CORS for Config.CORSAllowedOrigins: the
-// preflight (OPTIONS) is answered for allowed origins, a request from
-// another origin is refused (403, no CORS headers).
-func (p *Plugin) publishRoute(rg gin.IRoutes, method, path string, h gin.HandlerFunc) {
-	if p.cors == nil {
-		rg.Handle(method, path, h)
-		return
-	}
-	rg.Handle(method, path, p.cors, h)
-	rg.OPTIONS(path, p.cors)
 }

@@ -28,7 +28,28 @@ var (
 	// it follows (Publication.Version): nothing was published; publish it
 	// again once the earlier versions are, or with Publication.Gap.
 	ErrOutOfOrder = errors.New("realtime: version out of order")
-	// ErrTooManyConnections reports a WebSocket refused by the per-user or
-	// per-tenant connection cap (429 too_many_connections).
+	// ErrTooManyConnections reports a connection refused by a connection
+	// cap: a WebSocket over the per-user or per-tenant cap, or any stream,
+	// long poll or WebSocket over Config.MaxConnsPerIP (429
+	// too_many_connections, or close 4429 on a WebSocket).
 	ErrTooManyConnections = errors.New("realtime: too many connections")
+	// ErrTimeout reports a request body not received within
+	// Config.BodyTimeout (408 timeout).
+	ErrTimeout = errors.New("realtime: timeout")
+)
+
+// Unexported sentinels: causes the plugin records, never returned.
+var (
+	// errClientGone is why a connection ended when its client left.
+	errClientGone = errors.New("realtime: client went away")
+	// errFrameField reports an SSE event name or id that cannot be
+	// written safely (CR, LF or NUL).
+	errFrameField = errors.New("realtime: SSE field contains CR, LF or NUL")
+	// errClaimType reports a user or tenant claim that is neither a
+	// string nor an integer (wrapped in ErrUnauthorized).
+	errClaimType = errors.New("realtime: claim is neither a string nor an integer")
+	// errCrossSite is why a state-changing request authenticated by a
+	// credential its browser attaches by itself was refused (wrapped in
+	// ErrForbidden; csrf.go).
+	errCrossSite = errors.New("realtime: cross-site request")
 )

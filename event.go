@@ -52,11 +52,24 @@ type Event struct {
 	// none: such events are ordered by their stream alone.
 	Version uint64
 
+	kind eventKind
+
 	sseOnce sync.Once
 	sse     []byte
 	wsOnce  sync.Once
 	ws      []byte
 }
+
+// eventKind says what an Event in a connection's queue stands for, so that
+// each transport encodes it (sse.go, ws_transport.go).
+type eventKind uint8
+
+const (
+	kindRecord        eventKind = iota // a record event (or its resync, keepalive)
+	kindPush                           // a push (§7): Data is its envelope, Type its event name, ETag its envelopeId
+	kindAnswer                         // a WebSocket message: Data as is
+	kindChannelResync                  // a channel's resync: Ref.ID names the channel, Data the SSE data
+)
 
 // wsRecordFrame is a record event on a WebSocket (PROTOCOL.md §6).
 type wsRecordFrame struct {
@@ -92,17 +105,7 @@ func (e *Event) size() int64 {
 	return int64(2*len(e.Data) + len(e.Prior) + 2*len(e.ETag) + len(e.Ref.Tenant) + len(e.Ref.Collection) + len(e.Ref.ID) + 200)
 }
 
-// resyncEvent is the frame sent when a resume point cannot be served.
-var resyncEvent = &Event{Type: EventResync, Data: json.RawMessage(`{"reason":"buffer-miss"}`)}
-
 // keepaliveEvent marks a heartbeat in a subscriber's queue.
 var keepaliveEvent = &Event{Type: "keepalive", sse: keepaliveFrame}
 
 func init() { keepaliveEvent.sseOnce.Do(func() {}) }
-
-// pollEvent is an event in a long-poll answer.
-type pollEvent struct {
-	Event string          `json:"event"`
-	ID    string          `json:"id,omitempty"`
-	Data  json.RawMessage `json:"data"`
-}

@@ -302,7 +302,7 @@ func TestCloseReturnsWithStuckClient(t *testing.T) {
 	if _, err := http.ReadResponse(br, nil); err != nil {
 		t.Fatal(err)
 	}
-	live := rt.liveSubscribers()
+	live := rt.liveConns()
 	if len(live) != 1 {
 		t.Fatalf("%d subscribers", len(live))
 	}

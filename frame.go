@@ -2,14 +2,10 @@ package realtime
 
 import (
 	"bytes"
-	"errors"
 	"strconv"
 	"strings"
 	"time"
 )
-
-// errFrameField reports an event name or id that cannot be written safely.
-var errFrameField = errors.New("realtime: SSE field contains CR, LF or NUL")
 
 // AppendSSEFrame appends one SSE frame (event, id, data lines, blank line) to
 // dst. An empty event or id omits that line. Data is split at every CR, LF

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"testing"
 )
 
@@ -78,8 +79,66 @@ func FuzzCredentials(f *testing.F) {
 		q := r.URL.Query()
 		q.Set("token", query)
 		r.URL.RawQuery = q.Encode()
-		if _, err := rt.auth.verify(rt.auth.tokenFrom(r)); !errors.Is(err, ErrUnauthorized) {
+		if _, err := rt.auth.identityOf(r); !errors.Is(err, ErrUnauthorized) {
 			t.Fatalf("credentials %q / %q: err %v, want ErrUnauthorized", header, query, err)
+		}
+	})
+}
+
+// FuzzWSMessage feeds arbitrary frames through the WebSocket client
+// message parser: each is refused with ErrBadRequest and a message, or is
+// a known type whose every key (exactly spelt) belongs to that type, with
+// its required field set.
+func FuzzWSMessage(f *testing.F) {
+	for _, s := range []string{
+		`ping`, ` PiNg `, `{"type":"ping"}`,
+		`{"type":"subscribe","channels":["orders.*"],"filters":[{"type":"a","n":1}]}`,
+		`{"type":"subscribe","channels":["a"],"since":{"a":"e1"}}`,
+		`{"type":"subscribe","records":[{"collection":"posts","id":"1","lastEventId":"\"x\""}]}`,
+		`{"type":"unsubscribe"}`,
+		`{"type":"ack","envelopeId":"e","result":{"ok":true}}`,
+		`{"type":"refresh","token":"a.b.c"}`,
+		`{"type":"publish","channel":"chat.room1","event":"msg","data":[1]}`,
+		`{"type":"subscribe","Channels":["a"]}`,
+		`{"type":"ack"}`, `{}`, `[]`, `{"type":1}`, `{"type":"subscribe","records":[{"id":1}]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	allowed := map[string][]string{
+		wsTypePing:        {"type"},
+		wsTypeSubscribe:   {"type", "channels", "filters", "records", "since"},
+		wsTypeUnsubscribe: {"type", "channels", "filters", "records", "since"},
+		wsTypeAck:         {"type", "envelopeId", "result"},
+		wsTypeRefresh:     {"type", "token"},
+		wsTypePublish:     {"type", "channel", "event", "data"},
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := parseWSMessage(raw)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) || publicMessage(err) == "" || publicMessage(err) == "bad request" {
+				t.Fatalf("refusal %v: want ErrBadRequest with a message", err)
+			}
+			return
+		}
+		keys, ok := allowed[m.Type]
+		if !ok {
+			t.Fatalf("accepted type %q", m.Type)
+		}
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) == nil {
+			for k := range obj {
+				if !slices.Contains(keys, k) {
+					t.Fatalf("%s accepted with key %q", raw, k)
+				}
+			}
+		} else if m.Type != wsTypePing {
+			t.Fatalf("%q accepted as %s without being a JSON object", raw, m.Type)
+		}
+		switch {
+		case m.Type == wsTypeAck && m.EnvelopeID == "",
+			m.Type == wsTypeRefresh && m.Token == "",
+			m.Type == wsTypePublish && m.Channel == "":
+			t.Fatalf("%s accepted without its required field", raw)
 		}
 	})
 }

@@ -31,6 +31,10 @@ func statusOf(err error) (int, string, string) {
 		return http.StatusRequestEntityTooLarge, "too_large", "request body too large"
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest, "bad_request", publicMessage(err)
+	case errors.Is(err, ErrTooManyConnections):
+		return http.StatusTooManyRequests, "too_many_connections", "too many connections"
+	case errors.Is(err, ErrTimeout):
+		return http.StatusRequestTimeout, "timeout", "request body not received in time"
 	case errors.Is(err, ErrClosed), errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable, "unavailable", "service unavailable"
 	default:

@@ -5,53 +5,34 @@ import (
 	"sync"
 )
 
-// hub routes published events to the subscribers of each stream.
+// hub routes the events the broker delivers to this node's subscriptions
+// of each stream.
 //
-// Appending an event to a stream's buffer and handing it to the stream's
-// subscribers happen under one per-key stripe lock, and so do attaching and
-// detaching subscribers: a subscriber attached after an append finds that
-// event in the buffer, one attached before it gets it live, and positions
-// (Entry.Seq) drop whatever it would get twice.
+// Handing an event to a stream's subscriptions and attaching or detaching
+// one happen under the key's stripe lock: a subscription attached before a
+// delivery gets it live (held until its first frames are queued), one
+// attached after finds it in the buffer, and positions (Entry.Seq) drop
+// whatever it would get twice.
 type hub struct {
 	seed    maphash.Seed
 	stripes [256]sync.Mutex
 
 	mu   sync.RWMutex
 	subs map[StreamKey]*subList
+	// n counts the subscriptions and the streams, of records and of
+	// collections (Stats), under mu.
+	n hubCounts
 }
 
 type subList struct {
-	subs []*subscriber // mutated under the key's stripe lock and hub.mu
+	subs []*subscription // mutated under the key's stripe lock and hub.mu
 }
 
 func newHub() *hub {
 	return &hub{seed: maphash.MakeSeed(), subs: make(map[StreamKey]*subList)}
 }
 
-// lockPair locks the stripes of a record's stream and of its collection's
-// (in index order, once when they are the same); unlockPair(i, j) undoes it.
-func (h *hub) lockPair(a, b StreamKey) (i, j uint64) {
-	i, j = h.stripeIndex(a), h.stripeIndex(b)
-	if i > j {
-		i, j = j, i
-	}
-	h.stripes[i].Lock()
-	if i != j {
-		h.stripes[j].Lock()
-	}
-	return i, j
-}
-
-func (h *hub) unlockPair(i, j uint64) {
-	if i != j {
-		h.stripes[j].Unlock()
-	}
-	h.stripes[i].Unlock()
-}
-
-func (h *hub) stripe(k StreamKey) *sync.Mutex { return &h.stripes[h.stripeIndex(k)] }
-
-func (h *hub) stripeIndex(k StreamKey) uint64 {
+func (h *hub) stripe(k StreamKey) *sync.Mutex {
 	var mh maphash.Hash
 	mh.SetSeed(h.seed)
 	mh.WriteString(k.Tenant)
@@ -59,24 +40,29 @@ func (h *hub) stripeIndex(k StreamKey) uint64 {
 	mh.WriteString(k.Collection)
 	mh.WriteByte(0)
 	mh.WriteString(k.ID)
-	return mh.Sum64() % uint64(len(h.stripes))
+	return &h.stripes[mh.Sum64()%uint64(len(h.stripes))]
 }
 
-// attach adds s to its key's subscribers; the caller holds the key's stripe.
-func (h *hub) attachLocked(s *subscriber) {
+// attach adds s to its key's subscriptions.
+func (h *hub) attach(s *subscription) {
+	mu := h.stripe(s.key)
+	mu.Lock()
 	h.mu.Lock()
 	l := h.subs[s.key]
 	if l == nil {
 		l = &subList{}
 		h.subs[s.key] = l
+		h.n.add(s.key, 0, 1)
 	}
 	s.idx = len(l.subs)
 	l.subs = append(l.subs, s)
+	h.n.add(s.key, 1, 0)
 	h.mu.Unlock()
+	mu.Unlock()
 }
 
-// detach removes s from its key's subscribers, if attached.
-func (h *hub) detach(s *subscriber) {
+// detach removes s from its key's subscriptions, if attached.
+func (h *hub) detach(s *subscription) {
 	mu := h.stripe(s.key)
 	mu.Lock()
 	h.mu.Lock()
@@ -86,8 +72,10 @@ func (h *hub) detach(s *subscriber) {
 		l.subs[s.idx].idx = s.idx
 		l.subs[last] = nil
 		l.subs = l.subs[:last]
+		h.n.add(s.key, -1, 0)
 		if len(l.subs) == 0 {
 			delete(h.subs, s.key)
+			h.n.add(s.key, 0, -1)
 		}
 	}
 	s.idx = -1
@@ -95,24 +83,48 @@ func (h *hub) detach(s *subscriber) {
 	mu.Unlock()
 }
 
-// subscribersLocked returns key's subscribers; the caller holds the key's
-// stripe, so the slice does not change while it is read.
-func (h *hub) subscribersLocked(k StreamKey) []*subscriber {
+// deliver hands o to every subscription of key, under the key's stripe (in
+// the order the broker delivers), and appends the conns to kick to sched.
+func (h *hub) deliver(key StreamKey, o out, sched []*conn) []*conn {
+	mu := h.stripe(key)
+	mu.Lock()
 	h.mu.RLock()
-	l := h.subs[k]
+	l := h.subs[key]
 	h.mu.RUnlock()
-	if l == nil {
-		return nil
+	if l != nil {
+		for _, s := range l.subs {
+			o.sub = s
+			if s.offer(o) {
+				sched = append(sched, s.c)
+			}
+		}
 	}
-	return l.subs
+	mu.Unlock()
+	return sched
 }
 
-// each calls f for every attached subscriber of a tenant's collection
-// (records and the collection stream), outside any stripe lock.
-func (h *hub) collect(tenant, collection string) []*subscriber {
+// each calls f, under the key's stripe, for every subscription of key
+// (the broker's gap: they resume before any later delivery).
+func (h *hub) each(key StreamKey, f func(*subscription)) {
+	mu := h.stripe(key)
+	mu.Lock()
+	h.mu.RLock()
+	l := h.subs[key]
+	h.mu.RUnlock()
+	if l != nil {
+		for _, s := range l.subs {
+			f(s)
+		}
+	}
+	mu.Unlock()
+}
+
+// collect returns the subscriptions of a tenant's collection: its records'
+// and the collection stream's.
+func (h *hub) collect(tenant, collection string) []*subscription {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	var out []*subscriber
+	var out []*subscription
 	for k, l := range h.subs {
 		if k.Tenant == tenant && k.Collection == collection {
 			out = append(out, l.subs...)

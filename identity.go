@@ -2,8 +2,11 @@ package realtime
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 )
@@ -15,16 +18,59 @@ const DefaultTenant = "default"
 // ScopePublish is the scope that allows the server-to-server endpoints.
 const ScopePublish = "publish"
 
-// Identity is who a verified token speaks for.
+// Identity is who a verified token (or Config.Identify) speaks for.
+//
+// Every identity obeys the same rules, however it was made (PROTOCOL.md
+// §1): a User is required, and neither User nor Tenant may contain a
+// wildcard ("*", ">"), white space, a control character or invalid UTF-8,
+// so that no identity can stand for a channel pattern ("user.<User>" is
+// always one concrete channel). Dots are allowed (emails make common user
+// ids). A request whose identity breaks a rule is refused with 401.
 type Identity struct {
-	// User is the token's sub claim.
+	// User is the user id: the token's sub claim (Config.JWTUserClaim).
 	User string
-	// Tenant is the token's tenant claim, DefaultTenant when absent.
+	// Tenant is the tenant id: the token's tenant claim
+	// (Config.JWTTenantClaim), DefaultTenant when absent or empty.
 	Tenant string
 	// Scopes is the token's space-separated scope claim, split.
 	Scopes []string
-	// Expires is the token's exp claim.
+	// Expires is the token's exp claim. Zero (an identity from
+	// Config.Identify that sets none) never expires.
 	Expires time.Time
+	// Claims are the token's verified claims, as decoded JSON (objects are
+	// map[string]any, numbers json.Number), for the Authorizer and the
+	// ChannelAuthorizer to decide on roles and the like; whatever
+	// Config.Identify sets. They must not be modified.
+	Claims map[string]any
+}
+
+// checkIdentity applies the identity rules to id (Tenant "" becomes
+// DefaultTenant). Errors wrap ErrUnauthorized.
+func checkIdentity(id *Identity) error {
+	if id.User == "" {
+		return fmt.Errorf("identity: %w: no user", ErrUnauthorized)
+	}
+	if id.Tenant == "" {
+		id.Tenant = DefaultTenant
+	}
+	if !validIdentityPart(id.User) || !validIdentityPart(id.Tenant) {
+		return fmt.Errorf("identity: %w: user or tenant with a wildcard, white space or a control character", ErrUnauthorized)
+	}
+	return nil
+}
+
+// validIdentityPart reports whether s may be a user or tenant id: valid
+// UTF-8 without "*", ">", white space or control characters.
+func validIdentityPart(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r == '*' || r == '>' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // HasScope reports whether the identity holds scope s.

@@ -4,17 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 )
 
 // MaxAwaitAcks is the longest Notification.AwaitAcks.
 const MaxAwaitAcks = 30 * time.Second
+
+// DefaultPushEvent is the event name of a push that names none
+// (PROTOCOL.md §7).
+const DefaultPushEvent = "message"
 
 // Notification is a push to the WebSocket connections of a tenant.
 type Notification struct {
@@ -29,7 +31,7 @@ type Notification struct {
 	// Channel, when set, restricts the push to connections subscribed to a
 	// matching pattern; it must be a concrete channel name.
 	Channel string
-	// Event is the push's event name. Required.
+	// Event is the push's event name. Default: DefaultPushEvent ("message").
 	Event string
 	// Data is the push's payload: a json.RawMessage or []byte is taken as
 	// JSON as is, anything else is marshalled with encoding/json.
@@ -37,6 +39,10 @@ type Notification struct {
 	// AwaitAcks, when positive, makes Notify wait up to this long (at most
 	// MaxAwaitAcks) for the ack frames of the connections it delivered to.
 	AwaitAcks time.Duration
+	// From, when set, is the envelope's "from": the user who published it
+	// (the plugin sets it to the publisher of a client's publish message).
+	// Default: empty, no from field.
+	From string
 }
 
 // Ack is one connection's answer to a push.
@@ -69,40 +75,72 @@ type envelope struct {
 	Event      string          `json:"event"`
 	Data       json.RawMessage `json:"data"`
 	Timestamp  string          `json:"timestamp"`
+	From       string          `json:"from,omitempty"`
 }
 
-// Notify pushes n to the WebSocket connections it targets (PROTOCOL.md §7)
-// and, for a push with a Channel, to the SSE channel streams subscribed
-// to it (§8). It never waits for a connection: each target's frame is
-// queued (a full queue closes that connection with 1013, that stream
-// ends). A push with a Channel is first appended to the channel's buffer
-// (history, since, Last-Event-ID); when that fails nothing is delivered
-// and the error wraps ErrUnavailable. With AwaitAcks it then waits for the
-// delivered WebSockets' acks (SSE streams cannot ack and are not awaited),
-// until ctx ends or the plugin closes. Errors wrap ErrBadRequest,
-// ErrUnavailable or ErrClosed.
+// Notify pushes n to the connections it targets (PROTOCOL.md §7), on every
+// node: WebSockets and, for a push with a Channel, SSE channel streams
+// subscribed to it (§8). It never waits for a connection: each target's
+// frame is queued (a full queue closes that connection: 1013 on a
+// WebSocket, the end of an SSE stream). A push with a Channel is first
+// appended to the channel's buffer (history, since, Last-Event-ID); when
+// that fails nothing is delivered and the error wraps ErrUnavailable. The
+// answer comes once every node has counted its deliveries (at most
+// countWaitMax); with AwaitAcks it then waits for the delivered WebSockets'
+// acks (SSE streams cannot ack and are not awaited), until ctx ends or the
+// plugin closes. Errors wrap ErrBadRequest, ErrUnavailable or ErrClosed.
 func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, error) {
+	res, err := p.pushes.notify(ctx, n)
+	if err != nil {
+		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
+	}
+	return res, nil
+}
+
+// pushes is the push side of the plugin: this node's push targets, the
+// pushes it delivers for any node, and the delivery counts its own Notify
+// calls wait for.
+type pushes struct {
+	p   *Plugin
+	reg *registry
+
+	countMu sync.Mutex
+	counts  map[string]*countWait // this node's Notify calls, by envelope id
+}
+
+func newPushes(p *Plugin) *pushes {
+	return &pushes{p: p, reg: newRegistry(), counts: make(map[string]*countWait)}
+}
+
+// countWaitMax bounds how long Notify waits for the nodes' delivery counts.
+const countWaitMax = 2 * time.Second
+
+// notify is Notify: the push is published to the topics of its targets,
+// every node (this one included) delivers to its own connections and
+// answers with what it delivered.
+func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, error) {
+	p := ps.p
 	if p.closed.Load() {
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", ErrClosed)
+		return NotifyResult{}, ErrClosed
 	}
 	if n.Event == "" {
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("event is required"))
+		n.Event = DefaultPushEvent
 	}
 	if strings.ContainsAny(n.Event, "\r\n\x00") {
 		// It is the SSE event field of channel streams.
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("event must not contain CR, LF or NUL"))
+		return NotifyResult{}, badRequest("event must not contain CR, LF or NUL")
 	}
 	if n.AwaitAcks < 0 || n.AwaitAcks > MaxAwaitAcks {
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("awaitAcks must be between 0 and 30s"))
+		return NotifyResult{}, badRequest("awaitAcks must be between 0 and 30s")
 	}
 	if n.Channel != "" {
 		if err := validChannel(n.Channel, false); err != nil {
-			return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
+			return NotifyResult{}, err
 		}
 	}
 	data, err := dataJSON(n.Data)
 	if err != nil {
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
+		return NotifyResult{}, err
 	}
 	tenant := n.Tenant
 	if tenant == "" {
@@ -112,116 +150,257 @@ func (p *Plugin) Notify(ctx context.Context, n Notification) (NotifyResult, erro
 	now := time.Now()
 	frame, err := json.Marshal(envelope{
 		Type: "message", EnvelopeID: id, Channel: n.Channel, Event: n.Event, Data: data,
-		Timestamp: now.UTC().Format(time.RFC3339Nano),
+		Timestamp: now.UTC().Format(time.RFC3339Nano), From: n.From,
 	})
 	if err != nil {
-		return NotifyResult{}, fmt.Errorf("realtime: notify: %w", badRequest("data is not valid JSON"))
+		return NotifyResult{}, badRequest("data is not valid JSON")
 	}
-	lp := &localPush{channel: n.Channel, event: n.Event, id: id, frame: frame}
+	var seq uint64
 	if n.Channel != "" {
 		// Buffered before it is delivered anywhere: a subscriber that
 		// resumes finds in the buffer whatever it did not get live.
 		ev := &Event{Type: n.Event, Ref: channelKey(tenant, n.Channel), ETag: id, Data: frame,
 			Prior: targetingJSON(n.Users, n.ExcludeUsers), Time: now}
-		seq, err := p.cfg.Buffer.Append(ctx, ev.Ref, ev)
-		if err != nil {
-			return NotifyResult{}, fmt.Errorf("realtime: notify: buffer: %w: %w", ErrUnavailable, err)
+		if seq, err = p.cfg.Buffer.Append(ctx, ev.Ref, ev); err != nil {
+			return NotifyResult{}, fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
 		}
-		lp.seq, lp.ev = seq, ev
 	}
-	if p.cluster != nil {
-		res, err := p.cluster.notify(ctx, tenant, n, id, frame, data, lp.seq)
-		if err != nil {
-			return NotifyResult{}, fmt.Errorf("realtime: notify: %w", err)
-		}
-		return res, nil
-	}
-	targets := p.ws.reg.targets(tenant, n.Users, n.ExcludeUsers, n.Channel, n.Event, data)
 
+	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	var wait *ackWait
 	if n.AwaitAcks > 0 {
-		wait = p.ws.acks.open(id)
-		defer p.ws.acks.done(id)
+		wait = p.acks.open(id, tenant)
+		defer p.acks.done(id)
 	}
-	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
-	users := make(map[string]struct{})
-	var (
-		batch    pushBatch
-		awaiting int // delivered connections that can ack (WebSockets)
-	)
-	for _, c := range targets {
-		acks := wait != nil && c.stream == nil
-		if acks {
-			wait.expect(c.id)
-		}
-		if !batch.push(c, lp) {
-			if acks {
-				wait.forget(c.id)
+	cw := &countWait{changed: make(chan struct{}, 1), users: make(map[string]struct{}), wait: wait}
+	ps.countMu.Lock()
+	ps.counts[id] = cw
+	ps.countMu.Unlock()
+	defer func() {
+		ps.countMu.Lock()
+		delete(ps.counts, id)
+		ps.countMu.Unlock()
+	}()
+
+	m := nodeMsg{Type: "notify", Origin: p.node.id, Envelope: id, Frame: frame, Tenant: tenant,
+		Exclude: n.ExcludeUsers, Channel: n.Channel, Event: n.Event, Data: data,
+		AwaitMs: n.AwaitAcks.Milliseconds(), Seq: seq}
+	var topics []string
+	var perTopic [][]string
+	if len(n.Users) > 0 {
+		seen := make(map[string]bool, len(n.Users))
+		for _, u := range n.Users {
+			if seen[u] {
+				continue
 			}
-			continue
+			seen[u] = true
+			topics = append(topics, topicUser(tenant, u))
+			perTopic = append(perTopic, []string{u})
 		}
-		if c.stream == nil {
-			awaiting++
-		}
-		res.Delivered++
-		users[c.user] = struct{}{}
+	} else {
+		topics = []string{topicTenant(tenant)}
+		perTopic = [][]string{nil}
 	}
-	batch.flush(p) // one lock for all of them
-	res.Users = len(users)
+	nodes, err := ps.publishAll(ctx, topics, perTopic, &m)
+	if err != nil {
+		return NotifyResult{}, err
+	}
+	p.stats.pushed()
+	cw.await(ctx, nodes)
+	delivered, users, awaiting := cw.result()
+	res.Delivered, res.Users = delivered, users
 	if wait != nil && awaiting > 0 {
-		res.Acks = wait.wait(ctx, n.AwaitAcks, p.ws.acks.closed)
+		res.Acks = wait.wait(ctx, n.AwaitAcks, p.acks.closed)
 		res.TimedOut = awaiting - len(res.Acks)
+		p.stats.acksTimedOut(res.TimedOut)
 	}
 	return res, nil
 }
 
+// notifyFanout bounds the topics a Notify publishes to at once.
+const notifyFanout = 16
+
+// publishAll publishes m to each topic (with that topic's users), up to
+// notifyFanout at once, and returns how many nodes received them in all;
+// the first error, if any (a push to k users costs about k/16 round trips,
+// not k).
+func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]string, m *nodeMsg) (int, error) {
+	node := ps.p.node
+	if len(topics) == 1 {
+		m.Users = perTopic[0]
+		return node.publish(ctx, topics[0], m)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		nodes    int
+		firstErr error
+	)
+	sem := make(chan struct{}, notifyFanout)
+	for i, t := range topics {
+		msg := *m
+		msg.Users = perTopic[i]
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			k, err := node.publish(ctx, t, &msg)
+			mu.Lock()
+			nodes += k
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return nodes, firstErr
+}
+
+// deliver pushes a Notify of some node (this one included) to this node's
+// targets and answers its origin with what it delivered: the number of
+// connections, their distinct users, and the connections to await acks of
+// (only when acks are awaited): WebSockets, and those acking over HTTP
+// with their users.
+func (ps *pushes) deliver(m *nodeMsg) {
+	p := ps.p
+	begin := time.Now()
+	defer p.stats.pushFanoutSince(begin)
+	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
+	targets := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
+	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
+	var (
+		sched   []*conn
+		reached map[string]struct{}
+	)
+	for _, t := range targets {
+		ok, kick := t.push(lp)
+		if kick {
+			sched = append(sched, t.c)
+		}
+		if !ok {
+			continue
+		}
+		reply.N++
+		if reached == nil {
+			reached = make(map[string]struct{})
+		}
+		if _, dup := reached[t.ident.User]; !dup {
+			reached[t.ident.User] = struct{}{}
+			reply.Reached = append(reply.Reached, t.ident.User)
+		}
+		switch {
+		case m.AwaitMs == 0 || !t.acks:
+		case t.httpAcks:
+			reply.HTTPAckers = append(reply.HTTPAckers, httpAcker{Conn: t.id, User: t.ident.User})
+		default:
+			reply.Ackers = append(reply.Ackers, t.id)
+		}
+	}
+	if m.AwaitMs > 0 && len(reply.Ackers)+len(reply.HTTPAckers) > 0 && m.Origin != p.node.id {
+		p.acks.remote(m.Envelope, m.Origin, time.Duration(m.AwaitMs)*time.Millisecond+time.Second)
+	}
+	// The count goes first: an ack can only follow the push's write, and
+	// the origin must expect it by then (its forward follows the count).
+	p.node.reply(m.Origin, reply)
+	kickAll(p.pool, sched)
+}
+
+// counted records a node's delivery count of one of this node's pushes.
+func (ps *pushes) counted(m *nodeMsg) {
+	ps.countMu.Lock()
+	w := ps.counts[m.Envelope]
+	ps.countMu.Unlock()
+	if w != nil {
+		w.add(m)
+	}
+}
+
+// countWait collects the delivery counts of one Notify.
+type countWait struct {
+	mu        sync.Mutex
+	got       int // counts received (one per node that received the push)
+	delivered int
+	users     map[string]struct{}
+	awaiting  int
+	wait      *ackWait // nil: acks not awaited
+	changed   chan struct{}
+}
+
+func (w *countWait) add(m *nodeMsg) {
+	w.mu.Lock()
+	w.got++
+	w.delivered += m.N
+	for _, u := range m.Reached {
+		w.users[u] = struct{}{}
+	}
+	if w.wait != nil {
+		for _, id := range m.Ackers {
+			w.wait.expect(id)
+			w.awaiting++
+		}
+		for _, a := range m.HTTPAckers {
+			w.wait.expectHTTP(a.Conn, a.User)
+			w.awaiting++
+		}
+	}
+	w.mu.Unlock()
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+// await waits until nodes counts arrived, countWaitMax passed or ctx ended.
+func (w *countWait) await(ctx context.Context, nodes int) {
+	timer := time.NewTimer(countWaitMax)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		all := w.got >= nodes
+		w.mu.Unlock()
+		if all {
+			return
+		}
+		select {
+		case <-w.changed:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (w *countWait) result() (delivered, users, awaiting int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.delivered, len(w.users), w.awaiting
+}
+
 // localPush is one push on its way to this node's targets.
 type localPush struct {
-	channel, event, id string
+	channel string
+	id      string // its envelopeId
 	// seq is the push's position in its channel's buffer (0 without a
 	// channel): a connection resumed past it already has it.
-	seq   uint64
-	frame []byte // the envelope: the WebSocket frame
-	ev    *Event // the SSE event of channel streams, built on first use
+	seq uint64
+	// ev is the push as every target queues it: its envelope (the
+	// WebSocket frame, the SSE data), event name and, for a channel push,
+	// envelopeId (the SSE event and id), each encoding made once for all
+	// targets.
+	ev *Event
 }
 
-// sseEvent is the push as an SSE channel stream writes it (event: name,
-// id: envelopeId, data: envelope), encoded once for all streams.
-func (lp *localPush) sseEvent() *Event {
-	if lp.ev == nil {
-		lp.ev = &Event{Type: lp.event, ETag: lp.id, Data: lp.frame, Time: time.Now()}
+func newLocalPush(channel, event, id string, seq uint64, frame []byte) *localPush {
+	ev := &Event{kind: kindPush, Type: event, Data: frame, Time: time.Now()}
+	if channel != "" {
+		// A push without a channel has no SSE id line: it is in no
+		// buffer, so it is no resume point, and a stream's Last-Event-ID
+		// stays its last channel push (pushes_http.go).
+		ev.ETag = id
 	}
-	return lp.ev
-}
-
-// pushBatch collects the targets to schedule on the writer pool.
-type pushBatch struct {
-	conns []*wsConn
-	subs  []*subscriber
-}
-
-// push queues lp to c (a WebSocket or an SSE channel stream) without
-// blocking; false when c is closing or overflowed.
-func (b *pushBatch) push(c *wsConn, lp *localPush) bool {
-	if s := c.stream; s != nil {
-		var seq uint64
-		if c.streamSeq {
-			seq = lp.seq
-		}
-		b.subs = s.offer(item{ev: lp.sseEvent(), seq: seq}, b.subs)
-		return s.open()
-	}
-	ok, schedule := c.pushFrame(lp.channel, lp.seq, lp.frame)
-	if schedule {
-		b.conns = append(b.conns, c)
-	}
-	return ok
-}
-
-// flush schedules the batch's targets.
-func (b *pushBatch) flush(p *Plugin) {
-	p.writers.addConns(b.conns)
-	p.writers.addMany(b.subs)
+	return &localPush{channel: channel, seq: seq, id: id, ev: ev}
 }
 
 // dataJSON returns the JSON of a push's data ("null" for nil).
@@ -248,251 +427,4 @@ func dataJSON(v any) (json.RawMessage, error) {
 		return nil, badRequest("data cannot be encoded as JSON")
 	}
 	return b, nil
-}
-
-// targets returns the connections of tenant a push reaches (PROTOCOL.md §7).
-func (r *wsRegistry) targets(tenant string, users, exclude []string, channel, event string, data json.RawMessage) []*wsConn {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	ts := r.tenants[tenant]
-	if ts == nil {
-		return nil
-	}
-	var excluded map[string]struct{}
-	if len(exclude) > 0 {
-		excluded = make(map[string]struct{}, len(exclude))
-		for _, u := range exclude {
-			excluded[u] = struct{}{}
-		}
-	}
-	var (
-		out     []*wsConn
-		decoded *pushData // the push's data, decoded once, on the first connection with filters
-	)
-	keep := func(c *wsConn) {
-		if _, ex := excluded[c.user]; ex {
-			return
-		}
-		if len(c.filters) > 0 {
-			if decoded == nil {
-				d := decodePushData(data)
-				decoded = &d
-			}
-			if !anyFilterMatchesData(c.filters, event, decoded) {
-				return
-			}
-		}
-		out = append(out, c)
-	}
-	switch {
-	case len(users) > 0:
-		seen := make(map[string]struct{}, len(users))
-		for _, u := range users {
-			if _, dup := seen[u]; dup {
-				continue
-			}
-			seen[u] = struct{}{}
-			for c := range r.users[userKey{tenant: tenant, user: u}] {
-				if channel == "" && c.stream != nil {
-					continue // SSE channel streams get channel pushes only
-				}
-				if channel != "" && !c.subscribedTo(channel) {
-					continue
-				}
-				keep(c)
-			}
-		}
-	case channel != "":
-		ts.matchMu.Lock()
-		ts.channels.match(channel, keep)
-		ts.matchMu.Unlock()
-	default:
-		for c := range ts.conns {
-			keep(c)
-		}
-	}
-	return out
-}
-
-// subscribedTo reports whether one of c's patterns matches channel
-// (registry lock held).
-func (c *wsConn) subscribedTo(channel string) bool {
-	for p := range c.channels {
-		if channelPatternMatches(p, channel) {
-			return true
-		}
-	}
-	return false
-}
-
-// channelPatternMatches reports whether pattern ("*" one segment, trailing
-// ">" one or more further segments) matches the concrete channel. It is the
-// per-connection check of a push to given users; channelIndex serves the
-// push to a channel's subscribers.
-func channelPatternMatches(pattern, channel string) bool {
-	for {
-		ps, prest, pmore := cutDot(pattern)
-		cs, crest, cmore := cutDot(channel)
-		if ps == ">" && !pmore {
-			return true // cs is at least one segment
-		}
-		if ps != "*" && ps != cs {
-			return false
-		}
-		if pmore != cmore {
-			return false
-		}
-		if !pmore {
-			return true
-		}
-		pattern, channel = prest, crest
-	}
-}
-
-func cutDot(s string) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '.' {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
-}
-
-// ackBoard holds the acks awaited by Notify calls, by envelope id.
-type ackBoard struct {
-	mu     sync.Mutex
-	waits  map[string]*ackWait
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newAckBoard() *ackBoard {
-	return &ackBoard{waits: make(map[string]*ackWait), closed: make(chan struct{})}
-}
-
-func (b *ackBoard) open(id string) *ackWait {
-	w := &ackWait{board: b, want: make(map[string]bool), changed: make(chan struct{}, 1)}
-	b.mu.Lock()
-	b.waits[id] = w
-	b.mu.Unlock()
-	return w
-}
-
-func (b *ackBoard) done(id string) {
-	b.mu.Lock()
-	delete(b.waits, id)
-	b.mu.Unlock()
-}
-
-func (b *ackBoard) close() { b.once.Do(func() { close(b.closed) }) }
-
-// deliver records a connection's ack of a push. An ack of a push nobody
-// waits for, from a connection it was not delivered to, or repeated, is
-// ignored.
-func (b *ackBoard) deliver(envelopeID, connID, user string, result json.RawMessage) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	w := b.waits[envelopeID]
-	if w == nil {
-		return
-	}
-	acked, ok := w.want[connID]
-	if !ok || acked {
-		return
-	}
-	w.want[connID] = true
-	if len(result) == 0 {
-		result = json.RawMessage("null")
-	}
-	w.got = append(w.got, Ack{User: user, ConnectionID: connID, Result: append(json.RawMessage(nil), result...)})
-	select {
-	case w.changed <- struct{}{}:
-	default:
-	}
-}
-
-// ackWait is one Notify's wait (fields guarded by board.mu).
-type ackWait struct {
-	board   *ackBoard
-	want    map[string]bool // connection id → acked
-	got     []Ack
-	changed chan struct{} // capacity 1: a new ack arrived
-}
-
-func (w *ackWait) expect(connID string) {
-	w.board.mu.Lock()
-	w.want[connID] = false
-	w.board.mu.Unlock()
-}
-
-func (w *ackWait) forget(connID string) {
-	w.board.mu.Lock()
-	if !w.want[connID] {
-		delete(w.want, connID)
-	}
-	w.board.mu.Unlock()
-}
-
-// wait returns the acks received once every expected connection acked, or
-// when d, ctx or the plugin ends.
-func (w *ackWait) wait(ctx context.Context, d time.Duration, closed <-chan struct{}) []Ack {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		w.board.mu.Lock()
-		all := len(w.got) == len(w.want)
-		w.board.mu.Unlock()
-		if all {
-			break
-		}
-		select {
-		case <-w.changed:
-			continue
-		case <-t.C:
-		case <-ctx.Done():
-		case <-closed:
-		}
-		break
-	}
-	w.board.mu.Lock()
-	defer w.board.mu.Unlock()
-	return append([]Ack{}, w.got...)
-}
-
-// notifyRequest is the body of POST {base}/notify.
-type notifyRequest struct {
-	Users        []string        `json:"users"`
-	ExcludeUsers []string        `json:"excludeUsers"`
-	Channel      string          `json:"channel"`
-	Event        string          `json:"event"`
-	Data         json.RawMessage `json:"data"`
-	AwaitAcks    string          `json:"awaitAcks"`
-}
-
-// handleNotify serves POST {base}/notify (publish scope).
-func (p *Plugin) handleNotify(c *gin.Context) {
-	var req notifyRequest
-	ident, ok := p.publisherRequest(c, "notify", &req)
-	if !ok {
-		return
-	}
-	var (
-		await time.Duration
-		err   error
-	)
-	if req.AwaitAcks != "" {
-		if await, err = time.ParseDuration(req.AwaitAcks); err != nil || await < 0 || await > MaxAwaitAcks {
-			writeError(c, badRequest("awaitAcks must be a duration of at most 30s"))
-			return
-		}
-	}
-	res, err := p.Notify(c.Request.Context(), Notification{
-		Tenant: ident.Tenant, Users: req.Users, ExcludeUsers: req.ExcludeUsers,
-		Channel: req.Channel, Event: req.Event, Data: req.Data, AwaitAcks: await,
-	})
-	if err != nil {
-		writeError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, res)
 }

@@ -251,8 +251,8 @@ func TestNotifyAwaitAcks(t *testing.T) {
 	if _, err := rt.Notify(context.Background(), Notification{Event: "x", AwaitAcks: MaxAwaitAcks + time.Second}); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("awaitAcks over 30s: %v", err)
 	}
-	if _, err := rt.Notify(context.Background(), Notification{}); !errors.Is(err, ErrBadRequest) {
-		t.Fatalf("no event: %v", err)
+	if _, err := rt.Notify(context.Background(), Notification{Users: []string{"nobody"}}); err != nil {
+		t.Fatalf("no event (default %q): %v", DefaultPushEvent, err)
 	}
 }
 
@@ -277,7 +277,8 @@ func TestNotifyHTTP(t *testing.T) {
 		{userToken(t, "alice"), `{"event":"x"}`, http.StatusForbidden},
 		{pub, `{"event":"x","data":"` + strings.Repeat("x", 600) + `"}`, http.StatusRequestEntityTooLarge},
 		{pub, `{"event":`, http.StatusBadRequest},
-		{pub, `{"data":1}`, http.StatusBadRequest},
+		{pub, `{"event":"x","exclude_users":["bob"]}`, http.StatusBadRequest},
+		{pub, `{"event":"x","users":"alice"}`, http.StatusBadRequest},
 		{pub, `{"event":"x","awaitAcks":"1m"}`, http.StatusBadRequest},
 		{pub, `{"event":"x","awaitAcks":"soon"}`, http.StatusBadRequest},
 		{pub, `{"event":"x","channel":"a.*"}`, http.StatusBadRequest},

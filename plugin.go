@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,33 +13,45 @@ import (
 	"github.com/gin-gonic/gin"
 )
 
-// Plugin serves live records on a gin router. Create it with New, mount it
-// with Register or RegisterCollection, publish with Publish (or the GORM
-// hook), and stop it with Close.
+// Plugin serves live records and pushes on a gin router. Create it with
+// New, mount it with Register or RegisterCollection, publish with Publish
+// (or the GORM hook) and Notify, and stop it with Close. Every method is
+// safe for concurrent use.
 type Plugin struct {
 	cfg     Config
 	log     *slog.Logger
 	auth    *authenticator
-	hub     *hub
-	writers *writerPool
-	retry   []byte
+	access  *access
+	broker  Broker
+	node    *node
+	streams *recordStreams
+	pushes  *pushes
+	acks    *ackBoard
+	pool    *writerPool
 	ws      *wsServer
-	cluster *cluster        // nil without a Broker
+	stats   *statsCounters // Stats (stats.go)
+	retry   []byte
 	cors    gin.HandlerFunc // nil without Config.CORSAllowedOrigins
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
 	closed  atomic.Bool
 	stop    chan struct{}
-	wg      sync.WaitGroup // one per tracked subscriber: its reader goroutine or handler
+	wg      sync.WaitGroup // one per tracked conn, until untrack
 	bg      sync.WaitGroup // heartbeat loop
 
 	liveMu sync.Mutex
-	live   map[*subscriber]struct{}
+	live   map[*conn]string // each tracked conn, with its client IP slot ("": none)
+	ips    *ipSlots         // Config.MaxConnsPerIP
+	expiry expiryHeap       // the tracked conns with a deadline (expiry.go)
+
+	mountMu sync.Mutex
+	mounted map[any]bool
 }
 
-// New validates cfg, applies its defaults and starts the plugin's writer
-// goroutines and heartbeat loop.
+// New validates cfg, applies its defaults and starts the plugin: its
+// writer goroutines, its heartbeat loop and its node of the Broker (an
+// in-process engine of its own without Config.Broker).
 func New(cfg Config) (*Plugin, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -51,57 +62,56 @@ func New(cfg Config) (*Plugin, error) {
 		cfg:     c,
 		log:     c.Logger,
 		auth:    newAuthenticator(&c),
-		hub:     newHub(),
+		stats:   newStatsCounters(),
+		access:  &access{authorize: c.Authorize, channel: c.AuthorizeChannel, clientPublish: c.ClientPublish},
 		retry:   retryFrame(c.Retry),
 		baseCtx: ctx,
 		cancel:  cancel,
 		stop:    make(chan struct{}),
-		live:    make(map[*subscriber]struct{}),
+		live:    make(map[*conn]string),
+		ips:     newIPSlots(c.MaxConnsPerIP),
+		mounted: make(map[any]bool),
 	}
 	if len(c.CORSAllowedOrigins) > 0 {
 		cc, _ := corsConfig(c.CORSAllowedOrigins) // validated by withDefaults
 		p.cors = cors.New(cc)
 	}
-	p.writers = newWriterPool(p, c.Writers)
-	p.ws = newWSServer(p)
-	if c.Broker != nil {
-		p.cluster = newCluster(p, c.Broker)
+	p.pool = newWriterPool(c.Writers)
+	p.broker = c.Broker
+	if p.broker == nil {
+		p.broker = newLocalBroker(c.Buffer)
 	}
+	p.node = newNode(p, p.broker)
+	p.acks = newAckBoard()
+	p.acks.node = p.node
+	p.acks.stats = p.stats
+	p.pushes = newPushes(p)
+	p.streams = &recordStreams{
+		hub: newHub(), broker: p.broker, buf: c.Buffer,
+		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
+		async: p.node.async, stats: p.stats,
+	}
+	p.streams.resumer = newResumer(ctx, c.Writers)
+	p.streams.resumer.rs = p.streams
+	p.ws = newWSServer(p)
 	p.bg.Add(1)
 	go p.heartbeats()
-	if p.cluster != nil {
-		if err := p.cluster.start(); err != nil {
-			_ = p.Close(context.Background())
-			return nil, err
-		}
+	if err := p.node.start(); err != nil {
+		_ = p.Close(context.Background())
+		return nil, err
 	}
 	return p, nil
 }
 
-// detach removes s from its stream's subscribers and, with a Broker,
-// undoes its watch.
-func (p *Plugin) detach(s *subscriber) {
-	if s.stream != nil {
-		p.dropChannelStream(s.stream)
-		return
-	}
-	p.hub.detach(s)
-	if s.watched.Swap(false) && p.cluster != nil {
-		p.cluster.unwatch(s.key)
-	}
-}
-
 // Health reports whether the plugin can publish: nil, or why not (its
 // Broker's engine is unreachable; ErrClosed once closed). A single node is
-// always healthy until closed.
+// healthy until closed.
 func (p *Plugin) Health() error {
 	if p.closed.Load() {
 		return fmt.Errorf("realtime: health: %w", ErrClosed)
 	}
-	if p.cluster != nil {
-		if err := p.cluster.healthErr(); err != nil {
-			return fmt.Errorf("realtime: health: %w: %w", ErrUnavailable, err)
-		}
+	if err := p.node.healthErr(); err != nil {
+		return fmt.Errorf("realtime: health: %w: %w", ErrUnavailable, err)
 	}
 	return nil
 }
@@ -119,142 +129,123 @@ func (p *Plugin) HealthHandler() gin.HandlerFunc {
 	}
 }
 
-// Register mounts the generic routes on rg, for every collection:
-//
-//	GET  /:collection/subscribe       collection stream (SSE)
-//	GET  /:collection/:id/subscribe   record stream (SSE)
-//	GET  /:collection/:id/poll        long poll
-//	POST /:collection/:id/events      publish (publish scope)
-//	GET  /ws                          WebSocket (pushes, channels, presence)
-//	POST /notify                      push to users (publish scope)
-//	GET  /presence, /presence/:user   presence (publish scope)
-//	GET  /channels/subscribe          channel pushes as SSE (?channels=…)
-//	GET  /channels/:channel/history   a channel's buffered pushes
-//
-// The last six are mounted once per group, whether by Register or by
-// RegisterCollection (which may be called several times on one group);
-// "channels" is therefore not usable as a collection name with Register.
-//
-// gin's router does not backtrack: when the app has its own routes under rg
-// such as GET /posts/:id, use RegisterCollection for those collections.
-func (p *Plugin) Register(rg gin.IRoutes) {
-	rg.GET("/:collection/subscribe", p.handleSubscribe("", false))
-	rg.GET("/:collection/:id/subscribe", p.handleSubscribe("", true))
-	rg.GET("/:collection/:id/poll", p.handlePoll(""))
-	p.publishRoute(rg, http.MethodPost, "/:collection/:id/events", p.handlePublish(""))
-	p.ws.mount(rg)
-}
+// track registers a live conn, counted in p.wg until untrack; false once
+// the plugin is closed. Every successful track is matched by exactly one
+// untrack.
+func (p *Plugin) track(c *conn) bool { return p.trackSlot(c, "") }
 
-// RegisterCollection mounts the routes of Register for the named
-// collections, next to the app's own routes (GET /posts/:id coexists with
-// GET /posts/:id/subscribe), and the WebSocket routes once per group.
-func (p *Plugin) RegisterCollection(rg gin.IRoutes, collections ...string) {
-	p.ws.mount(rg)
-	for _, name := range collections {
-		base := "/" + name
-		rg.GET(base+"/subscribe", p.handleSubscribe(name, false))
-		rg.GET(base+"/:id/subscribe", p.handleSubscribe(name, true))
-		rg.GET(base+"/:id/poll", p.handlePoll(name))
-		p.publishRoute(rg, http.MethodPost, base+"/:id/events", p.handlePublish(name))
-	}
-}
-
-// track registers a live subscriber, counted in p.wg until untrack; false
-// once the plugin is closed. Every successful track is matched by exactly
-// one untrack.
-func (p *Plugin) track(s *subscriber) bool {
+// trackSlot is track for a conn holding the client IP slot ipKey (admit),
+// which untrack gives back.
+func (p *Plugin) trackSlot(c *conn, ipKey string) bool {
 	p.liveMu.Lock()
 	defer p.liveMu.Unlock()
 	if p.closed.Load() {
 		return false
 	}
-	p.live[s] = struct{}{}
+	p.live[c] = ipKey
 	p.wg.Add(1)
+	p.expiry.add(c, deadlineOf(c.ident, p.cfg.JWTLeeway))
+	p.connOpened(c)
 	return true
 }
 
-func (p *Plugin) untrack(s *subscriber) {
+// untrack ends the tracking of c (once its connection is gone) and gives
+// back its client IP slot.
+func (p *Plugin) untrack(c *conn) {
 	p.liveMu.Lock()
-	delete(p.live, s)
+	ipKey, ok := p.live[c]
+	delete(p.live, c)
 	p.liveMu.Unlock()
-	s.mu.Lock()
-	cause := s.cause
-	s.mu.Unlock()
-	if errors.Is(cause, ErrSlowSubscriber) {
-		p.log.Info("realtime: disconnected a subscriber that could not keep up; it resumes on reconnect",
-			"tenant", s.key.Tenant, "collection", s.key.Collection, "id", s.key.ID, "user", s.ident.User)
+	if !ok {
+		return
 	}
+	p.ips.release(ipKey)
+	p.expiry.remove(c)
+	p.connClosed(c)
 	p.wg.Done()
 }
 
-func (p *Plugin) liveSubscribers() []*subscriber {
+func (p *Plugin) liveConns() []*conn {
 	p.liveMu.Lock()
 	defer p.liveMu.Unlock()
-	out := make([]*subscriber, 0, len(p.live))
-	for s := range p.live {
-		out = append(out, s)
+	out := make([]*conn, 0, len(p.live))
+	for c := range p.live {
+		out = append(out, c)
 	}
 	return out
 }
 
-// Subscribers returns the number of open streams, long polls and records
-// followed over WebSockets (one per connection and record).
+// Subscribers returns the number of open streams and long polls, plus the
+// records followed over WebSockets (one per connection and record).
 func (p *Plugin) Subscribers() int {
 	p.liveMu.Lock()
 	defer p.liveMu.Unlock()
-	return len(p.live)
+	n := 0
+	for c := range p.live {
+		if c.solo {
+			n++
+		}
+	}
+	return n + int(p.streams.multiplexed.Load())
 }
 
-// heartbeats sends keepalive comments to every stream at the configured
-// interval (one ticker for all), and ends streams and WebSockets whose
-// token has expired.
+// heartbeats sends keepalive comments to every SSE stream at the
+// configured interval, pings every WebSocket, ends connections whose token
+// has expired (expiry.go, every expiryTick), and renews presence: one
+// ticker each for all connections, no timer per connection.
 func (p *Plugin) heartbeats() {
 	defer p.bg.Done()
 	t := time.NewTicker(p.cfg.Heartbeat)
 	defer t.Stop()
 	pt := time.NewTicker(p.cfg.WSPingInterval)
 	defer pt.Stop()
-	var presence <-chan time.Time // with a Broker: presence refresh, remote acks expiry
-	if p.cluster != nil {
-		ct := time.NewTicker(presenceTTL / 3)
-		defer ct.Stop()
-		presence = ct.C
-	}
+	et := time.NewTicker(expiryTick)
+	defer et.Stop()
+	ct := time.NewTicker(presenceTTL / 3)
+	defer ct.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
-		case now := <-t.C:
-			p.beat(now)
+		case <-t.C:
+			p.beat()
 		case <-pt.C:
-			p.ws.ping()
-		case now := <-presence:
-			p.cluster.expireAcks(now)
-			p.cluster.refreshPresence()
+			p.ping()
+		case now := <-et.C:
+			p.expireDue(now)
+		case now := <-ct.C:
+			p.acks.expire(now)
+			p.node.refreshPresence(p.pushes.reg.socketsNow())
 		}
 	}
 }
 
-func (p *Plugin) beat(now time.Time) {
-	var sched []*subscriber
-	for _, s := range p.liveSubscribers() {
-		if s.poll || s.transport == viaSocket {
-			continue // the WebSocket has its pings and its own expiry (1008)
+// heartbeater is a transport that sends keepalives (SSE).
+type heartbeater interface{ heartbeat(c *conn) }
+
+// pinger is a transport that pings (WebSocket).
+type pinger interface{ ping(c *conn) }
+
+func (p *Plugin) beat() {
+	for _, c := range p.liveConns() {
+		if hb, ok := c.t.(heartbeater); ok {
+			hb.heartbeat(c)
 		}
-		if s.expired(now) {
-			s.end()
-			continue
-		}
-		sched = s.offer(item{ev: keepaliveEvent}, sched)
 	}
-	p.writers.addMany(sched)
-	p.ws.expire(now)
 }
 
-// Close ends every stream and long poll cleanly, refuses new ones and
-// publishes, and waits for every goroutine the plugin started. When ctx
-// ends first, the remaining connections are closed at once and Close
-// returns ctx's error after they are gone.
+func (p *Plugin) ping() {
+	for _, c := range p.liveConns() {
+		if pg, ok := c.t.(pinger); ok {
+			pg.ping(c)
+		}
+	}
+}
+
+// Close ends every stream and long poll cleanly, closes every WebSocket
+// with 1001, refuses new ones and publishes, and waits for every goroutine
+// the plugin started. When ctx ends first, the remaining connections are
+// closed at once and Close returns ctx's error after they are gone.
 func (p *Plugin) Close(ctx context.Context) error {
 	p.liveMu.Lock()
 	already := p.closed.Swap(true)
@@ -264,10 +255,9 @@ func (p *Plugin) Close(ctx context.Context) error {
 	}
 	close(p.stop)
 	p.bg.Wait()
-	wsDone := make(chan error, 1)
-	go func() { wsDone <- p.ws.close(ctx) }()
-	for _, s := range p.liveSubscribers() {
-		s.end()
+	p.pushes.reg.close()
+	for _, c := range p.liveConns() {
+		c.end()
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -276,20 +266,20 @@ func (p *Plugin) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = fmt.Errorf("realtime: close: %w", ctx.Err())
-		for _, s := range p.liveSubscribers() {
-			s.close(ErrClosed)
+		for _, c := range p.liveConns() {
+			c.close(ErrClosed)
 		}
 		<-done
 	}
-	if wsErr := <-wsDone; err == nil {
+	if wsErr := p.ws.close(ctx); err == nil {
 		err = wsErr
 	}
-	if p.cluster != nil {
-		if cerr := p.cluster.stop(ctx); err == nil {
-			err = cerr
-		}
+	p.streams.resumer.close()
+	if nerr := p.node.stop(ctx); err == nil {
+		err = nerr
 	}
 	p.cancel()
-	p.writers.close()
+	p.pool.close()
+	p.acks.close()
 	return err
 }

@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
 
-// Presence returns the users of tenant with at least one open WebSocket
-// (sorted) and the tenant's number of open WebSockets: on every node when
+// Presence returns the users of tenant with at least one open WebSocket or
+// pushes stream (sorted) and the tenant's number of them: on every node when
 // the Broker keeps presence (PresenceStore), else on this node. An empty
 // tenant means the tenant of ctx (WithTenant), else DefaultTenant. The
 // error wraps ErrUnavailable when the broker cannot be reached.
@@ -17,8 +18,8 @@ func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, c
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
-	if cl := p.cluster; cl != nil && cl.ps != nil {
-		users, conns, err = cl.ps.Presence(ctx, tenant)
+	if ps := p.node.ps; ps != nil {
+		users, conns, err = ps.Presence(ctx, tenant)
 		if err != nil {
 			return nil, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
 		}
@@ -27,39 +28,75 @@ func (p *Plugin) Presence(ctx context.Context, tenant string) (users []string, c
 		}
 		return users, conns, nil
 	}
-	users, conns = p.ws.reg.presence(tenant)
+	users, conns = p.pushes.reg.local(tenant)
 	return users, conns, nil
 }
 
-// UserPresence reports whether user of tenant has an open WebSocket, and
-// how many (on every node, as Presence).
+// UserPresence reports whether user of tenant has an open WebSocket or
+// pushes stream, and how many (on every node, as Presence).
 func (p *Plugin) UserPresence(ctx context.Context, tenant, user string) (online bool, conns int, err error) {
 	if tenant == "" {
 		tenant = TenantFrom(ctx)
 	}
-	if cl := p.cluster; cl != nil && cl.ps != nil {
-		n, err := cl.ps.UserPresence(ctx, tenant, user)
+	if ps := p.node.ps; ps != nil {
+		n, err := ps.UserPresence(ctx, tenant, user)
 		if err != nil {
 			return false, 0, fmt.Errorf("realtime: presence: %w: %w", ErrUnavailable, err)
 		}
 		return n > 0, n, nil
 	}
-	n := p.ws.reg.userConns(userKey{tenant: tenant, user: user})
+	n := 0
+	for _, t := range p.pushes.reg.socketsNow() {
+		if t.ident.Tenant == tenant && t.ident.User == user {
+			n++
+		}
+	}
 	return n > 0, n, nil
 }
 
-// publisher authenticates c and requires the publish scope; on failure it
-// has answered.
-func (p *Plugin) publisher(c *gin.Context, op string) (*Identity, bool) {
-	ident, ok := p.identify(c)
-	if !ok {
-		return nil, false
+// Presence is kept in the broker (PresenceStore): a WebSocket or pushes
+// stream is recorded when it opens, renewed every presenceTTL/3 by the
+// heartbeat loop, and removed when it closes; a node that dies is
+// forgotten after presenceTTL. A broker without a PresenceStore counts
+// this node's connections only.
+
+// present records a WebSocket's presence (on its handler goroutine,
+// before its connected frame).
+func (n *node) present(t *target) {
+	if n.ps == nil {
+		return
 	}
-	if !ident.HasScope(ScopePublish) {
-		writeError(c, fmt.Errorf("%s: %w: publish scope required", op, ErrForbidden))
-		return nil, false
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.ps.AddPresence(ctx, presenceTTL, PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}); err != nil {
+		n.p.log.Warn("realtime: presence not recorded", "err", err)
 	}
-	return ident, true
+}
+
+// absent removes a WebSocket's presence, off the caller's goroutine.
+func (n *node) absent(t *target) {
+	if n.ps == nil {
+		return
+	}
+	pc := PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}
+	n.async(func(ctx context.Context) { _ = n.ps.RemovePresence(ctx, pc) })
+}
+
+// refreshPresence renews the presence of every open WebSocket of this node
+// (from the heartbeat loop, every presenceTTL/3).
+func (n *node) refreshPresence(sockets []*target) {
+	if n.ps == nil || len(sockets) == 0 {
+		return
+	}
+	pcs := make([]PresenceConn, len(sockets))
+	for i, t := range sockets {
+		pcs[i] = PresenceConn{Tenant: t.ident.Tenant, User: t.ident.User, ConnID: t.id}
+	}
+	n.async(func(ctx context.Context) {
+		if err := n.ps.AddPresence(ctx, presenceTTL, pcs...); err != nil {
+			n.p.log.Warn("realtime: presence not refreshed", "err", err)
+		}
+	})
 }
 
 // handlePresence serves GET {base}/presence (publish scope).

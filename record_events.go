@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -78,13 +77,13 @@ func (p *Plugin) Deleted(ctx context.Context, collection, id string) (string, er
 }
 
 // Resync tells every subscriber of a collection (of the context's tenant,
-// or DefaultTenant) that events may have been missed: a write changed
-// records it cannot name (a bulk update by condition). The collection's and
-// its records' buffers are forgotten; collection streams get a resync frame
-// and SSE record streams end, so their clients resume and are resynced
-// against the stored record; records followed over a WebSocket get a resync
-// frame of their record (reason bulk-write), then the record as stored now
-// (or deleted), then live events.
+// or DefaultTenant), on every node, that events may have been missed: a
+// write changed records it cannot name (a bulk update by condition). The
+// collection's and its records' buffers are forgotten; collection streams
+// get a resync frame and SSE record streams end, so their clients resume
+// and are resynced against the stored record; records followed over a
+// WebSocket get a resync frame of their record (reason bulk-write), then
+// the record as stored now (or deleted), then live events.
 func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	tenant := TenantFrom(ctx)
 	if err := validName("collection", collection); err != nil {
@@ -93,55 +92,15 @@ func (p *Plugin) Resync(ctx context.Context, collection string) error {
 	if p.closed.Load() {
 		return fmt.Errorf("realtime: resync %s: %w", collection, ErrClosed)
 	}
-	if p.cluster != nil {
-		// Every node (this one included) resyncs its subscribers when the
-		// message comes back; the buffer is shared.
-		if err := p.cfg.Buffer.Invalidate(ctx, tenant, collection); err != nil {
-			return fmt.Errorf("realtime: resync %s: %w: %w", collection, ErrUnavailable, err)
-		}
-		if _, err := p.cluster.publish(ctx, topicControl, clusterMsg{Type: "resync", Tenant: tenant, Collection: collection}); err != nil {
-			return fmt.Errorf("realtime: resync %s: %w", collection, err)
-		}
-		return nil
-	}
-	subs := p.hub.collect(tenant, collection)
+	// Every node (this one included) resyncs its subscribers when the
+	// message comes back; the buffer is shared.
 	if err := p.cfg.Buffer.Invalidate(ctx, tenant, collection); err != nil {
 		return fmt.Errorf("realtime: resync %s: %w: %w", collection, ErrUnavailable, err)
 	}
-	p.resyncSubscribers(subs, bulkResync(tenant, collection))
-	return nil
-}
-
-// bulkResync is the resync event of a bulk write to a collection.
-func bulkResync(tenant, collection string) *Event {
-	return &Event{Type: EventResync, Ref: Ref{Tenant: tenant, Collection: collection},
-		Data: json.RawMessage(`{"reason":"bulk-write"}`), Time: time.Now()}
-}
-
-// resyncLocal resyncs this node's subscribers of a collection and of its
-// records (a Resync from any node).
-func (p *Plugin) resyncLocal(tenant, collection string) {
-	p.resyncSubscribers(p.hub.collect(tenant, collection), bulkResync(tenant, collection))
-}
-
-// resyncSubscribers tells subs that they may have missed events: SSE record
-// streams end (their clients resume, from the buffer or with resync and
-// the stored record); records followed over a WebSocket get ev (a resync
-// frame) and then the stored record (resyncRecord); collection streams get
-// ev and stay.
-func (p *Plugin) resyncSubscribers(subs []*subscriber, ev *Event) {
-	var sched []*subscriber
-	for _, s := range subs {
-		switch {
-		case s.key.ID != "" && s.transport == viaSocket:
-			s.ws.resyncRecord(s, ev)
-		case s.key.ID != "":
-			s.end()
-		default:
-			sched = s.offer(item{ev: ev}, sched)
-		}
+	if _, err := p.node.publish(ctx, topicControl, &nodeMsg{Type: "resync", Tenant: tenant, Collection: collection}); err != nil {
+		return fmt.Errorf("realtime: resync %s: %w", collection, err)
 	}
-	p.writers.addMany(sched)
+	return nil
 }
 
 // newEvent validates a publication and builds its event.
@@ -208,63 +167,22 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 	return ev, nil
 }
 
-var schedPool = sync.Pool{New: func() any { s := make([]*subscriber, 0, 256); return &s }}
-
-// publish appends ev to the record's and the collection's streams and hands
-// it to their subscribers, under each stream's stripe lock.
+// publish hands ev to the broker, which appends it to the record's and the
+// collection's streams and brings it back to every node watching them,
+// this one included (node.go: Deliver).
 func (p *Plugin) publish(ctx context.Context, ev *Event, gap bool) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	if p.cluster != nil {
-		// The broker assigns the order and brings the event back to every
-		// node watching its streams, this one included (clusterNode.Deliver).
-		if _, err := p.cluster.b.AppendRecord(ctx, ev, gap); err != nil {
-			if errors.Is(err, ErrOutOfOrder) {
-				return fmt.Errorf("broker: %w", err)
-			}
-			return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
+	dup, err := p.broker.AppendRecord(ctx, ev, gap)
+	if err != nil {
+		if errors.Is(err, ErrOutOfOrder) {
+			return fmt.Errorf("broker: %w", err)
 		}
-		return nil
+		return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)
 	}
-	// Both streams under both stripe locks: concurrent events of one
-	// record get the same order in the record's and the collection's
-	// streams.
-	sp := schedPool.Get().(*[]*subscriber)
-	defer func() { clear(*sp); *sp = (*sp)[:0]; schedPool.Put(sp) }()
-	sched := (*sp)[:0]
-	si, sj := p.hub.lockPair(ev.Ref, ev.Ref.collectionKey())
-	mb, ok := p.cfg.Buffer.(*MemoryBuffer)
-	var seqs [2]uint64
-	if ok {
-		var dup bool
-		var err error
-		seqs, dup, err = mb.appendRecord(ev, gap)
-		if err != nil || dup {
-			p.hub.unlockPair(si, sj)
-			if err != nil {
-				return fmt.Errorf("buffer: %w", err)
-			}
-			return nil
-		}
+	if !dup {
+		p.stats.publishedEvent()
 	}
-	for i, key := range [2]StreamKey{ev.Ref, ev.Ref.collectionKey()} {
-		seq := seqs[i]
-		if !ok {
-			var err error
-			if seq, err = p.cfg.Buffer.Append(ctx, key, ev); err != nil {
-				p.hub.unlockPair(si, sj)
-				p.writers.addMany(sched)
-				*sp = sched
-				return fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
-			}
-		}
-		for _, s := range p.hub.subscribersLocked(key) {
-			sched = s.offer(item{ev: ev, seq: seq}, sched)
-		}
-	}
-	p.hub.unlockPair(si, sj)
-	p.writers.addMany(sched)
-	*sp = sched
 	return nil
 }

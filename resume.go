@@ -8,157 +8,196 @@ import (
 	"time"
 )
 
-// firstFrames decides what a new subscriber of key receives before live
-// events (§3): base is the stream position those frames bring it to, and
-// skip the ETag of a snapshot it was sent (a live event of the same version
-// is not sent again).
-func (p *Plugin) firstFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string) (first []item, base uint64, skip string, err error) {
+// firstFrames decides what a subscriber of key receives before live
+// events (§3), whether it subscribes, reconnects from its Last-Event-ID or
+// resumes in place after a gap: the same rules, once.
+func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string) (start, error) {
 	if key.ID == "" {
-		return p.firstCollectionFrames(ctx, key, ident, lastID)
+		return rs.firstCollectionFrames(ctx, key, ident, lastID)
 	}
-	cur, err := p.loadCurrent(ctx, key)
+	cur, err := rs.loadCurrent(ctx, key)
 	if err != nil {
-		return nil, 0, "", err
+		return start{}, err
 	}
-	if auth := p.cfg.Authorize; auth != nil {
-		a := Access{Identity: ident, Ref: key}
-		if cur != nil {
-			a.Record = cur.Data
-		}
-		if err := auth(ctx, a); err != nil {
-			return nil, 0, "", fmt.Errorf("subscribe %s/%s: %w", key.Collection, key.ID, err)
-		}
+	a := Access{Identity: ident, Ref: key}
+	if cur.ev != nil {
+		a.Record = cur.ev.Data
 	}
-	loader := p.cfg.Loader != nil
+	if err := rs.access.record(ctx, a); err != nil {
+		return start{}, fmt.Errorf("subscribe %s/%s: %w", key.Collection, key.ID, err)
+	}
+	loader := rs.loader != nil
 	if lastID == "" {
 		if !loader {
-			return nil, 0, "", nil
+			return start{}, nil
 		}
-		if cur == nil {
-			return nil, 0, "", fmt.Errorf("subscribe %s/%s: %w", key.Collection, key.ID, ErrNotFound)
+		if cur.ev == nil {
+			return start{}, fmt.Errorf("subscribe %s/%s: %w", key.Collection, key.ID, ErrNotFound)
 		}
-		return p.fromSnapshot(ctx, key, cur, nil)
+		return rs.fromSnapshot(ctx, key, cur, nil)
 	}
-	if first, base, ok, err := p.replay(ctx, key, lastID); ok || err != nil {
-		return first, base, "", err
+	if st, ok, err := rs.replay(ctx, key, lastID); ok || err != nil {
+		return st, err
 	}
 	// Unknown resume point.
 	if !loader {
-		return []item{{ev: resyncEvent}}, 0, "", nil
+		return start{first: []out{{ev: resyncEvent}}}, nil
 	}
-	if cur == nil {
-		if lastID == TombstoneETag(key.Collection, key.ID) {
-			return nil, 0, lastID, nil // it knows the record is gone
+	if cur.ev == nil {
+		tomb := TombstoneETag(key.Collection, key.ID)
+		if lastID == tomb {
+			return start{skip: lastID, version: cur.version}, nil // it knows the record is gone
 		}
-		return []item{{ev: resyncEvent}, {ev: p.tombstone(key)}}, 0, "", nil
+		t := rs.tombstone(key)
+		t.Version = cur.version
+		return start{first: []out{{ev: resyncEvent}, {ev: t}}, version: cur.version}, nil
 	}
-	if cur.ETag == lastID {
-		return nil, 0, lastID, nil // up to date with the stored record
+	if cur.ev.ETag == lastID {
+		return start{skip: lastID, version: cur.version}, nil // up to date with the stored record
 	}
-	return p.fromSnapshot(ctx, key, cur, []item{{ev: resyncEvent}})
+	return rs.fromSnapshot(ctx, key, cur, []out{{ev: resyncEvent}})
+}
+
+// current is a record as loaded: its snapshot event (nil when absent) and
+// the version it was loaded at (0: unknown).
+type current struct {
+	ev      *Event
+	version uint64
 }
 
 // fromSnapshot queues cur as a snapshot after prefix, followed by whatever
 // the buffer holds after that version.
-func (p *Plugin) fromSnapshot(ctx context.Context, key StreamKey, cur *Event, prefix []item) ([]item, uint64, string, error) {
-	first := append(prefix, item{ev: cur})
-	lk, err := p.cfg.Buffer.Since(ctx, key, cur.ETag)
+func (rs *recordStreams) fromSnapshot(ctx context.Context, key StreamKey, cur current, prefix []out) (start, error) {
+	first := append(prefix, out{ev: cur.ev})
+	lk, err := rs.buf.Since(ctx, key, cur.ev.ETag)
 	if err != nil {
-		if p.cluster == nil {
-			return nil, 0, "", fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
-		}
-		// The shared buffer is unreachable: the snapshot stands alone.
-		p.log.Warn("realtime: buffer unavailable, serving the stored record", "err", err)
-		return first, 0, cur.ETag, nil
+		// The shared buffer is unreachable: the snapshot stands alone (its
+		// version, when known, keeps older events from following it).
+		rs.log.Warn("realtime: buffer unavailable, serving the stored record", "op", "subscribe", "err", err)
+		return start{first: first, skip: cur.ev.ETag, version: cur.version}, nil
 	}
 	switch lk.Status {
 	case LookupFound:
-		return append(first, entriesToItems(lk.Events)...), lk.Seq, "", nil
+		return start{first: append(first, bridged(cur.version, lk.Events)...), base: lk.Seq, version: cur.version}, nil
 	case LookupUpToDate:
-		return first, lk.Seq, "", nil
+		return start{first: first, base: lk.Seq, version: cur.version}, nil
 	}
-	return first, 0, cur.ETag, nil
+	return start{first: first, skip: cur.ev.ETag, version: cur.version}, nil
 }
 
-func (p *Plugin) firstCollectionFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string) ([]item, uint64, string, error) {
-	if auth := p.cfg.Authorize; auth != nil {
-		if err := auth(ctx, Access{Identity: ident, Ref: key}); err != nil {
-			return nil, 0, "", fmt.Errorf("subscribe %s: %w", key.Collection, err)
-		}
+func (rs *recordStreams) firstCollectionFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string) (start, error) {
+	if err := rs.access.record(ctx, Access{Identity: ident, Ref: key}); err != nil {
+		return start{}, fmt.Errorf("subscribe %s: %w", key.Collection, err)
 	}
 	if lastID == "" {
-		return nil, 0, "", nil
+		return start{}, nil
 	}
-	if first, base, ok, err := p.replay(ctx, key, lastID); ok || err != nil {
-		return first, base, "", err
+	if st, ok, err := rs.replay(ctx, key, lastID); ok || err != nil {
+		return st, err
 	}
-	return []item{{ev: resyncEvent}}, 0, "", nil
+	return start{first: []out{{ev: resyncEvent}}}, nil
 }
 
 // replay looks lastID up in key's buffer: ok when the buffer can serve it
-// (the events after it, maybe none), with the position they bring the
-// subscriber to; not ok when it is unknown there.
-func (p *Plugin) replay(ctx context.Context, key StreamKey, lastID string) (first []item, base uint64, ok bool, err error) {
-	lk, err := p.cfg.Buffer.Since(ctx, key, lastID)
+// (the events after it, maybe none), not ok when it is unknown there, or
+// when what follows it skips a version of the record (those versions can
+// never be sent: the subscriber needs resync).
+func (rs *recordStreams) replay(ctx context.Context, key StreamKey, lastID string) (start, bool, error) {
+	lk, err := rs.buf.Since(ctx, key, lastID)
 	if err != nil {
-		if p.cluster == nil {
-			return nil, 0, false, fmt.Errorf("subscribe: buffer: %w: %w", ErrUnavailable, err)
-		}
-		// The shared buffer is unreachable: the subscriber gets resync
-		// (and the stored record) rather than an error its EventSource
-		// would not retry.
-		p.log.Warn("realtime: buffer unavailable, resyncing the subscriber", "err", err)
-		return nil, 0, false, nil
+		// The buffer is unreachable (a shared engine down): the subscriber
+		// gets resync (and the stored record) rather than an error its
+		// EventSource would not retry.
+		rs.log.Warn("realtime: buffer unavailable, resyncing the subscriber", "op", "subscribe", "err", err)
+		return start{}, false, nil
 	}
 	switch lk.Status {
 	case LookupUpToDate:
-		return nil, lk.Seq, true, nil
+		return start{base: lk.Seq, version: lk.Version}, true, nil
 	case LookupFound:
-		return entriesToItems(lk.Events), lk.Seq, true, nil
+		if key.ID == "" {
+			return start{first: entriesToOuts(lk.Events), base: lk.Seq}, true, nil
+		}
+		return start{first: bridged(lk.Version, lk.Events), base: lk.Seq, version: lk.Version}, true, nil
 	}
-	return nil, 0, false, nil
+	return start{}, false, nil
 }
 
-func entriesToItems(es []Entry) []item {
-	out := make([]item, len(es))
+// bridged turns a record's buffered events after a resume point of
+// version from (0: unknown) into outs. Where they skip a version (a gap the
+// publisher declared, Publication.Gap), the versions from there up to the
+// newest can never be sent exactly: a resync frame, then the newest event,
+// stand for them.
+func bridged(from uint64, es []Entry) []out {
+	v := from
 	for i, e := range es {
-		out[i] = item{ev: e.Event, seq: e.Seq}
+		if ev := e.Event; ev.Version > 0 {
+			if v > 0 && ev.Version != v+1 {
+				o := entriesToOuts(es[:i])
+				last := es[len(es)-1]
+				return append(o, out{ev: resyncEvent}, out{ev: last.Event, seq: last.Seq})
+			}
+			v = ev.Version
+		}
 	}
-	return out
+	return entriesToOuts(es)
 }
 
-// loadCurrent loads the record of key as a snapshot event; nil, nil when it
-// is absent or no loader is configured.
-func (p *Plugin) loadCurrent(ctx context.Context, key StreamKey) (*Event, error) {
-	if p.cfg.Loader == nil {
-		return nil, nil
+func entriesToOuts(es []Entry) []out {
+	o := make([]out, len(es))
+	for i, e := range es {
+		o[i] = out{ev: e.Event, seq: e.Seq}
 	}
-	rec, err := p.cfg.Loader(ctx, key)
+	return o
+}
+
+// loadCurrent loads the record of key as a snapshot event (nil when it is
+// absent or no loader is configured), with the version it was loaded at
+// when the loader tells (VersionedRecord, Versioner).
+func (rs *recordStreams) loadCurrent(ctx context.Context, key StreamKey) (current, error) {
+	if rs.loader == nil {
+		return current{}, nil
+	}
+	rec, err := rs.loader(ctx, key)
 	if errors.Is(err, ErrNotFound) {
-		return nil, nil
+		return current{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load %s/%s: %w", key.Collection, key.ID, err)
+		return current{}, fmt.Errorf("load %s/%s: %w", key.Collection, key.ID, err)
+	}
+	var version uint64
+	switch v := rec.(type) {
+	case VersionedRecord:
+		rec, version = v.Record, v.Version
+	case *VersionedRecord:
+		if v == nil {
+			return current{}, nil
+		}
+		rec, version = v.Record, v.Version
 	}
 	if rec == nil {
-		return nil, nil
+		return current{version: version}, nil
+	}
+	if vr, ok := rec.(Versioner); ok && version == 0 {
+		version = vr.RecordVersion()
 	}
 	data, err := recordJSON(rec)
 	if err != nil {
-		return nil, fmt.Errorf("load %s/%s: %w", key.Collection, key.ID, err)
+		return current{}, fmt.Errorf("load %s/%s: %w", key.Collection, key.ID, err)
 	}
 	if string(data) == "null" { // a typed nil pointer: absent
-		return nil, nil
+		return current{version: version}, nil
 	}
-	etag := p.etagOf(key.Collection, key.ID, rec, data)
+	etag := rs.etagOf(key.Collection, key.ID, rec, data)
 	if !validETag(etag) {
-		return nil, fmt.Errorf("load %s/%s: invalid ETag %q", key.Collection, key.ID, etag)
+		return current{}, fmt.Errorf("load %s/%s: invalid ETag %q", key.Collection, key.ID, etag)
 	}
-	return &Event{Type: EventSnapshot, Ref: key, ETag: etag, Data: data, Time: time.Now()}, nil
+	ev := &Event{Type: EventSnapshot, Ref: key, ETag: etag, Data: data, Time: time.Now(), Version: version}
+	return current{ev: ev, version: version}, nil
 }
 
 // tombstone is the deleted event of a record that is gone.
-func (p *Plugin) tombstone(key StreamKey) *Event {
+func (rs *recordStreams) tombstone(key StreamKey) *Event {
 	data, _ := json.Marshal(map[string]string{"id": key.ID})
 	return &Event{Type: EventDeleted, Ref: key, ETag: TombstoneETag(key.Collection, key.ID), Data: data, Time: time.Now()}
 }

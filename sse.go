@@ -2,15 +2,26 @@ package realtime
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
 )
+
+// SSE streams (PROTOCOL.md §3, §8): the record and collection stream
+// handlers, and the two transports an SSE stream is written through.
+//
+// An HTTP/1.1 stream is taken over from net/http (hijacked): the plugin
+// writes the response head and every frame itself, as HTTP/1.1 chunks, from
+// the shared writer pool (sseHijacked), and one small goroutine reads to
+// notice the client leaving. An HTTP/2 stream (and every stream with
+// DisableHijack) is written by its handler goroutine through the
+// ResponseWriter (sseOnHandler).
 
 // handleSubscribe serves GET …/:id/subscribe (record stream) and
 // GET …/subscribe (collection stream, record false). A fixed collection
@@ -30,7 +41,7 @@ func (p *Plugin) handleSubscribe(collection string, record bool) gin.HandlerFunc
 		if lastID == "" {
 			lastID = c.Query("lastEventId")
 		}
-		p.serveStream(c, key, ident, lastID)
+		p.serveRecordStream(c, key, ident, lastID)
 	}
 }
 
@@ -56,64 +67,80 @@ func validName(what, s string) error {
 	return nil
 }
 
-// serveStream answers an SSE subscription: the first frames of §3, then live
-// events until the client leaves, the plugin closes or access is revoked.
-func (p *Plugin) serveStream(c *gin.Context, key StreamKey, ident *Identity, lastID string) {
-	hijack := !p.cfg.DisableHijack && c.Request.ProtoMajor == 1
-	t := viaHandler
-	if hijack {
-		t = viaPool
-	}
-	s := newSubscriber(p, key, ident, t)
-	if !p.track(s) {
-		writeError(c, fmt.Errorf("subscribe: %w", ErrClosed))
+// serveRecordStream answers an SSE subscription: the first frames of §3,
+// then live events until the client leaves, the plugin closes or access is
+// revoked.
+func (p *Plugin) serveRecordStream(c *gin.Context, key StreamKey, ident *Identity, lastID string) {
+	st := p.newSSEStream(c, ident)
+	st.c.kind, st.c.key = kindOfKey(key), &key
+	s := newSubscription(p.streams, key, ident, st.c, true)
+	if err := p.admit(c, st.c); err != nil {
+		writeError(c, fmt.Errorf("subscribe: %w", err))
 		return
 	}
-	first, base, skip, err := p.prepare(c.Request.Context(), s, lastID)
+	first, err := p.streams.subscribe(c.Request.Context(), s, lastID)
 	if err != nil {
-		p.untrack(s)
+		p.untrack(st.c)
 		p.logFailure("subscribe", err)
 		writeError(c, err)
 		return
 	}
-	if hijack {
-		if p.serveHijacked(c, s, first, base, skip) {
+	st.onEnd = func() { p.streams.detach(s) }
+	st.serve(c, func() { s.release(first) })
+}
+
+// sseStream is one SSE response being served, on whichever transport.
+type sseStream struct {
+	p      *Plugin
+	c      *conn
+	t      *sseTransport
+	onEnd  func() // detaches what feeds the stream, once it has ended
+	hijack bool
+}
+
+// newSSEStream prepares the stream of request c: hijacked (HTTP/1.1, unless
+// DisableHijack) or on its handler.
+func (p *Plugin) newSSEStream(c *gin.Context, ident *Identity) *sseStream {
+	hijack := !p.cfg.DisableHijack && c.Request.ProtoMajor == 1
+	t := &sseTransport{timeout: p.cfg.WriteTimeout}
+	st := &sseStream{p: p, t: t, hijack: hijack}
+	st.c = newConn(t, p.pool, p.cfg.QueueSize, !hijack)
+	st.c.solo = true
+	st.c.ident = ident
+	return st
+}
+
+// serve answers the request with the stream: the response head and the
+// retry line, then release (which queues the first frames), then the
+// frames until the stream ends. Every path ends with onEnd and untrack.
+func (st *sseStream) serve(c *gin.Context, release func()) {
+	if st.hijack {
+		if st.serveHijacked(c, release) {
 			return
 		}
-		s.transport = viaHandler // the writer cannot be taken over: stay on the handler
-		s.wake = make(chan struct{}, 1)
+		// The writer cannot be taken over: stay on the handler.
+		st.c.wake = make(chan struct{}, 1)
 	}
-	p.serveOnHandler(c, s, first, base, skip)
+	st.serveOnHandler(c, release)
 }
 
-// prepare attaches s in holding mode and computes its first frames; on error
-// it detaches s again.
-func (p *Plugin) prepare(ctx context.Context, s *subscriber, lastID string) ([]item, uint64, string, error) {
-	if p.cluster != nil {
-		p.cluster.watch(ctx, s) // before the first frames are read: no gap
+// finish ends the stream's bookkeeping, once its connection is gone.
+func (st *sseStream) finish(cause error) {
+	st.c.close(cause)
+	if st.onEnd != nil {
+		st.onEnd()
 	}
-	mu := p.hub.stripe(s.key)
-	mu.Lock()
-	p.hub.attachLocked(s) // s holds since newSubscriber
-	mu.Unlock()
-	first, base, skip, err := p.firstFrames(ctx, s.key, s.ident, lastID)
-	if err != nil {
-		p.detach(s)
-		return nil, 0, "", err
-	}
-	return first, base, skip, nil
+	st.p.untrack(st.c)
 }
 
-// serveHijacked takes the HTTP/1.1 connection over: the response head and
-// every frame are written by the plugin (chunked), and one small goroutine
-// reads to notice the client leaving. It reports false when the connection
-// cannot be hijacked (nothing has been written then).
-func (p *Plugin) serveHijacked(c *gin.Context, s *subscriber, first []item, base uint64, skip string) bool {
-	conn, _, err := http.NewResponseController(c.Writer).Hijack()
+// serveHijacked takes the HTTP/1.1 connection over. It reports false when
+// the connection cannot be hijacked (nothing has been written then).
+func (st *sseStream) serveHijacked(c *gin.Context, release func()) bool {
+	nc, _, err := http.NewResponseController(c.Writer).Hijack()
 	if err != nil {
 		return false
 	}
-	_ = conn.SetDeadline(time.Time{})
+	_ = nc.SetDeadline(time.Time{})
 	h := c.Writer.Header().Clone()
 	streamHeaders(h)
 	h.Del("Transfer-Encoding")
@@ -122,56 +149,41 @@ func (p *Plugin) serveHijacked(c *gin.Context, s *subscriber, first []item, base
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	_ = h.Write(&head)
 	head.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-	retry := p.retry
+	retry := st.p.retry
 	head.WriteString(strconv.FormatInt(int64(len(retry)), 16))
 	head.WriteString("\r\n")
 	head.Write(retry)
 	head.WriteString("\r\n")
-	_ = conn.SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout))
-	if _, err := conn.Write(head.Bytes()); err != nil {
-		_ = conn.Close()
-		p.detach(s)
-		p.untrack(s)
+	_ = nc.SetWriteDeadline(time.Now().Add(st.p.cfg.WriteTimeout))
+	if _, err := nc.Write(head.Bytes()); err != nil {
+		_ = nc.Close()
+		st.finish(err)
 		return true
 	}
-	s.mu.Lock()
-	s.conn = conn
-	gone := s.state == subClosed // overflowed while holding: close what close could not
-	s.mu.Unlock()
-	if gone {
-		_ = conn.Close()
-	}
+	st.t.setConn(st.c, nc)
 	go func() { // the connection's only goroutine; counted by track
 		var b [16]byte
 		for {
-			if _, err := conn.Read(b[:]); err != nil {
+			if _, err := nc.Read(b[:]); err != nil {
 				break
 			}
 		}
-		s.close(errClientGone)
-		p.detach(s)
-		p.untrack(s)
+		st.finish(errClientGone)
 	}()
-	s.release(first, base, skip)
+	release()
+	st.c.setReady() // after the first frames: an end decided meanwhile follows them
 	return true
 }
 
-var errClientGone = errors.New("realtime: client went away")
-
 // serveOnHandler streams through the handler's ResponseWriter (HTTP/2, or
-// when hijacking is off); the handler goroutine writes.
-func (p *Plugin) serveOnHandler(c *gin.Context, s *subscriber, first []item, base uint64, skip string) {
-	defer func() {
-		s.close(errClientGone)
-		p.detach(s)
-		p.untrack(s)
-	}()
+// when hijacking is off); the handler goroutine drains the conn.
+func (st *sseStream) serveOnHandler(c *gin.Context, release func()) {
 	w := c.Writer
 	rc := http.NewResponseController(w)
 	streamHeaders(w.Header())
 	w.WriteHeader(http.StatusOK)
-	write := func(b []byte) error {
-		if err := rc.SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	st.t.out = func(b []byte) error {
+		if err := rc.SetWriteDeadline(time.Now().Add(st.p.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 			return err
 		}
 		if _, err := w.Write(b); err != nil {
@@ -179,18 +191,21 @@ func (p *Plugin) serveOnHandler(c *gin.Context, s *subscriber, first []item, bas
 		}
 		return rc.Flush()
 	}
-	if err := write(p.retry); err != nil {
+	defer st.finish(errClientGone)
+	if err := st.t.out(st.p.retry); err != nil {
 		return
 	}
-	s.release(first, base, skip)
+	release()
+	st.c.setReady()
 	ctx := c.Request.Context()
+	done := st.c.doneChan()
 	for {
 		select {
-		case <-s.wake:
-			if flushHandler(p.baseCtx, s, write) {
+		case <-st.c.wake:
+			if st.c.drain(false) {
 				return
 			}
-		case <-s.done:
+		case <-done:
 			return
 		case <-ctx.Done():
 			return
@@ -198,9 +213,132 @@ func (p *Plugin) serveOnHandler(c *gin.Context, s *subscriber, first []item, bas
 	}
 }
 
+// streamHeaders sets the SSE response headers.
+func streamHeaders(h http.Header) {
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	h.Del("Content-Length")
+}
+
+// sseTransport writes SSE frames: on a hijacked connection (nc set) as one
+// HTTP/1.1 chunk per batch with a write deadline of its own, else through
+// the handler's writer (out).
+type sseTransport struct {
+	timeout  time.Duration
+	nc       net.Conn // hijacked; nil on the handler
+	deadline time.Time
+	out      func([]byte) error // on the handler
+}
+
+var _ transport = (*sseTransport)(nil)
+
+// setConn gives the transport its hijacked connection; a conn that closed
+// meanwhile (overflow while holding) closes it.
+func (t *sseTransport) setConn(c *conn, nc net.Conn) {
+	c.mu.Lock()
+	t.nc = nc
+	closed := c.state == connClosed
+	c.mu.Unlock()
+	if closed {
+		_ = nc.Close()
+	}
+}
+
+// chunkRoom is the room kept before a batch for its chunk-size line.
+const chunkRoom = 16
+
+// maxScratch is the largest write buffer kept for reuse.
+const maxScratch = 256 << 10
+
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+func (t *sseTransport) write(c *conn, batch []out, end, _ bool) error {
+	bp := writeBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxScratch {
+			writeBufs.Put(bp)
+		}
+	}()
+	buf := (*bp)[:0]
+	if t.nc != nil {
+		buf = append(buf, make([]byte, chunkRoom)...)
+	}
+	for _, o := range batch {
+		buf = append(buf, sseFrameOf(o)...)
+	}
+	if t.nc == nil {
+		*bp = buf
+		if len(buf) == 0 {
+			return nil
+		}
+		if err := t.out(buf); err != nil {
+			return err
+		}
+		c.wrote = len(buf)
+		return nil
+	}
+	start := chunkRoom
+	if n := len(buf) - chunkRoom; n > 0 {
+		var hdr [12]byte
+		h := strconv.AppendInt(hdr[:0], int64(n), 16)
+		h = append(h, '\r', '\n')
+		start = chunkRoom - len(h)
+		copy(buf[start:], h)
+		buf = append(buf, '\r', '\n')
+	}
+	if end {
+		buf = append(buf, "0\r\n\r\n"...)
+	}
+	*bp = buf
+	if len(buf) == start {
+		return nil
+	}
+	t.renewDeadline()
+	n, err := t.nc.Write(buf[start:])
+	c.wrote = n
+	return err
+}
+
+// sseFrameOf is the SSE frame of a queued item (a push: event, id: its
+// envelopeId, data: its envelope; a record event: its frame).
+func sseFrameOf(o out) []byte {
+	return o.ev.SSEFrame()
+}
+
+// renewDeadline keeps a write deadline of between timeout/2 and timeout
+// ahead of every write, renewing it only when less than half is left:
+// setting a deadline costs as much as a tenth of a small write. Only the
+// conn's drainer calls it.
+func (t *sseTransport) renewDeadline() {
+	now := time.Now()
+	if t.deadline.Sub(now) >= t.timeout/2 {
+		return
+	}
+	t.deadline = now.Add(t.timeout)
+	_ = t.nc.SetWriteDeadline(t.deadline)
+}
+
+// overflow disconnects a stream that cannot keep up (PROTOCOL.md §3): its
+// client reconnects and resumes from its Last-Event-ID.
+func (t *sseTransport) overflow(c *conn) {
+	c.closeLocked(ErrSlowSubscriber)
+}
+
+// closed closes the hijacked connection: a blocked write and the reader
+// goroutine wake up. On the handler, the handler sees c.done.
+func (t *sseTransport) closed(c *conn) {
+	if t.nc != nil {
+		_ = t.nc.Close()
+	}
+}
+
+// heartbeat queues a keepalive comment (from the plugin's heartbeat ticker).
+func (t *sseTransport) heartbeat(c *conn) { c.send(out{ev: keepaliveEvent}) }
+
 // logFailure logs errors that are the server's fault (not the client's).
 func (p *Plugin) logFailure(op string, err error) {
 	if status, _, _ := statusOf(err); status >= 500 {
-		p.log.Error("realtime: "+op+" failed", "err", err)
+		p.log.Error("realtime: request failed", "op", op, "err", err)
 	}
 }

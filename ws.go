@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,35 +11,31 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
-	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 )
 
-// wsServer is the WebSocket side of a Plugin: one melody instance, the
-// registry of connections and the acks awaited by Notify.
+// wsServer is the WebSocket side of a Plugin (PROTOCOL.md §6). melody
+// upgrades each connection and runs its connect handler, which hands the
+// socket over to the plugin: its own reader (ws_read.go) and writer
+// (ws_transport.go). melody's session then ends: its per-session write
+// goroutine, ping ticker and gorilla connection (with its read buffer) are
+// not kept for a connection's life, so an idle socket holds one goroutine
+// parked in a small read and the plugin's own state (see BENCHMARKS.md).
 type wsServer struct {
-	p    *Plugin
-	m    *melody.Melody
-	reg  *wsRegistry
-	acks *ackBoard
+	p *Plugin
+	m *melody.Melody
 
-	handlers sync.WaitGroup // one per reserved connection: the goroutine running its upgrade and read loop
-	closers  sync.WaitGroup // goroutines writing a server-initiated close frame
+	// handlers counts the connections reserved and not yet ended: the
+	// goroutine running the upgrade, then the connection's reader.
+	handlers sync.WaitGroup
 
-	closeMu sync.Mutex
-	stopped bool // no more closer goroutines: close sockets directly
-
-	mountMu sync.Mutex
-	mounted map[any]bool
-
-	// sessions maps melody's sessions to their connections, from onConnect
-	// to onDisconnect.
-	sessMu   sync.RWMutex
-	sessions map[*melody.Session]*wsConn
+	connsMu sync.Mutex
+	conns   map[*wsConn]struct{} // served: their readers run
 }
 
 // melodyNeverPing is melody's ping period: longer than any connection lives.
@@ -50,59 +45,34 @@ const melodyNeverPing = 100 * 365 * 24 * time.Hour
 // for onConnect (melody session keys would cost a map per connection).
 type connCtxKey struct{}
 
-// wsWriteBuffers is shared by every connection's writes: an idle connection
-// holds no write buffer.
+// wsWriteBuffers is gorilla's write buffer pool: only its handshake and its
+// close answers write through it.
 var wsWriteBuffers = &sync.Pool{}
 
 func newWSServer(p *Plugin) *wsServer {
-	w := &wsServer{p: p, reg: newWSRegistry(), acks: newAckBoard(), mounted: make(map[any]bool),
-		sessions: make(map[*melody.Session]*wsConn)}
+	w := &wsServer{p: p, conns: make(map[*wsConn]struct{})}
 	m := melody.New()
 	m.Config.WriteWait = p.cfg.WriteTimeout
 	m.Config.PongWait = p.cfg.WSPongWait
-	// melody's write goroutine never writes: every frame goes through the
-	// connection's own queue and the shared writer pool, pings come from
-	// the plugin's ticker. Its channel is one slot and its ping ticker
-	// never fires.
+	// melody's write goroutine and read loop start only once the
+	// plugin's own read loop has ended (ws_read.go), on a closed
+	// connection: every frame is written through the connection's queue
+	// and the shared writer pool, pings come from the plugin's ticker. Its
+	// channel is one slot and its ping ticker never fires.
 	m.Config.PingPeriod = melodyNeverPing
 	m.Config.MaxMessageSize = p.cfg.WSMaxMessageBytes
-	m.Config.MessageBufferSize = 1
+	m.Config.MessageBufferSize = 0 // nothing is written through melody
 	m.Upgrader = &websocket.Upgrader{
-		ReadBufferSize:   512,
+		ReadBufferSize:   128, // gorilla's reader is not used (ws_read.go): its smallest
 		WriteBufferSize:  1024,
 		WriteBufferPool:  wsWriteBuffers,
 		HandshakeTimeout: p.cfg.WriteTimeout,
 		CheckOrigin:      w.originAllowed,
 	}
 	m.HandleConnect(w.onConnect)
-	m.HandleDisconnect(w.onDisconnect)
-	m.HandleMessage(func(s *melody.Session, b []byte) {
-		if c := w.connOf(s); c != nil {
-			c.receive(b)
-		}
-	})
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
-		if c := w.connOf(s); c != nil {
-			c.badInput("binary frames are not supported")
-		}
-	})
-	m.HandlePong(func(s *melody.Session) {
-		// melody renews the read deadline on every pong: keep the close
-		// grace of a connection being closed.
-		if c := w.connOf(s); c != nil && c.closing.Load() {
-			_ = s.WebsocketConnection().SetReadDeadline(time.Now().Add(closeGrace))
-		}
-	})
 	m.HandleError(w.onError)
 	w.m = m
 	return w
-}
-
-func (w *wsServer) connOf(s *melody.Session) *wsConn {
-	w.sessMu.RLock()
-	c := w.sessions[s]
-	w.sessMu.RUnlock()
-	return c
 }
 
 // originAllowed is the Origin allow-list (Config.WSAllowedOrigins), used
@@ -125,58 +95,42 @@ func (w *wsServer) originAllowed(r *http.Request) bool {
 	return false
 }
 
-// mount adds GET /ws, POST /notify, GET /presence[/:user],
-// GET /channels/subscribe and GET /channels/:channel/history to rg, once
-// per group (Register and RegisterCollection may both be called, the
-// latter several times).
-func (w *wsServer) mount(rg gin.IRoutes) {
-	var key any = rg
-	if g, ok := rg.(interface{ BasePath() string }); ok {
-		key = g.BasePath()
-	}
-	w.mountMu.Lock()
-	defer w.mountMu.Unlock()
-	if w.mounted[key] {
-		return
-	}
-	w.mounted[key] = true
-	rg.GET("/ws", w.handleWS)
-	// The publish-scope API, with CORS for Config.CORSAllowedOrigins.
-	w.p.publishRoute(rg, http.MethodPost, "/notify", w.p.handleNotify)
-	w.p.publishRoute(rg, http.MethodGet, "/presence", w.p.handlePresence)
-	w.p.publishRoute(rg, http.MethodGet, "/presence/:user", w.p.handleUserPresence)
-	rg.GET("/channels/subscribe", w.p.handleChannelSubscribe)
-	rg.GET("/channels/:channel/history", w.p.handleChannelHistory)
-}
-
 // handleWS serves GET {base}/ws.
 func (w *wsServer) handleWS(c *gin.Context) {
+	p := w.p
 	// The Origin first: a page of another site gets 403 whatever
 	// credentials its browser attached (cookies included).
 	if !w.originAllowed(c.Request) {
+		p.stats.authFailed(authOrigin)
 		writeError(c, fmt.Errorf("websocket: %w: origin not allowed", ErrForbidden))
 		return
 	}
-	ident, ok := w.p.identify(c)
-	if !ok {
+	ident, err := p.authenticate(c, true)
+	if err != nil {
+		p.refused(c, err)
 		return
 	}
 	if !validHandshake(c.Request) {
 		writeError(c, badRequest("a WebSocket handshake (version 13) is required"))
 		return
 	}
-	k := userKey{tenant: ident.Tenant, user: ident.User}
-	if err := w.reg.reserve(k, w.p.cfg.WSMaxConnsPerUser, w.p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
-		if errors.Is(err, ErrTooManyConnections) {
-			writeErrorCode(c, http.StatusTooManyRequests, "too_many_connections", "too many connections")
-			return
-		}
-		writeError(c, fmt.Errorf("websocket: %w", err))
+	ipKey, err := p.ips.take(c)
+	if err != nil {
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
 		return
 	}
-	conn := &wsConn{id: uuid.NewString(), tenant: ident.Tenant, user: ident.User, ws: w, ident: ident}
-	if !ident.Expires.IsZero() {
-		conn.expires = ident.Expires.Add(w.p.cfg.JWTLeeway)
+	k := userKey{tenant: ident.Tenant, user: ident.User}
+	if err := p.pushes.reg.reserve(k, p.cfg.WSMaxConnsPerUser, p.cfg.WSMaxConnsPerTenant, &w.handlers); err != nil {
+		p.ips.release(ipKey)
+		w.refuse(c, fmt.Errorf("websocket: %w", err))
+		return
+	}
+	conn := newWSConn(w, ident)
+	conn.ipKey = ipKey
+	release := func() {
+		p.pushes.reg.release(k)
+		p.ips.release(ipKey)
+		w.handlers.Done()
 	}
 	// The connection does not keep the handler goroutine: the socket is
 	// taken over here and handed, with a trimmed copy of the request (no
@@ -185,27 +139,27 @@ func (w *wsServer) handleWS(c *gin.Context) {
 	// the handler's grown stack are released when this handler returns.
 	nc, brw, err := c.Writer.Hijack()
 	if err != nil {
-		w.reg.release(k)
-		w.handlers.Done()
+		release()
 		writeError(c, fmt.Errorf("websocket: hijack: %w", err))
 		return
 	}
 	if brw.Reader.Buffered() > 0 { // data before the handshake completed
 		_ = nc.Close()
-		w.reg.release(k)
-		w.handlers.Done()
+		release()
 		return
 	}
-	hw := &handoffWriter{nc: nc, h: http.Header{}}
+	hc := &handoffConn{Conn: nc}
+	hw := &handoffWriter{nc: hc, h: http.Header{}}
 	req := handshakeRequest(c.Request, conn)
 	go func() {
-		defer w.handlers.Done()
-		// HandleRequestWithKeys runs the connection (onConnect …
-		// onDisconnect) and returns when it has ended; onDisconnect releases
-		// the slot. On an error before the session exists it is released here.
-		if err := w.m.HandleRequest(hw, req); err != nil {
+		// HandleRequest upgrades the connection and runs onConnect, which
+		// starts the plugin's reader (it ends the connection: stop, the
+		// slots, handlers.Done); melody's session then ends. On an error
+		// before that, the slots are released here.
+		_ = w.m.HandleRequest(hw, req)
+		if !conn.served {
 			_ = nc.Close()
-			w.reg.release(k)
+			release()
 		}
 	}()
 }
@@ -228,8 +182,8 @@ func validHandshake(r *http.Request) bool {
 	return versionOK && err == nil && len(key) == 16
 }
 
-// handshakeRequest copies what the upgrade needs from r, with conn in its
-// context.
+// handshakeRequest copies what the upgrade needs from r, with conn (when
+// not nil) in its context.
 func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	h := http.Header{}
 	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Version", "Sec-Websocket-Key",
@@ -241,6 +195,9 @@ func handshakeRequest(r *http.Request, conn *wsConn) *http.Request {
 	req := &http.Request{
 		Method: r.Method, URL: &url.URL{Path: r.URL.Path}, Proto: r.Proto, ProtoMajor: r.ProtoMajor,
 		ProtoMinor: r.ProtoMinor, Header: h, Host: r.Host, RemoteAddr: r.RemoteAddr,
+	}
+	if conn == nil {
+		return req
 	}
 	return req.WithContext(context.WithValue(context.Background(), connCtxKey{}, conn))
 }
@@ -260,79 +217,94 @@ func (w *handoffWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.nc, bufio.NewReadWriter(bufio.NewReaderSize(w.nc, 16), bufio.NewWriterSize(w.nc, 16)), nil
 }
 
-// onConnect registers the connection for pushes and presence, then sends
-// the connected frame. A connection that cannot register (the plugin is
+// handoffConn is the connection melody and gorilla hold: the socket until
+// the upgrade is done, then (detached) a connection that reads end of file
+// and whose Close does nothing, so that melody's session ends at once
+// while the plugin serves the socket.
+type handoffConn struct {
+	net.Conn
+	detached atomic.Bool
+}
+
+func (h *handoffConn) Read(b []byte) (int, error) {
+	if h.detached.Load() {
+		return 0, io.EOF
+	}
+	return h.Conn.Read(b)
+}
+
+func (h *handoffConn) Write(b []byte) (int, error) {
+	if h.detached.Load() {
+		return 0, net.ErrClosed
+	}
+	return h.Conn.Write(b)
+}
+
+func (h *handoffConn) Close() error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.Close()
+}
+
+func (h *handoffConn) SetDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetDeadline(t)
+}
+
+func (h *handoffConn) SetReadDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetReadDeadline(t)
+}
+
+func (h *handoffConn) SetWriteDeadline(t time.Time) error {
+	if h.detached.Load() {
+		return nil
+	}
+	return h.Conn.SetWriteDeadline(t)
+}
+
+// onConnect takes the upgraded socket over, on the upgrade's goroutine:
+// the connection's writer and its registration for pushes and presence
+// (the connected frame queued first), then a goroutine of its own reads
+// the client (serve). melody's session, detached from the socket, ends
+// when this returns. A connection that cannot register (the plugin is
 // closing) is closed with 1001.
 func (w *wsServer) onConnect(s *melody.Session) {
 	c, _ := s.Request.Context().Value(connCtxKey{}).(*wsConn)
-	w.sessMu.Lock()
-	w.sessions[s] = c
-	w.sessMu.Unlock()
-	c.s = s
-	c.conn = s.WebsocketConnection()
-	// Nothing reads the handshake request after the upgrade: let it go
-	// (~1 KiB per connection).
+	// Nothing reads the handshake request after the upgrade: let it go.
 	s.Request = nil
-	connected := func() {
-		c.sendJSON(struct {
-			Type         string `json:"type"`
-			ConnectionID string `json:"connectionId"`
-			User         string `json:"user"`
-			Tenant       string `json:"tenant"`
-		}{"connected", c.id, c.user, c.tenant})
-	}
-	if cl := w.p.cluster; cl != nil {
-		cl.connOpened(c) // pushes from every node reach c before "connected"
-		c.clustered = true
-	}
-	if !w.reg.add(c, connected) {
-		c.closeWith(websocket.CloseGoingAway, "server closing")
-		return
-	}
-	c.registered = true
+	hc := s.WebsocketConnection().NetConn().(*handoffConn)
+	nc := hc.Conn
+	hc.detached.Store(true)
+	c.served = true
+	w.connsMu.Lock()
+	w.conns[c] = struct{}{}
+	w.connsMu.Unlock()
+	c.start(nc)
+	go w.serve(c, nc)
 }
 
-// onDisconnect removes the connection from every index, detaches its
-// record subscribers and frees its slot.
-func (w *wsServer) onDisconnect(s *melody.Session) {
-	c := w.connOf(s)
-	c.closing.Store(true)
-	c.stopInbox()
-	c.closeRecords()
-	w.reg.remove(c, c.registered)
-	if c.clustered {
-		w.p.cluster.connClosed(c)
-	}
-	w.sessMu.Lock()
-	delete(w.sessions, s)
-	w.sessMu.Unlock()
+// serve reads the client until the connection ends, then removes it from
+// every index, detaches its record subscriptions and frees its slot.
+func (w *wsServer) serve(c *wsConn, nc net.Conn) {
+	defer w.handlers.Done()
+	c.readLoop(nc)
+	_ = nc.Close()
+	c.stop()
+	w.p.ips.release(c.ipKey)
+	w.connsMu.Lock()
+	delete(w.conns, c)
+	w.connsMu.Unlock()
 }
 
-// onError receives melody's errors (its read loop's: melody writes
-// nothing): a frame over the size limit has been answered with 1009 by
-// gorilla, and the rest of it is drained so that the client reads the code.
-func (w *wsServer) onError(s *melody.Session, err error) {
-	c := w.connOf(s)
-	if c == nil {
-		return
-	}
-	if errors.Is(err, websocket.ErrReadLimit) {
-		c.closing.Store(true)
-		drain(s.WebsocketConnection().NetConn())
-	}
-}
-
-// ping asks the writer pool for a ping on every connection (from the
-// plugin's ping ticker: no timer per connection).
-func (w *wsServer) ping() {
-	var sched []*wsConn
-	for _, c := range w.reg.all() {
-		if c.queuePing() {
-			sched = append(sched, c)
-		}
-	}
-	w.p.writers.addConns(sched)
-}
+// onError receives melody's errors: its read loop's end of file once the
+// plugin has taken the socket over. Nothing to do.
+func (w *wsServer) onError(*melody.Session, error) {}
 
 // drain reads and discards the client's input until it closes or
 // closeGrace passes (on the connection's read goroutine), so that closing
@@ -342,30 +314,13 @@ func drain(nc net.Conn) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(nc, 1<<30))
 }
 
-// expire closes with 1008 every connection whose token has expired
-// (called from the plugin's heartbeat loop).
-func (w *wsServer) expire(now time.Time) {
-	for _, c := range w.reg.all() {
-		if !c.expires.IsZero() && now.After(c.expires) {
-			c.closeWith(websocket.ClosePolicyViolation, "token expired")
-		}
-	}
-}
-
-// close closes every connection with 1001 and waits for their goroutines;
-// when ctx ends first the remaining sockets are closed at once.
+// close waits for every connection's goroutines once the plugin has
+// closed them (1001); when ctx ends first the remaining sockets are closed
+// at once.
 func (w *wsServer) close(ctx context.Context) error {
-	w.reg.close()
-	for _, c := range w.reg.all() {
-		c.closeWith(websocket.CloseGoingAway, "server closing")
-	}
 	done := make(chan struct{})
 	go func() {
 		w.handlers.Wait()
-		w.closeMu.Lock()
-		w.stopped = true
-		w.closeMu.Unlock()
-		w.closers.Wait()
 		close(done)
 	}()
 	var err error
@@ -373,14 +328,18 @@ func (w *wsServer) close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = fmt.Errorf("realtime: close websockets: %w", ctx.Err())
-		if ss, e := w.m.Sessions(); e == nil {
-			for _, s := range ss {
-				_ = s.WebsocketConnection().Close()
+		w.connsMu.Lock()
+		for c := range w.conns {
+			c.c.mu.Lock()
+			nc := c.wt.nc
+			c.c.mu.Unlock()
+			if nc != nil {
+				_ = nc.Close()
 			}
 		}
+		w.connsMu.Unlock()
 		<-done
 	}
 	_ = w.m.Close()
-	w.acks.close()
 	return err
 }

@@ -1,76 +1,39 @@
 package realtime
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
-	"reflect"
-	"slices"
+	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
+	"github.com/google/uuid"
 )
 
-// wsConn is one open WebSocket. Its channels and filters are guarded by the
-// registry's lock.
+// wsConn is one open WebSocket: its outgoing conn (written by
+// wsTransport), its push target, the records it follows, and the inbox of
+// client frames.
 type wsConn struct {
-	id      string
-	tenant  string
-	user    string
-	expires time.Time // zero: no expiry
-	s       *melody.Session
-	conn    *websocket.Conn // s's connection, set by onConnect
-	ws      *wsServer
-
-	// The send queue: frames waiting for the writer pool, in order. It is
-	// allocated when a frame is queued (an idle connection holds none) and
-	// bounded by Config.WSSendQueue (overflow closes with 1013). outSched is
-	// set while the connection is on the pool's ready list or held by a
-	// worker: one writer at a time. pingDue asks that worker for a ping.
-	// Guarded by outMu; deadline is the worker's own.
-	outMu    sync.Mutex
-	out      [][]byte
-	outSpare [][]byte
-	outSched bool
-	pingDue  bool
-	deadline time.Time
-
-	// registered is set by onConnect once the connection is in the
-	// registry, clustered once the broker knows it; read by onDisconnect
-	// on the same goroutine.
-	registered bool
-	clustered  bool
-
-	// closing is set once the connection is being closed by the server
-	// (close frame sent or under way): nothing more is queued to it.
-	closing atomic.Bool
-
-	channels map[string]struct{}
-	filters  []pushFilter
-
-	// stream is set on the registry entry of an SSE channel stream (not a
-	// WebSocket): pushes go to that subscriber; streamSeq when it follows
-	// one concrete channel (positions drop what its resume replayed).
-	stream    *subscriber
-	streamSeq bool
-
-	// resume holds the channels subscribed with since (channel_resume.go):
-	// their live pushes are held while the replay is read, then dropped
-	// when replayed. hasResume is set while resume is not empty (so that a
-	// push to a connection without any takes no lock). Guarded by resMu.
-	resMu     sync.Mutex
-	resume    map[string]*chanResume
-	hasResume atomic.Bool
-
-	// ident is the connection's verified identity, for the Authorizer.
+	ws    *wsServer
+	id    string
 	ident *Identity
-	// records are the records c follows, one subscriber each; recClosed
+	c     *conn
+	wt    *wsTransport
+	tg    *target
+
+	// registered is set by start once the target is in the registry;
+	// served once the plugin serves the socket (onConnect). Read after
+	// start by the same goroutine, or after HandleRequest returned.
+	registered bool
+	served     bool
+	// ipKey is the client IP slot the connection holds (Config.MaxConnsPerIP;
+	// "": none), given back by onDisconnect.
+	ipKey string
+
+	// records are the records c follows, one subscription each; recClosed
 	// once the connection has ended. Guarded by recMu.
 	recMu     sync.Mutex
-	records   map[wsRecordRef]*subscriber
+	records   map[wsRecordRef]*subscription
 	recClosed bool
 
 	// The inbox: client frames waiting to be handled, in order, by a
@@ -86,14 +49,124 @@ type wsConn struct {
 	inbox     [][]byte
 	inRunning bool
 	inClosed  bool
+
+	// The read loop's own: the message budget (ws_messages.go), and
+	// refused once a frame over it (or not UTF-8) has closed the
+	// connection: later frames are dropped.
+	bucket  tokenBucket
+	refused bool
 }
 
 // wsInboxMax bounds the frames a connection's read loop queues before it
 // waits for them to be handled.
 const wsInboxMax = 32
 
-// receive queues one client frame for handling (from the read loop).
+func newWSConn(w *wsServer, ident *Identity) *wsConn {
+	p := w.p
+	wc := &wsConn{ws: w, id: uuid.NewString(), ident: ident}
+	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout, pongWait: p.cfg.WSPongWait}
+	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
+	wc.c.ident = ident
+	wc.c.kind = kindWebSocket
+	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true, present: true}
+	return wc
+}
+
+// start runs on the connection's handler goroutine once upgraded: the
+// writer takes the socket, and the connection registers for pushes, its
+// connected frame queued first.
+func (c *wsConn) start(nc net.Conn) {
+	p := c.ws.p
+	c.c.mu.Lock()
+	c.wt.nc = nc // under the conn's lock: its closed reads it
+	c.c.mu.Unlock()
+	c.wt.lastRead.Store(time.Now().UnixNano())
+	_ = nc.SetDeadline(time.Time{}) // melody's read deadline: the ping sweep replaces it
+	if !p.track(c.c) {
+		c.closeWith(closeGoingAway, "server closing")
+		c.c.setReady()
+		return
+	}
+	c.c.setReady()
+	connected := func() { c.send(connectedJSON(c.id, c.ident)) }
+	if !p.pushes.open(c.tg, nil, connected) {
+		c.closeWith(closeGoingAway, "server closing")
+		return
+	}
+	c.registered = true
+}
+
+// stop runs once the read loop has ended: the inbox stops, the records
+// are detached, the target and its slot are released.
+func (c *wsConn) stop() {
+	p := c.ws.p
+	c.c.close(errClientGone)
+	c.stopInbox()
+	c.closeRecords()
+	if c.registered {
+		p.pushes.close(c.tg, true)
+	} else {
+		p.pushes.reg.release(c.tg.key())
+	}
+	p.untrack(c.c)
+}
+
+// closeWith closes c with code and reason, ahead of its queued frames (a
+// publisher's goroutine may call it: it never blocks).
+func (c *wsConn) closeWith(code int, reason string) {
+	c.c.mu.Lock()
+	kick := c.wt.closeWithLocked(c.c, code, reason)
+	c.c.mu.Unlock()
+	if kick {
+		c.c.kick()
+	}
+}
+
+// expireLocked closes a connection whose token expired with 1008, ahead
+// of its queued frames and of any ping or pong (c.mu held).
+func (t *wsTransport) expireLocked(c *conn) bool {
+	if t.ended || c.state == connClosed {
+		return false
+	}
+	t.pingDue, t.pongs = false, nil
+	if c.state == connEnding {
+		// A clean end (1001) was decided: the token's end replaces it.
+		t.ended, t.code, t.reason = true, closePolicyViolation, "token expired"
+		c.sealed = true
+		clear(c.queue)
+		c.queue = c.queue[:0]
+		return c.scheduleLocked()
+	}
+	return t.closeWithLocked(c, closePolicyViolation, "token expired")
+}
+
+// clientClosed answers a client's close frame (from the read loop): when
+// c has sent no close of its own, the frame is echoed, in one write after
+// which nothing more is written (a batch being written goes first: writes
+// to a connection never interleave).
+func (c *wsConn) clientClosed(code int) {
+	c.c.mu.Lock()
+	ended := c.wt.ended
+	c.wt.ended = true
+	c.c.closeLocked(errClientGone)
+	c.c.mu.Unlock()
+	if ended {
+		return
+	}
+	var body []byte
+	if code != 1005 { // no status received: an empty close
+		body = closePayload(code, "")
+	}
+	_ = c.wt.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.wt.nc.Write(appendWSFrame(nil, opClose, body))
+}
+
+// receive queues one client text frame for handling (from the read
+// loop), once it passed the limits (admit).
 func (c *wsConn) receive(b []byte) {
+	if !c.admit(b, true) {
+		return
+	}
 	c.inMu.Lock()
 	if c.inDone.L == nil {
 		c.inDone.L = &c.inMu
@@ -138,6 +211,9 @@ func (c *wsConn) handleInbox() {
 // handled (from the read loop, once it has ended).
 func (c *wsConn) stopInbox() {
 	c.inMu.Lock()
+	if c.inDone.L == nil {
+		c.inDone.L = &c.inMu
+	}
 	c.inClosed = true
 	for c.inRunning {
 		c.inDone.Wait()
@@ -146,137 +222,9 @@ func (c *wsConn) stopInbox() {
 	c.inMu.Unlock()
 }
 
-func (c *wsConn) key() userKey { return userKey{tenant: c.tenant, user: c.user} }
-
-// channelList returns c's channels, sorted (registry lock held).
-func (c *wsConn) channelList() []string {
-	out := make([]string, 0, len(c.channels))
-	for p := range c.channels {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// send queues msg without blocking; false when c is closing or its queue
-// overflowed (the overflow closes it with 1013). msg is shared, not copied:
-// it must not be changed afterwards.
+// send queues a message; false when c no longer takes frames.
 func (c *wsConn) send(msg []byte) bool {
-	ok, schedule := c.enqueue(msg)
-	if schedule {
-		c.ws.p.writers.addConn(c)
-	}
-	return ok
-}
-
-// enqueue is send without scheduling: schedule tells the caller to hand c
-// to the writer pool (addConns, for many connections with one lock).
-func (c *wsConn) enqueue(msg []byte) (ok, schedule bool) {
-	if c.closing.Load() {
-		return false, false
-	}
-	c.outMu.Lock()
-	if len(c.out) >= c.ws.p.cfg.WSSendQueue {
-		c.outMu.Unlock()
-		if !c.closing.Load() {
-			c.ws.p.log.Info("realtime: closing a WebSocket that could not keep up (1013)",
-				"tenant", c.tenant, "user", c.user, "connection", c.id)
-		}
-		c.closeWith(websocket.CloseTryAgainLater, "too slow")
-		return false, false
-	}
-	if c.out == nil && c.outSpare != nil {
-		c.out, c.outSpare = c.outSpare, nil
-	}
-	c.out = append(c.out, msg)
-	schedule = !c.outSched
-	c.outSched = true
-	c.outMu.Unlock()
-	return !c.closing.Load(), schedule
-}
-
-// queuePing asks for a ping; it reports whether c must be scheduled (the
-// caller schedules it).
-func (c *wsConn) queuePing() bool {
-	if c.closing.Load() {
-		return false
-	}
-	c.outMu.Lock()
-	defer c.outMu.Unlock()
-	c.pingDue = true
-	need := !c.outSched
-	c.outSched = true
-	return need
-}
-
-// maxSpareFrames is the largest drained queue a connection keeps for reuse.
-const maxSpareFrames = 16
-
-// flushConn writes what c has queued, in order, one text frame per
-// message (a round's frames within one write deadline), then a ping if one
-// is due (the worker holding c is its only
-// writer; close frames go through WriteControl, safe alongside). A write
-// error other than a close already sent ends the connection: its read loop
-// returns and onDisconnect runs.
-func (w *writerPool) flushConn(c *wsConn) {
-	conn := c.conn
-	for round := 0; ; round++ {
-		c.outMu.Lock()
-		q, ping := c.out, c.pingDue
-		c.out, c.pingDue = nil, false
-		if len(q) == 0 && !ping {
-			c.outSched = false
-			c.outMu.Unlock()
-			return
-		}
-		c.outMu.Unlock()
-		var err error
-		if len(q) > 0 {
-			w.renewConnDeadline(c) // per round, as for SSE: a round is bounded by WriteTimeout
-		}
-		for _, m := range q {
-			if err = conn.WriteMessage(websocket.TextMessage, m); err != nil {
-				break
-			}
-		}
-		if err == nil && ping {
-			err = conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(w.p.cfg.WriteTimeout))
-		}
-		clear(q)
-		if cap(q) <= maxSpareFrames {
-			c.outMu.Lock()
-			if c.outSpare == nil {
-				c.outSpare = q[:0]
-			}
-			c.outMu.Unlock()
-		}
-		if err != nil {
-			if !errors.Is(err, websocket.ErrCloseSent) {
-				_ = conn.Close()
-			}
-			c.outMu.Lock()
-			clear(c.out)
-			c.out, c.outSpare, c.pingDue, c.outSched = nil, nil, false, false
-			c.outMu.Unlock()
-			return
-		}
-		if round >= roundsBatch {
-			w.addConn(c) // still scheduled: let others have a turn
-			return
-		}
-	}
-}
-
-// renewConnDeadline is renewDeadline for a WebSocket: a write deadline of
-// between WriteTimeout/2 and WriteTimeout ahead of each round of frames
-// (gorilla applies it to every frame's write).
-func (w *writerPool) renewConnDeadline(c *wsConn) {
-	now := time.Now()
-	if c.deadline.Sub(now) >= w.p.cfg.WriteTimeout/2 {
-		return
-	}
-	c.deadline = now.Add(w.p.cfg.WriteTimeout)
-	_ = c.conn.SetWriteDeadline(c.deadline)
+	return c.c.send(out{ev: &Event{kind: kindAnswer, Data: msg}})
 }
 
 // sendJSON encodes v and queues it.
@@ -288,49 +236,12 @@ func (c *wsConn) sendJSON(v any) bool {
 	return c.send(b)
 }
 
-// closeWith starts closing c with code, once: it writes the close frame
-// ahead of the queued frames (a control frame may interleave a fragmented
-// message) on a goroutine counted by the server, then lets the read loop
-// drain the client's input until the client answers the close or
-// closeGrace passes, so the client can read the code.
-func (c *wsConn) closeWith(code int, reason string) {
-	if !c.closing.CompareAndSwap(false, true) {
-		return
+// receiveBinary answers a binary frame (from the read loop): counted
+// like every message, refused.
+func (c *wsConn) receiveBinary() {
+	if c.admit(nil, false) {
+		c.badInput("binary frames are not supported")
 	}
-	w := c.ws
-	w.closeMu.Lock()
-	if w.stopped {
-		w.closeMu.Unlock()
-		_ = c.conn.Close()
-		return
-	}
-	w.closers.Add(1)
-	w.closeMu.Unlock()
-	go func() {
-		defer w.closers.Done()
-		conn := c.conn
-		deadline := time.Now().Add(w.p.cfg.WriteTimeout)
-		if err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline); err != nil {
-			_ = conn.Close() // cannot tell the client: end it now
-			return
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(closeGrace))
-	}()
-}
-
-// closeGrace is how long the server keeps reading after its close frame,
-// waiting for the client's, before it closes the TCP connection.
-const closeGrace = 2 * time.Second
-
-// wsIn is a client → server message.
-type wsIn struct {
-	Type       string            `json:"type"`
-	Channels   []string          `json:"channels"`
-	Filters    []json.RawMessage `json:"filters"`
-	Records    json.RawMessage   `json:"records"`
-	Since      json.RawMessage   `json:"since"`
-	EnvelopeID string            `json:"envelopeId"`
-	Result     json.RawMessage   `json:"result"`
 }
 
 type wsError struct {
@@ -353,48 +264,43 @@ func (c *wsConn) badInput(msg string) {
 
 // handle serves one text frame from the client.
 func (c *wsConn) handle(raw []byte) {
-	trimmed := bytes.TrimSpace(raw)
-	if bytes.EqualFold(trimmed, []byte("ping")) {
-		c.send(pongFrame)
-		return
-	}
-	var m wsIn
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &m) != nil {
-		c.badInput("a frame must be one JSON object")
+	m, err := parseWSMessage(raw)
+	if err != nil {
+		c.badInput(publicMessage(err))
 		return
 	}
 	switch m.Type {
-	case "ping":
+	case wsTypePing:
 		c.send(pongFrame)
-	case "subscribe", "unsubscribe":
+	case wsTypeSubscribe, wsTypeUnsubscribe:
 		c.handleSubscribe(&m)
-	case "ack":
-		if m.EnvelopeID == "" {
-			c.badInput("ack needs an envelopeId")
-			return
-		}
-		if cl := c.ws.p.cluster; cl != nil && cl.forwardAck(m.EnvelopeID, c.id, c.user, m.Result) {
-			return
-		}
-		c.ws.acks.deliver(m.EnvelopeID, c.id, c.user, m.Result)
+	case wsTypeAck:
+		c.ws.p.acks.receive(m.EnvelopeID, c.id, c.ident.User, m.Result)
+	case wsTypeRefresh:
+		c.handleRefresh(&m)
+	case wsTypePublish:
+		c.handlePublish(&m)
 	default:
 		c.badInput("unknown message type")
 	}
 }
 
+// handleSubscribe serves subscribe and unsubscribe: channels (with since)
+// and filters here, records in ws_records.go.
 func (c *wsConn) handleSubscribe(m *wsIn) {
-	sub := m.Type == "subscribe"
-	hasRecords := len(m.Records) > 0 && !bytes.Equal(m.Records, []byte("null"))
+	p := c.ws.p
+	reg := p.pushes.reg
+	sub := m.Type == wsTypeSubscribe
+	hasRecords := m.Records != nil
 	var reqs []wsRecordReq
 	if hasRecords {
 		var err error
-		if reqs, err = c.parseRecords(m.Records, sub); err != nil {
+		if reqs, err = c.checkRecords(m.Records, sub); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
 	}
-	hasSince := sub && len(m.Since) > 0 && !bytes.Equal(m.Since, []byte("null"))
-	reg := c.ws.reg
+	hasSince := sub && m.Since != nil
 	if m.Channels == nil && m.Filters == nil {
 		switch {
 		case hasSince:
@@ -403,15 +309,15 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 			c.subscribeRecords(reqs, nil)
 		case hasRecords:
 			c.unsubscribeRecords(reqs, false)
-			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: c.channelsSnapshot(), Records: c.recordList()})
+			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: reg.channels(c.tg), Records: c.recordList()})
 		case sub:
 			c.badInput("subscribe needs channels, filters or records")
 		default:
 			// A bare unsubscribe removes every channel, filter and record.
-			reg.removeFilters(c, nil, true)
+			reg.removeFilters(c.tg, nil, true)
 			c.unsubscribeRecords(nil, true)
-			left := reg.unsubscribe(c, c.channelsSnapshot())
-			c.dropResume(nil, true)
+			left := reg.unsubscribe(c.tg, reg.channels(c.tg))
+			c.tg.dropResumes(nil, true)
 			c.sendJSON(wsChannels{Type: "unsubscribed", Channels: left})
 		}
 		return
@@ -422,14 +328,14 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 			return
 		}
 	}
-	if sub && len(m.Channels) > c.ws.p.cfg.WSMaxChannels {
+	if sub && len(m.Channels) > p.cfg.WSMaxChannels {
 		c.badInput("too many channels")
 		return
 	}
 	var since map[string]string
 	if hasSince {
 		var err error
-		if since, err = parseSince(m.Since, m.Channels); err != nil {
+		if since, err = checkSince(m.Since, m.Channels); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
@@ -444,45 +350,47 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 	}
 	if !sub {
 		if m.Filters != nil {
-			reg.removeFilters(c, fs, len(m.Filters) == 0)
+			reg.removeFilters(c.tg, fs, len(m.Filters) == 0)
 		}
 		if hasRecords {
 			c.unsubscribeRecords(reqs, false)
 		}
-		left := reg.unsubscribe(c, m.Channels)
-		c.dropResume(m.Channels, false)
+		left := reg.unsubscribe(c.tg, m.Channels)
+		c.tg.dropResumes(m.Channels, false)
 		c.sendJSON(wsChannels{Type: "unsubscribed", Channels: left, Records: c.recordList()})
 		return
 	}
 	channels := c.authorizedChannels(m.Channels, since)
 	if len(fs) > 0 {
-		if err := reg.addFilters(c, fs); err != nil {
+		if err := reg.addFilters(c.tg, fs); err != nil {
 			c.badInput(publicMessage(err))
 			return
 		}
 	}
-	hold := c.holdChannels(since) // live pushes of these wait for their replay
-	all, err := reg.subscribe(c, channels, c.ws.p.cfg.WSMaxChannels)
+	// The channels resumed from a point of their buffer that c does not
+	// already receive: their live pushes wait for their replay.
+	var hold []string
+	for ch := range since {
+		if !reg.isSubscribed(c.tg, ch) {
+			hold = append(hold, ch)
+		}
+	}
+	c.tg.holdChannels(hold)
+	all, err := reg.subscribe(c.tg, channels, p.cfg.WSMaxChannels)
 	if err != nil {
-		c.dropResume(hold, false)
+		c.tg.dropResumes(hold, false)
 		if errors.Is(err, ErrBadRequest) {
 			if len(fs) > 0 {
-				reg.removeFilters(c, fs, false) // all or nothing
+				reg.removeFilters(c.tg, fs, false) // all or nothing
 			}
 			c.badInput(publicMessage(err))
 		}
 		return
 	}
-	type replay struct {
-		ch     string
-		frames [][]byte
-		base   uint64
-		ok     bool
-	}
+	filters := reg.filtersOf(c.tg)
 	replays := make([]replay, 0, len(hold))
 	for _, ch := range hold {
-		frames, base, ok := c.replayChannel(ch, since[ch])
-		replays = append(replays, replay{ch, frames, base, ok})
+		replays = append(replays, p.pushes.readReplay(p.baseCtx, c.tg, ch, since[ch], filters))
 	}
 	if hasRecords {
 		c.subscribeRecords(reqs, all)
@@ -490,7 +398,7 @@ func (c *wsConn) handleSubscribe(m *wsIn) {
 		c.sendJSON(wsChannels{Type: "subscribed", Channels: all, Records: c.recordList()})
 	}
 	for _, r := range replays {
-		c.releaseChannel(r.ch, r.frames, r.base, r.ok)
+		c.tg.release(r)
 	}
 }
 
@@ -507,12 +415,9 @@ type wsChannelError struct {
 // refused (the others are subscribed) and removing it from since.
 func (c *wsConn) authorizedChannels(channels []string, since map[string]string) []string {
 	p := c.ws.p
-	if p.cfg.AuthorizeChannel == nil {
-		return channels
-	}
 	out := make([]string, 0, len(channels))
 	for _, ch := range channels {
-		if err := p.authorizeChannel(p.baseCtx, c.ident, ch, ChannelOpSubscribe); err != nil {
+		if err := p.access.channelOp(p.baseCtx, c.ident, ch, ChannelOpSubscribe); err != nil {
 			_, code, msg := statusOf(err)
 			c.sendJSON(wsChannelError{Type: "error", Code: code, Channel: ch, Message: msg})
 			delete(since, ch)
@@ -522,13 +427,3 @@ func (c *wsConn) authorizedChannels(channels []string, since map[string]string) 
 	}
 	return out
 }
-
-// channelsSnapshot returns c's channels under the registry's read lock.
-func (c *wsConn) channelsSnapshot() []string {
-	c.ws.reg.mu.RLock()
-	defer c.ws.reg.mu.RUnlock()
-	return c.channelList()
-}
-
-// sameFilter reports whether two filters are equal.
-func sameFilter(a, b pushFilter) bool { return reflect.DeepEqual(a, b) }

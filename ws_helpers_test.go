@@ -146,6 +146,15 @@ func closeCode(t testing.TB, c *websocket.Conn) int {
 	}
 }
 
+// closeCodeOf is the close code of a read error (-1: no close frame).
+func closeCodeOf(err error) int {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return -1
+}
+
 // errorCode decodes the contract's JSON error body.
 func errorCode(t testing.TB, body string) string {
 	t.Helper()

@@ -32,8 +32,11 @@ func TestWSConnectQueryAndHeaderToken(t *testing.T) {
 	}
 }
 
+// TestWSRefusedBeforeUpgrade: with WSRefuseBeforeUpgrade, refusals are
+// plain HTTP answers before the upgrade (ws_refusal_test.go has the
+// default, close codes); a foreign Origin and a bad handshake always are.
 func TestWSRefusedBeforeUpgrade(t *testing.T) {
-	_, srv := newTestServer(t, Config{})
+	_, srv := newTestServer(t, Config{WSRefuseBeforeUpgrade: true})
 	c, resp, body := dialWS(t, srv, "", false, nil)
 	if c != nil || resp.StatusCode != http.StatusUnauthorized || errorCode(t, body) != "unauthorized" {
 		t.Fatalf("no token: %d %s", resp.StatusCode, body)
@@ -85,15 +88,9 @@ func TestWSConnectionCaps(t *testing.T) {
 	rt, srv := newTestServer(t, Config{WSMaxConnsPerUser: 2, WSMaxConnsPerTenant: 3})
 	a1, _ := connectWS(t, srv, userToken(t, "alice"))
 	connectWS(t, srv, userToken(t, "alice"))
-	c, resp, body := dialWS(t, srv, userToken(t, "alice"), false, nil)
-	if c != nil || resp.StatusCode != http.StatusTooManyRequests || errorCode(t, body) != "too_many_connections" {
-		t.Fatalf("user cap: %d %s", resp.StatusCode, body)
-	}
+	expectRefusal(t, srv, userToken(t, "alice"), nil, closeTooManyConnections, "too_many_connections")
 	connectWS(t, srv, userToken(t, "bob"))
-	c, resp, body = dialWS(t, srv, userToken(t, "carol"), false, nil)
-	if c != nil || resp.StatusCode != http.StatusTooManyRequests {
-		t.Fatalf("tenant cap: %d %s", resp.StatusCode, body)
-	}
+	expectRefusal(t, srv, userToken(t, "carol"), nil, closeTooManyConnections, "too_many_connections")
 	// Another tenant has its own cap.
 	connectWS(t, srv, tenantToken(t, "carol", "t2"))
 	// A closed connection frees its slot.
@@ -351,11 +348,7 @@ func TestWSRoutesMountedOncePerGroup(t *testing.T) {
 	srv := httptest.NewServer(r)
 	t.Cleanup(func() { closeAll(t, rt, srv) })
 	connectWS(t, srv, userToken(t, "alice"))
-	c, _, body := dialWS(t, srv, "", false, nil)
-	_ = body
-	if c != nil {
-		t.Fatal("dial without token succeeded")
-	}
+	expectRefusal(t, srv, "", nil, closeUnauthorized, "unauthorized")
 	d := websocket.Dialer{HandshakeTimeout: hangGuard}
 	oc, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/other/ws", http.Header{"Authorization": {"Bearer " + userToken(t, "bob")}})
 	if err != nil {
@@ -411,7 +404,8 @@ func TestWSCloseWithStalledClientHonoursContext(t *testing.T) {
 }
 
 func TestWSConnectionCapUnderConcurrentDials(t *testing.T) {
-	rt, srv := newTestServer(t, Config{WSMaxConnsPerUser: 5})
+	// Plain 429s: the upgrades refused with 4429 are in ws_refusal_test.go.
+	rt, srv := newTestServer(t, Config{WSMaxConnsPerUser: 5, WSRefuseBeforeUpgrade: true})
 	tok := userToken(t, "alice")
 	const dials = 20
 	type result struct {

@@ -27,6 +27,11 @@
 // realtime.PresenceStore; they use real time (TTLs of a fraction of a
 // second, awaited), never cfg.Now.
 //
+// Versions/* check AppendRecord's version rule (realtime.Broker); they
+// expect Invalidate to forget a record's last version, as MemoryBuffer
+// does. Versions/Concurrent is randomized: a failure gives its seed, and
+// BROKERTEST_SEED=<seed> (SeedEnv) runs it again with that seed.
+//
 // The suite never asserts timing: every wait ends when what is awaited
 // happens, or fails after WaitTimeout. That something is not delivered is
 // checked through the order of one stream (or topic): a later event of the
@@ -62,6 +67,7 @@ func Run(t *testing.T, newNodes func(t *testing.T, cfg realtime.MemoryBufferConf
 	t.Run("Invalidate", func(t *testing.T) { testInvalidate(t, newNodes) })
 	t.Run("Delivery", func(t *testing.T) { testDelivery(t, newNodes) })
 	t.Run("AppendRecord", func(t *testing.T) { testAppendRecord(t, newNodes) })
+	t.Run("Versions", func(t *testing.T) { testVersions(t, newNodes) })
 	t.Run("Recent", func(t *testing.T) { testRecent(t, newNodes) })
 	t.Run("Topics", func(t *testing.T) { testTopics(t, newNodes) })
 	t.Run("Presence", func(t *testing.T) { testPresence(t, newNodes) })
@@ -225,7 +231,8 @@ func since(t *testing.T, br realtime.Broker, key realtime.StreamKey, lastID stri
 }
 
 // diffEvent describes how got differs from want ("" when they are the
-// same event: same frames, bytes for bytes, same Prior, Ref and Time).
+// same event: same frames, bytes for bytes, same Prior, Ref, Version and
+// Time).
 func diffEvent(got, want *realtime.Event) string {
 	switch {
 	case got == nil:
@@ -238,6 +245,8 @@ func diffEvent(got, want *realtime.Event) string {
 		return fmt.Sprintf("Prior %q, want %q", got.Prior, want.Prior)
 	case got.Type != want.Type || got.Ref != want.Ref || got.ETag != want.ETag:
 		return fmt.Sprintf("event %s %+v %s, want %s %+v %s", got.Type, got.Ref, got.ETag, want.Type, want.Ref, want.ETag)
+	case got.Version != want.Version:
+		return fmt.Sprintf("Version %d, want %d", got.Version, want.Version)
 	case !got.Time.Equal(want.Time):
 		return fmt.Sprintf("Time %v, want %v", got.Time, want.Time)
 	}

@@ -32,6 +32,8 @@ func testEventEncoding(t *testing.T) {
 		{"empty data", &realtime.Event{Type: realtime.EventChanged, Ref: rec, ETag: `"e"`}},
 		{"empty object data", &realtime.Event{Type: realtime.EventChanged, Ref: rec, ETag: `"o"`, Data: json.RawMessage(`{}`)}},
 		{"collection ref", &realtime.Event{Type: realtime.EventResync, Ref: realtime.Ref{Tenant: "t1", Collection: "posts"}, Data: json.RawMessage(`{"reason":"buffer-miss"}`)}},
+		{"version", &realtime.Event{Type: realtime.EventChanged, Ref: rec, ETag: `"v9"`, Data: json.RawMessage(`{"id":"42"}`), Version: 9}},
+		{"largest version", &realtime.Event{Type: realtime.EventChanged, Ref: rec, ETag: `"vmax"`, Data: json.RawMessage(`{}`), Version: 1<<64 - 1}},
 		{"default tenant", &realtime.Event{Type: realtime.EventChanged, Ref: realtime.Ref{Tenant: realtime.DefaultTenant, Collection: "c", ID: "1"}, ETag: `"d"`, Data: json.RawMessage(`[1]`)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,6 +28,23 @@ type Message struct {
 	Msg   []byte
 }
 
+// StreamCall is one Deliver or Gap call about a stream.
+type StreamCall struct {
+	// Gap is set for a Gap call; else the call is a Deliver of Entry.
+	Gap   bool
+	Entry realtime.Entry
+}
+
+func (c StreamCall) String() string {
+	if c.Gap {
+		return "gap"
+	}
+	if c.Entry.Event == nil {
+		return fmt.Sprintf("deliver@%d", c.Entry.Seq)
+	}
+	return fmt.Sprintf("deliver %s@%d", c.Entry.Event.ETag, c.Entry.Seq)
+}
+
 // Recorder is a realtime.Node that records every call, for tests of a
 // Broker. Its methods never block. It also watches the Node contract: two
 // Deliver calls of one stream at the same time, or a stream's positions not
@@ -39,6 +56,7 @@ type Recorder struct {
 	deliveries []Delivery
 	messages   []Message
 	gaps       []realtime.StreamKey
+	streams    map[realtime.StreamKey][]StreamCall // Deliver and Gap calls, in call order
 	health     []error
 	last       map[realtime.StreamKey]uint64
 	inDeliver  map[realtime.StreamKey]int
@@ -51,6 +69,7 @@ var _ realtime.Node = (*Recorder)(nil)
 func NewRecorder() *Recorder {
 	return &Recorder{
 		changed:   make(chan struct{}),
+		streams:   make(map[realtime.StreamKey][]StreamCall),
 		last:      make(map[realtime.StreamKey]uint64),
 		inDeliver: make(map[realtime.StreamKey]int),
 	}
@@ -83,6 +102,7 @@ func (r *Recorder) Deliver(key realtime.StreamKey, e realtime.Entry) {
 	r.mu.Lock()
 	r.inDeliver[key]--
 	r.deliveries = append(r.deliveries, Delivery{Key: key, Entry: e})
+	r.streams[key] = append(r.streams[key], StreamCall{Entry: e})
 	r.signalLocked()
 	r.mu.Unlock()
 }
@@ -91,6 +111,7 @@ func (r *Recorder) Deliver(key realtime.StreamKey, e realtime.Entry) {
 func (r *Recorder) Gap(key realtime.StreamKey) {
 	r.mu.Lock()
 	r.gaps = append(r.gaps, key)
+	r.streams[key] = append(r.streams[key], StreamCall{Gap: true})
 	r.signalLocked()
 	r.mu.Unlock()
 }
@@ -171,6 +192,14 @@ func (r *Recorder) Gaps() []realtime.StreamKey {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]realtime.StreamKey(nil), r.gaps...)
+}
+
+// StreamCalls returns the Deliver and Gap calls about key so far, in call
+// order: a Gap is before the deliveries that followed it.
+func (r *Recorder) StreamCalls(key realtime.StreamKey) []StreamCall {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]StreamCall(nil), r.streams[key]...)
 }
 
 // HealthReports returns the arguments of every Health call so far.

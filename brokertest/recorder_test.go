@@ -1,6 +1,7 @@
 package brokertest
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -74,5 +75,21 @@ func TestRecorderGivesUp(t *testing.T) {
 	}()
 	if f.msg == "" {
 		t.Fatal("no message")
+	}
+}
+
+func TestRecorderStreamCalls(t *testing.T) {
+	r := NewRecorder()
+	key, other := recKey("1"), recKey("2")
+	r.Deliver(key, realtime.Entry{Seq: 1, Event: event(key, "a", time.Now())})
+	r.Gap(other)
+	r.Gap(key)
+	r.Deliver(key, realtime.Entry{Seq: 2, Event: event(key, "b", time.Now())})
+	got := fmt.Sprint(r.StreamCalls(key))
+	if want := `[deliver "a"@1 gap deliver "b"@2]`; got != want {
+		t.Fatalf("StreamCalls %s, want %s", got, want)
+	}
+	if got := fmt.Sprint(r.StreamCalls(other)); got != "[gap]" {
+		t.Fatalf("StreamCalls of the other stream %s", got)
 	}
 }

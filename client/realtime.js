@@ -8,7 +8,10 @@
 //
 // One WebSocket per Realtime carries pushes, channels, filters and records
 // (§6); collections (and records when asked, or without a WebSocket) follow
-// SSE streams (§3). Every connection comes back by itself: jittered
+// SSE streams (§3). Where the WebSocket cannot connect (a proxy that
+// blocks it), pushes, channels and filters come from the pushes stream or
+// long poll (§8, acked over HTTP) and records from their SSE streams,
+// until the WebSocket connects again. Every connection comes back by itself: jittered
 // exponential backoff, then resubscription of its channels, filters and
 // records, each record from the last ETag it saw, so nothing is missed;
 // when the server cannot replay, `resync` and a fresh snapshot follow.
@@ -41,6 +44,12 @@
  * @property {boolean | ((msg: PushMessage) => any)} [autoAck] ack every push no handler acked (true: result null)
  * @property {number} [resyncRefetchAfter] ms to wait for the snapshot following a record `resync`
  *   before fetching the record over REST (2000)
+ * @property {"sse"|"poll"|false} [fallback] what carries pushes while the WebSocket cannot connect:
+ *   the pushes SSE stream (read with fetch: every event name, the token in a header), the pushes
+ *   long poll, or nothing (false). Records then follow their SSE streams. ("sse")
+ * @property {number} [fallbackAfter] WebSocket attempts that failed (closed before `connected`)
+ *   before the fallback starts (2); the WebSocket is still tried, with backoff, and takes over
+ *   once it connects
  * @property {typeof WebSocket} [WebSocket]
  * @property {typeof EventSource} [EventSource]
  * @property {typeof fetch} [fetch]
@@ -187,7 +196,9 @@ const safe = (fn, ...args) => {
  * them. Events: "state" (ConnectionState), "connected" (the server's
  * frame), "disconnected" ({code, reason}), "reconnecting" ({attempt, delay}),
  * "message" (PushMessage, ack), "subscribed", "unsubscribed", "resync"
- * (channel resync frames), "token" (a refreshed token), "error".
+ * (channel resync frames), "token" (a refreshed token), "refreshed" (the
+ * socket took it: {exp}), "rotated" (a new socket took over), "transport"
+ * ("websocket", "sse" or "poll": what carries pushes now), "error".
  */
 export class Realtime {
   /** @param {RealtimeOptions} opts */
@@ -206,6 +217,13 @@ export class Realtime {
     this.pongTimeout = opts.pongTimeout ?? 10000;
     this.autoAck = opts.autoAck ?? false;
     this.resyncRefetchAfter = opts.resyncRefetchAfter ?? 2000;
+    this.fallback = opts.fallback ?? "sse";
+    this.fallbackAfter = opts.fallbackAfter ?? 2;
+    /** @type {"websocket"|"sse"|"poll"|null} what carries pushes now */
+    this.transportInUse = null;
+    this._wsFailures = 0; // sockets in a row that closed before connected
+    /** @type {PushFallback | null} */
+    this._fb = null;
     /** @type {string | null} */
     this._token = typeof opts.token === "string" ? opts.token : null;
     this._tokenFn = typeof opts.token === "function" ? opts.token : null;
@@ -270,6 +288,18 @@ export class Realtime {
   /** @param {string} type @param {...any} args */
   _emit(type, ...args) {
     for (const fn of [...(this._handlers.get(type) ?? [])]) safe(fn, ...args);
+  }
+
+  /** The socket's state, unless the fallback carries the page. @param {ConnectionState} s */
+  _wsState(s) {
+    if (!this._fb?.open) this._setState(s);
+  }
+
+  /** @param {"websocket"|"sse"|"poll"|null} t */
+  _setTransport(t) {
+    if (this.transportInUse === t) return;
+    this.transportInUse = t;
+    this._emit("transport", t);
   }
 
   /** @param {ConnectionState} s */
@@ -341,10 +371,33 @@ export class Realtime {
     }, Math.min(wait, 2 ** 31 - 1));
   }
 
-  /** The token changed: move every connection to it (make before break). */
+  /**
+   * The token changed: the socket takes it in place (a `refresh` message,
+   * §6); where the server refuses that, a second socket opens with it and
+   * takes over (make before break). SSE streams reopen from their last
+   * event id.
+   */
   _rotate() {
-    if (this._sock && this._sock.connected && !this._next && !this._offline) this._openSocket(true);
-    for (const s of this._streams) s.reopen();
+    const s = this._sock;
+    if (s && s.connected && !this._next && !this._offline) {
+      if (this._sendOn(s, { type: "refresh", token: this._token })) s.refreshing = true;
+      else this._openSocket(true);
+    }
+    for (const st of this._streams) st.reopen();
+    this._fb?.reopen();
+  }
+
+  /**
+   * The server refused a refresh: an invalid token (unauthorized) leaves
+   * the socket to its old expiry (a close 1008 then asks for a fresh
+   * token); another answer (another identity, a server without refresh)
+   * moves to a new socket with the token.
+   * @param {any} s @param {any} m the error frame
+   */
+  _refreshRefused(s, m) {
+    s.refreshing = false;
+    this._emit("error", { ...m, refresh: true });
+    if (m.code !== "unauthorized" && s === this._sock && !this._next && !this._offline && !this._closed) this._openSocket(true);
   }
 
   // ---- the WebSocket -------------------------------------------------------
@@ -367,7 +420,7 @@ export class Realtime {
     if (replace) this._next = s;
     else {
       this._sock = s;
-      this._setState(this._backoff.attempt > 0 ? "reconnecting" : "connecting");
+      this._wsState(this._backoff.attempt > 0 ? "reconnecting" : "connecting");
     }
     let tok;
     try {
@@ -400,9 +453,18 @@ export class Realtime {
     return true;
   }
 
-  /** send writes one message on the socket in use (false when it is not open). @param {object} m */
+  /**
+   * send writes one message on the socket in use (false when it is not
+   * open). While the fallback carries the page, an ack goes over HTTP and
+   * a change of channels or filters reopens the pushes stream.
+   * @param {any} m
+   */
   send(m) {
-    return this._sendOn(this._sock, m);
+    if (this._sendOn(this._sock, m)) return true;
+    if (!this._fb) return false;
+    if (m.type === "ack") return this._fb.ack(m.envelopeId, m.result), true;
+    if ((m.type === "subscribe" || m.type === "unsubscribe") && (m.channels || m.filters)) this._fb.reopen();
+    return false;
   }
 
   /** The message that puts a fresh socket in the state the page asked for. */
@@ -443,6 +505,14 @@ export class Realtime {
         this.connectionId = m.connectionId;
         this.user = m.user;
         this.tenant = m.tenant;
+        this._wsFailures = 0;
+        // Back on the WebSocket: the fallback ends once the socket's
+        // subscriptions are in effect (duplicates meanwhile are dropped).
+        if (this._fb) {
+          if (sub) s.endsFallback = true;
+          else this._stopFallback();
+        }
+        this._setTransport("websocket");
         this._setState("open");
         this._emit("connected", m);
         clearTimeout(this._stableTimer);
@@ -453,12 +523,20 @@ export class Realtime {
       case "subscribed":
         if (s === this._next && s.awaiting) this._promote(s);
         s.awaiting = false;
+        if (s.endsFallback && s === this._sock) {
+          s.endsFallback = false;
+          this._stopFallback();
+        }
         this._emit("subscribed", m);
         return;
       case "unsubscribed":
         this._emit("unsubscribed", m);
         return;
       case "pong":
+        return;
+      case "refreshed":
+        s.refreshing = false;
+        this._emit("refreshed", m);
         return;
       case "message":
         this._push(s, m);
@@ -473,6 +551,10 @@ export class Realtime {
         else this._emit("resync", m);
         return;
       case "error":
+        if (s.refreshing && m.collection == null && m.channel == null) {
+          this._refreshRefused(s, m);
+          return;
+        }
         if (m.collection != null && m.id != null) {
           const r = this._records.get(m.collection + "/" + m.id);
           if (r) {
@@ -521,10 +603,11 @@ export class Realtime {
     }
     if (s !== this._sock) return;
     this._sock = null;
-    this.connectionId = null;
+    this.connectionId = this._fb?.connectionId ?? null;
     clearTimeout(this._stableTimer);
     this._stopPings();
     this._emit("disconnected", info);
+    if (!s.connected && ![4401, 4403, 4429].includes(info.code)) this._wsFailures++;
     if (this._next) {
       // A replacement is on its way: it takes over at once.
       const n = this._next;
@@ -545,17 +628,23 @@ export class Realtime {
       this._setState("offline");
       return;
     }
-    if (info.code === 1008 && this._refresh) {
-      // The token expired: the next attempt takes a fresh one.
+    if ((info.code === 1008 || info.code === 4401) && this._refresh) {
+      // The token expired or was refused: the next attempt takes a fresh one.
       this._token = null;
     }
+    if (info.code === 4429) {
+      // Over a connection cap: wait longer before trying again.
+      this._backoff.attempt += 2;
+    }
+    if (this._fb) this._fb.wake(); // the socket was carrying the page: the fallback takes over at once
+    else if (this.fallback && this._wsFailures >= this.fallbackAfter && this._fetch) this._startFallback();
     this._scheduleReconnect();
   }
 
   _scheduleReconnect() {
     const attempt = this._backoff.attempt;
     const delay = this._backoff.next();
-    this._setState("reconnecting");
+    this._wsState("reconnecting");
     this._emit("reconnecting", { attempt: attempt + 1, delay, at: Date.now() + delay });
     clearTimeout(this._retryTimer);
     this._retryTimer = setTimeout(() => {
@@ -588,6 +677,7 @@ export class Realtime {
     clearTimeout(this._retryTimer);
     this._retryTimer = undefined;
     if (this._next) this._lost(this._next, { code: 4003, reason: "offline" });
+    this._fb?.pause();
     if (this._sock) this._lost(this._sock, { code: 4003, reason: "offline" });
     else if (this._wanted && !this._closed) this._setState("offline");
     for (const st of this._streams) st.offline();
@@ -602,7 +692,26 @@ export class Realtime {
       this._retryTimer = undefined;
       this._openSocket(false);
     }
+    this._fb?.wake();
     for (const st of this._streams) st.online();
+  }
+
+  // ---- the fallback (§8) -----------------------------------------------------
+
+  /** The WebSocket cannot connect: pushes and records move to HTTP. */
+  _startFallback() {
+    if (this._fb || this._closed) return;
+    const fb = new PushFallback(this, this.fallback === "poll" ? "poll" : "sse");
+    this._fb = fb;
+    for (const r of this._records.values()) fb.follow(r);
+    fb.start();
+  }
+
+  /** The WebSocket carries the page again. */
+  _stopFallback() {
+    const fb = this._fb;
+    this._fb = null;
+    fb?.close();
   }
 
   // ---- pushes, channels, filters ------------------------------------------
@@ -616,8 +725,10 @@ export class Realtime {
       if (acked) return false;
       acked = true;
       const frame = { type: "ack", envelopeId: m.envelopeId, result };
-      // The ack goes back on the connection that received the push.
-      if (!this._sendOn(s, frame)) this.send(frame);
+      // The ack goes back on the connection that received the push (a
+      // push of the fallback: over HTTP).
+      if (s instanceof PushFallback) s.ack(m.envelopeId, result);
+      else if (!this._sendOn(s, frame)) this.send(frame);
       return true;
     };
     this._emit("message", m, ack);
@@ -737,6 +848,7 @@ export class Realtime {
     if (fresh) {
       const ref = rec.lastEventId ? { collection, id, lastEventId: rec.lastEventId } : { collection, id };
       this.send({ type: "subscribe", records: [ref] });
+      if (this._fb) this._fb.follow(rec);
     } else if (rec.data !== undefined) {
       const [data, etag] = [rec.data, rec.lastEventId];
       queueMicrotask(() => rec.listeners.has(handlers) && safe(handlers.onSnapshot, data, etag));
@@ -749,6 +861,7 @@ export class Realtime {
         if (rec.listeners.size === 0 && this._records.get(key) === rec) {
           this._records.delete(key);
           clearTimeout(rec.refetch);
+          rec.sse?.close();
           this.send({ type: "unsubscribe", records: [{ collection, id }] });
         }
       },
@@ -824,12 +937,282 @@ export class Realtime {
     this._stopPings();
     for (const r of this._records.values()) clearTimeout(r.refetch);
     for (const s of [this._next, this._sock]) if (s) this._lost(s, { code: 1000, reason: "closed" });
+    this._fb?.close();
+    this._fb = null;
     for (const st of [...this._streams]) st.close();
     if (this._win?.removeEventListener) {
       this._win.removeEventListener("offline", this._onOffline);
       this._win.removeEventListener("online", this._onOnline);
     }
     this._setState("closed");
+  }
+}
+
+/**
+ * PushFallback carries a page's pushes while its WebSocket cannot connect
+ * (§8): GET {base}/pushes/subscribe, read with fetch (so that pushes of
+ * every event name arrive, and the token goes in a header), or the long
+ * poll GET {base}/pushes/poll; with the page's channels and filters, the
+ * one concrete channel resumed from its last envelope id. Pushes are
+ * acked with POST {base}/acks. Each record the page follows gets its SSE
+ * stream. It reconnects with backoff until closed (the WebSocket is back).
+ */
+class PushFallback {
+  /** @param {Realtime} rt @param {"sse"|"poll"} mode */
+  constructor(rt, mode) {
+    this.rt = rt;
+    this.mode = mode;
+    this.backoff = new Backoff(rt.backoffOptions, rt.random);
+    this.open = false; // pushes are arriving
+    this.closed = false;
+    this.paused = false; // offline
+    this.reopening = false; // the request was aborted to start again at once
+    /** @type {string | null} */ this.connectionId = null;
+    /** @type {string | null} */ this.lastEventId = null; // of the one concrete channel
+    this.channelKey = ""; // the channels lastEventId belongs to
+    /** @type {AbortController | null} */ this.ctrl = null;
+    /** @type {(() => void) | null} */ this.wakeUp = null;
+    this.timer = undefined;
+    /** @type {Set<any>} records followed over their SSE streams */
+    this.records = new Set();
+  }
+
+  start() {
+    this._loop().catch((err) => this.rt._emit("error", err));
+  }
+
+  _url() {
+    const rt = this.rt;
+    const u = new URL(rt.base + (this.mode === "poll" ? "/pushes/poll" : "/pushes/subscribe"));
+    const chans = [...rt._channels.keys()];
+    if (chans.length) u.searchParams.set("channels", chans.join(","));
+    if (rt._filters.length) u.searchParams.set("filters", JSON.stringify(rt._filters));
+    const key = chans.join(",");
+    if (key !== this.channelKey) {
+      this.channelKey = key;
+      this.lastEventId = null;
+    }
+    if (this.lastEventId && chans.length === 1) u.searchParams.set("lastEventId", this.lastEventId);
+    // The first poll answers at once: the page is live as soon as it can poll.
+    if (this.mode === "poll") u.searchParams.set("timeout", this.open ? "25" : "0");
+    return u.href;
+  }
+
+  async _loop() {
+    const rt = this.rt;
+    while (!this.closed) {
+      if (this.paused) {
+        await this._sleep(null);
+        continue;
+      }
+      let delay = 0;
+      try {
+        const tok = await rt.token();
+        if (this.closed || this.paused) continue;
+        const ctrl = new AbortController();
+        this.ctrl = ctrl;
+        const res = await rt._fetch(this._url(), {
+          headers: { Authorization: "Bearer " + tok, Accept: this.mode === "poll" ? "application/json" : "text/event-stream" },
+          signal: ctrl.signal,
+          cache: "no-store",
+        });
+        if (!res.ok) {
+          try {
+            await res.body?.cancel();
+          } catch {}
+          if (res.status === 401 && rt._refresh) await rt.refreshToken().catch(() => {});
+          rt._emit("error", { code: "fallback", status: res.status, message: `pushes ${this.mode}: ${res.status}` });
+          throw new Error(`pushes: ${res.status}`);
+        }
+        if (this.mode === "poll") {
+          const body = await res.json();
+          this._up(null);
+          if (body.lastEventId) this.lastEventId = body.lastEventId;
+          for (const m of body.messages ?? []) this._message(m, m.type === "resync" ? "resync" : "message");
+        } else if (!res.body?.getReader) {
+          this.mode = "poll"; // no streamed body here: poll instead
+          continue;
+        } else {
+          await this._read(res.body.getReader());
+          throw new Error("pushes: the stream ended");
+        }
+      } catch {
+        if (this.closed) return;
+        if (!this.reopening) {
+          this._down();
+          delay = this.backoff.next();
+        }
+      } finally {
+        this.ctrl = null;
+      }
+      this.reopening = false;
+      if (delay) await this._sleep(delay);
+    }
+  }
+
+  /** @param {number | null} ms (null: until woken) */
+  _sleep(ms) {
+    return new Promise((/** @type {() => void} */ r) => {
+      this.wakeUp = r;
+      if (ms != null) this.timer = setTimeout(r, ms);
+    }).then(() => {
+      clearTimeout(this.timer);
+      this.wakeUp = null;
+    });
+  }
+
+  /** @param {any} reader a ReadableStream reader of the SSE response */
+  async _read(reader) {
+    const dec = new TextDecoder();
+    let buf = "";
+    let ev = { event: "", data: /** @type {string[]} */ ([]), id: /** @type {string | null} */ (null) };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += dec.decode(value, { stream: true });
+      for (;;) {
+        const i = buf.search(/\r\n|\r|\n/);
+        if (i < 0 || (buf[i] === "\r" && i === buf.length - 1)) break; // a lone CR may be half a CRLF
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + (buf[i] === "\r" && buf[i + 1] === "\n" ? 2 : 1));
+        if (line === "") {
+          this._dispatch(ev);
+          ev = { event: "", data: [], id: null };
+          continue;
+        }
+        if (line[0] === ":") continue;
+        const c = line.indexOf(":");
+        const name = c < 0 ? line : line.slice(0, c);
+        let val = c < 0 ? "" : line.slice(c + 1);
+        if (val[0] === " ") val = val.slice(1);
+        if (name === "event") ev.event = val;
+        else if (name === "data") ev.data.push(val);
+        else if (name === "id" && !val.includes("\u0000")) ev.id = val;
+      }
+    }
+  }
+
+  /** @param {{event: string, data: string[], id: string | null}} ev */
+  _dispatch(ev) {
+    if (ev.id !== null) this.lastEventId = ev.id;
+    if (!ev.data.length) return;
+    let data;
+    try {
+      data = JSON.parse(ev.data.join("\n"));
+    } catch {
+      return;
+    }
+    if (ev.event === "connected") this._up(data);
+    else this._message(data, ev.event === "resync" ? "resync" : "message");
+  }
+
+  /** @param {any} m an envelope, or a channel's resync @param {string} kind */
+  _message(m, kind) {
+    if (kind === "resync") this.rt._emit("resync", { type: "resync", channel: m.channel, reason: m.reason });
+    else if (m && m.type === "message") this.rt._push(this, m);
+  }
+
+  /** pushes arrive: the page is live over HTTP. @param {any} hello the connected frame (a stream's) */
+  _up(hello) {
+    const rt = this.rt;
+    this.backoff.reset();
+    if (hello) {
+      this.connectionId = hello.connectionId;
+      rt.user = hello.user;
+      rt.tenant = hello.tenant;
+    }
+    if (this.open) return;
+    this.open = true;
+    if (rt._sock?.connected) return;
+    rt.connectionId = this.connectionId;
+    rt._setTransport(this.mode);
+    rt._setState("open");
+    rt._emit("connected", { ...(hello ?? { type: "connected", user: rt.user, tenant: rt.tenant }), transport: this.mode });
+  }
+
+  _down() {
+    if (!this.open) return;
+    this.open = false;
+    const rt = this.rt;
+    if (!rt._sock?.connected && !this.closed) rt._setState(rt._offline ? "offline" : "reconnecting");
+  }
+
+  /** ack acknowledges a push over HTTP. @param {string} envelopeId @param {any} result */
+  ack(envelopeId, result) {
+    const rt = this.rt;
+    (async () => {
+      const tok = await rt.token();
+      const res = await rt._fetch(`${rt.base}/acks`, {
+        method: "POST",
+        headers: { Authorization: "Bearer " + tok, "Content-Type": "application/json" },
+        body: JSON.stringify({ envelopeId, result: result ?? null }),
+      });
+      if (!res.ok) rt._emit("error", { code: "ack", status: res.status, envelopeId });
+    })().catch((err) => rt._emit("error", err));
+  }
+
+  /** reopen starts again at once (other channels or filters, a new token). */
+  reopen() {
+    if (this.closed) return;
+    if (this.ctrl) {
+      this.reopening = true;
+      this.ctrl.abort();
+    } else this.wake();
+  }
+
+  /** wake ends a wait (back online, the socket dropped). */
+  wake() {
+    this.paused = false;
+    this.wakeUp?.();
+  }
+
+  pause() {
+    this.paused = true;
+    this.open = false;
+    if (this.ctrl) {
+      this.reopening = true;
+      this.ctrl.abort();
+    }
+  }
+
+  /** follow follows a record of the page over its SSE stream. @param {any} r */
+  follow(r) {
+    if (r.sse || this.closed) return;
+    const rt = this.rt;
+    const live = () => rt._records.get(r.key) === r;
+    const ev = (/** @type {string} */ type) => (/** @type {any} */ data, /** @type {string} */ etag) =>
+      live() && rt._recordEvent({ type, collection: r.collection, id: r.id, etag, data });
+    const f = new SSEFollow(
+      rt,
+      `/${encodeURIComponent(r.collection)}/${encodeURIComponent(r.id)}/subscribe`,
+      {
+        onSnapshot: ev("snapshot"),
+        onChanged: ev("changed"),
+        onDeleted: ev("deleted"),
+        onResync: (reason) => live() && rt._recordResync({ collection: r.collection, id: r.id, reason }),
+        onError: (err) => {
+          if (!live()) return;
+          rt._records.delete(r.key);
+          for (const h of r.listeners) safe(h.onError, err);
+        },
+      },
+      r.lastEventId,
+      { collection: r.collection, id: r.id },
+    );
+    r.sse = f.start();
+    this.records.add(r);
+  }
+
+  close() {
+    this.closed = true;
+    this.open = false;
+    this.ctrl?.abort();
+    this.wakeUp?.();
+    for (const r of this.records) {
+      r.sse?.close();
+      r.sse = undefined;
+    }
+    this.records.clear();
   }
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -50,6 +49,8 @@ type Broker struct {
 	tried   bool
 	healthy bool // last state reported to Node.Health
 	seq     int  // sessions opened
+	// counts are the link's catch-ups (stats.go).
+	counts linkCounts
 
 	stop   chan struct{}
 	ctx    context.Context // ended by Stop: the link's commands
@@ -102,7 +103,7 @@ func randomID() string {
 // the script (go-redis retries a command whose connection broke) carries the
 // same dedupe id and returns the entry written by the first run.
 func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtime.Event) (uint64, error) {
-	seqs, err := b.appendOnce(ctx, []realtime.StreamKey{key}, ev, randomID())
+	seqs, _, err := b.appendOnce(ctx, []realtime.StreamKey{key}, ev, randomID(), false, false)
 	if err != nil {
 		return 0, err
 	}
@@ -111,48 +112,103 @@ func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtim
 
 // AppendRecord implements realtime.Broker: the event is appended to the
 // record's stream and to its collection's by one script (both or neither,
-// nothing between them), deduplicated like Append.
+// nothing between them), deduplicated like Append. With ev.Version > 0 the
+// same script applies the version rule against the record's last version
+// (its version key): a duplicate returns dup true, a version beyond the
+// next one an error wrapping ErrOutOfOrder (and realtime.ErrOutOfOrder)
+// unless gap is set; nothing is appended or published then.
 func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event, gap bool) (bool, error) {
 	if ev == nil {
 		return false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
 	coll := realtime.StreamKey{Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection}
-	_, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID())
-	return false, err // TODO(issue 13): the version rule in the append script
+	_, dup, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID(), true, gap)
+	return dup, err
 }
 
+// Statuses of appendScript.
+const (
+	appendDone    = 0 // appended now
+	appendRetried = 1 // appended by an earlier run with the same dedupe id
+	appendDup     = 2 // a version at or below the record's last: nothing done
+	appendAhead   = 3 // a version beyond the next one: nothing done
+)
+
 // appendOnce appends ev to streams (of one collection) with the dedupe id
-// given (tests call it twice with one id, as a retry would).
-func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string) ([]uint64, error) {
+// given (tests call it twice with one id, as a retry would). With record
+// set, streams[0] is ev.Ref's stream and the version rule applies (ev.Version,
+// gap): it returns dup true for a duplicate version. The dedupe id (its
+// first 8 hex digits) also seeds the epoch of a stream that has none.
+func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record, gap bool) ([]uint64, bool, error) {
 	if ev == nil {
-		return nil, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
+		return nil, false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
 	data, err := realtime.MarshalEvent(ev)
 	if err != nil {
-		return nil, fmt.Errorf("redisbroker: append: %w: %w", realtime.ErrBadRequest, err)
+		return nil, false, fmt.Errorf("redisbroker: append: %w: %w", realtime.ErrBadRequest, err)
 	}
 	first := streams[0]
-	ks := make([]string, 0, len(streams)+2)
-	for _, k := range streams {
-		ks = append(ks, b.keys.stream(k))
+	n := len(streams)
+	ks := make([]string, 2*n, 2*n+3)
+	for i, k := range streams {
+		ks[i] = b.keys.stream(k)
+		ks[n+i] = epochKey(ks[i])
 	}
 	ks = append(ks, b.keys.index(first.Tenant, first.Collection), b.keys.dedupe(first, dedupe))
-	res, err := appendScript.Run(ctx, b.client, ks,
-		b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL/time.Second)).Slice()
-	if err != nil {
-		return nil, unavailable("append", err)
-	}
-	if len(res) != len(streams)+1 {
-		return nil, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
-	}
-	seqs := make([]uint64, len(streams))
-	for i := range streams {
-		id, _ := res[i].(string)
-		if seqs[i], err = position(id); err != nil {
-			return nil, err
+	version, below, allowGap := "0", "0", "0"
+	if record {
+		ks = append(ks, b.keys.version(first))
+		if ev.Version > 0 {
+			version = strconv.FormatUint(ev.Version, 10)
+			below = strconv.FormatUint(ev.Version-1, 10)
+		}
+		if gap {
+			allowGap = "1"
 		}
 	}
-	return seqs, nil
+	res, err := appendScript.Run(ctx, b.client, ks,
+		n, b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL/time.Second),
+		epochSeed(dedupe), version, below, allowGap).Slice()
+	if err != nil {
+		return nil, false, unavailable("append", err)
+	}
+	if len(res) < 2 {
+		return nil, false, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
+	}
+	status, ok1 := res[0].(int64)
+	last, ok2 := res[1].(string)
+	if !ok1 || !ok2 {
+		return nil, false, fmt.Errorf("%w: append answered %T %T", ErrCorrupt, res[0], res[1])
+	}
+	switch status {
+	case appendDup:
+		return nil, true, nil
+	case appendAhead:
+		return nil, false, fmt.Errorf("%w: append %s/%s: version %d after %s", ErrOutOfOrder, first.Collection, first.ID, ev.Version, last)
+	case appendDone, appendRetried:
+	default:
+		return nil, false, fmt.Errorf("%w: append answered status %d", ErrCorrupt, status)
+	}
+	if len(res) != n+2 {
+		return nil, false, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
+	}
+	seqs := make([]uint64, n)
+	for i := range streams {
+		id, _ := res[i+2].(string)
+		if seqs[i], err = position(id); err != nil {
+			return nil, false, err
+		}
+	}
+	return seqs, false, nil
+}
+
+// epochSeed returns the seed of a new epoch (epochFunc) from a random id
+// (randomID): its first 8 hex digits.
+func epochSeed(random string) string {
+	if len(random) > 8 {
+		return random[:8]
+	}
+	return random
 }
 
 // entry is a stream entry as stored.
@@ -213,7 +269,11 @@ func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID strin
 		return realtime.Lookup{Status: realtime.LookupUnknown, Seq: head.seq}, nil
 	}
 	if key.ID != "" && lastID == head.etag {
-		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: head.seq}, nil
+		d, err := head.decode()
+		if err != nil {
+			return realtime.Lookup{}, err
+		}
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: head.seq, Version: d.Event.Version}, nil
 	}
 	// The age bound, from the oldest on, as MemoryBuffer trims.
 	cutoff := b.now().Add(-b.cfg.MaxAge)
@@ -243,9 +303,9 @@ func (b *Broker) Since(ctx context.Context, key realtime.StreamKey, lastID strin
 	case at < 0:
 		return realtime.Lookup{Status: realtime.LookupUnknown}, nil
 	case at == len(kept)-1:
-		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq}, nil
+		return realtime.Lookup{Status: realtime.LookupUpToDate, Seq: kept[at].seq, Version: decoded[at].Event.Version}, nil
 	}
-	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Events: decoded[at+1:]}, nil
+	return realtime.Lookup{Status: realtime.LookupFound, Seq: kept[at].seq, Version: decoded[at].Event.Version, Events: decoded[at+1:]}, nil
 }
 
 // Invalidate implements realtime.Buffer: every stream of the collection is
@@ -258,50 +318,67 @@ func (b *Broker) Invalidate(ctx context.Context, tenant, collection string) erro
 	return nil
 }
 
-// lastID returns the last id generated in key's stream ("" for none).
-func (b *Broker) lastID(ctx context.Context, name string) (string, error) {
-	id, err := lastIDScript.Run(ctx, b.client, []string{name}).Text()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
+// watchBase returns the epoch of stream name (created if missing) and its
+// last generated id ("" for none): where a watch begins.
+func (b *Broker) watchBase(ctx context.Context, name string) (epoch, last string, err error) {
+	v, err := watchScript.Run(ctx, b.client, []string{name, epochKey(name)},
+		epochSeed(randomID()), b.cfg.StreamTTL.Milliseconds()).Slice()
 	if err != nil {
-		return "", unavailable("watch", err)
+		return "", "", unavailable("watch", err)
 	}
-	return id, nil
+	if len(v) != 2 {
+		return "", "", fmt.Errorf("%w: watch answer", ErrCorrupt)
+	}
+	epoch, ok1 := v[0].(string)
+	last, ok2 := v[1].(string)
+	if !ok1 || !ok2 || epoch == "" {
+		return "", "", fmt.Errorf("%w: watch answer", ErrCorrupt)
+	}
+	return epoch, last, nil
 }
 
-// readAfter returns the last id generated in stream name, and its entries
-// after id ("" for all), oldest first.
-func (b *Broker) readAfter(ctx context.Context, name, id string) (string, []entry, error) {
-	v, err := catchUpScript.Run(ctx, b.client, []string{name}, after(id)).Result()
+// readAfter returns the epoch of stream name (created if missing), its
+// last generated id, and its entries after id ("" for all), oldest first.
+func (b *Broker) readAfter(ctx context.Context, name, id string) (string, string, []entry, error) {
+	v, err := catchUpScript.Run(ctx, b.client, catchUpKeys(name), catchUpArgs(b, id)...).Result()
 	if err != nil {
-		return "", nil, unavailable("catch up", err)
+		return "", "", nil, unavailable("catch up", err)
 	}
 	return parseCatchUp(v)
 }
 
-// parseCatchUp reads catchUpScript's answer.
-func parseCatchUp(v any) (string, []entry, error) {
+// catchUpKeys and catchUpArgs are catchUpScript's keys and arguments for
+// stream name read after id.
+func catchUpKeys(name string) []string { return []string{name, epochKey(name)} }
+
+func catchUpArgs(b *Broker, id string) []any {
+	return []any{epochSeed(randomID()), b.cfg.StreamTTL.Milliseconds(), after(id)}
+}
+
+// parseCatchUp reads catchUpScript's answer: the epoch and last id are
+// returned even when an entry is unreadable (the error wraps ErrCorrupt).
+func parseCatchUp(v any) (epoch, last string, ents []entry, err error) {
 	bad := fmt.Errorf("%w: catch-up answer", ErrCorrupt)
 	top, ok := v.([]any)
-	if !ok || len(top) != 2 {
-		return "", nil, bad
+	if !ok || len(top) != 3 {
+		return "", "", nil, bad
 	}
-	last, ok1 := top[0].(string)
-	raw, ok2 := top[1].([]any)
-	if !ok1 || !ok2 {
-		return "", nil, bad
+	epoch, ok1 := top[0].(string)
+	last, ok2 := top[1].(string)
+	raw, ok3 := top[2].([]any)
+	if !ok1 || !ok2 || !ok3 || epoch == "" {
+		return "", "", nil, bad
 	}
 	msgs := make([]redis.XMessage, len(raw))
 	for i, r := range raw {
 		pair, ok := r.([]any)
 		if !ok || len(pair) != 2 {
-			return "", nil, bad
+			return epoch, last, nil, bad
 		}
 		id, ok1 := pair[0].(string)
 		kv, ok2 := pair[1].([]any)
 		if !ok1 || !ok2 || len(kv)%2 != 0 {
-			return "", nil, bad
+			return epoch, last, nil, bad
 		}
 		vals := make(map[string]any, len(kv)/2)
 		for j := 0; j < len(kv); j += 2 {
@@ -310,8 +387,8 @@ func parseCatchUp(v any) (string, []entry, error) {
 		}
 		msgs[i] = redis.XMessage{ID: id, Values: vals}
 	}
-	ents, err := parseEntries(msgs)
-	return last, ents, err
+	ents, err = parseEntries(msgs)
+	return epoch, last, ents, err
 }
 
 func parseEntries(msgs []redis.XMessage) ([]entry, error) {

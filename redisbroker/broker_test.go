@@ -98,11 +98,11 @@ func TestAppendDedupe(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := bufEvent(key, "once", time.Now())
-	s1, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id")
+	s1, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id")
+	s2, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

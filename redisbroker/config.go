@@ -23,8 +23,11 @@ type Config struct {
 	// MaxAge is how long an event serves as a resume point (checked when
 	// read). Default: 1h.
 	MaxAge time.Duration
-	// StreamTTL is how long the keys of a stream live without an Append
-	// (each Append refreshes it). It must be at least MaxAge. Default: 24h.
+	// StreamTTL is how long the keys of a stream (its entries, its epoch,
+	// its record's last version) live without an Append (each Append
+	// refreshes it). The nodes watching a stream whose keys expired get a
+	// Gap with its next event, and its record takes any version next. It
+	// must be at least MaxAge. Default: 24h.
 	StreamTTL time.Duration
 	// ProbeInterval is the period of the liveness probe of the Pub/Sub
 	// link (a message the broker publishes to itself). Default: 2s.

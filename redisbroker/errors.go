@@ -17,6 +17,10 @@ var (
 	// ErrClosed is returned by Watch and Listen once Stop was called, and by
 	// Start after Stop or when called twice.
 	ErrClosed = fmt.Errorf("redisbroker: closed: %w", realtime.ErrClosed)
+	// ErrOutOfOrder reports a record version appended before the version
+	// it follows (AppendRecord without gap): nothing was appended; it is
+	// not an outage.
+	ErrOutOfOrder = fmt.Errorf("redisbroker: version out of order: %w", realtime.ErrOutOfOrder)
 	// ErrCorrupt reports an entry in Redis this package cannot read (written
 	// by something else under the same prefix).
 	ErrCorrupt = fmt.Errorf("redisbroker: corrupt entry: %w", realtime.ErrBadRequest)

@@ -13,8 +13,11 @@ import (
 //
 //	P{T:C}:c        collection stream (Redis stream)
 //	P{T:C}:r:I      record stream
+//	S:e             head of stream S (one of the above, or a channel's):
+//	                "<epoch> <last generated id>"
+//	P{T:C}:r:I:v    last version appended to the record (decimal)
 //	P{T:C}:ix       set of the collection's stream keys (for Invalidate)
-//	P{T:C}:d:<uuid> dedupe key of one Append (value: the entry id)
+//	P{T:C}:d:<uuid> dedupe key of one Append (value: the entry ids)
 //	P{p:T}:pt       presence of the tenant (zset: U ":" connID → expiry ms)
 //	P{p:T}:pu:U     presence of one user (zset: connID → expiry ms)
 //
@@ -57,6 +60,14 @@ func (k keys) stream(key realtime.StreamKey) string {
 	}
 	return k.tag(key.Tenant, key.Collection) + ":r:" + esc(key.ID)
 }
+
+// epochKey is the key of the head (epoch and last id) of the stream whose
+// key is stream. An escaped record id has no ':', so no stream's key ends
+// like another's epoch key.
+func epochKey(stream string) string { return stream + ":e" }
+
+// version is the key of the last version appended to record's stream.
+func (k keys) version(record realtime.StreamKey) string { return k.stream(record) + ":v" }
 
 func (k keys) index(tenant, collection string) string {
 	return k.tag(tenant, collection) + ":ix"

@@ -33,13 +33,24 @@ type chanState struct {
 	topic string             // kindTopic
 	count int                // Watch (Listen) calls not undone
 
+	// epoch is the stream's epoch as the node knows it (watchedEpoch,
+	// appendScript): every message and catch-up read carries the stream's
+	// current one, and a different one means the stream was created again
+	// (Redis restarted or flushed, its keys expired) and lost what the
+	// node had not seen.
 	// last is the id of the stream's last event handed to the node (or,
 	// before any, the stream's last id when the watch began; "" for
-	// none). lastKnown is false when it could not be read (Redis was
-	// unreachable): the first event or reconnection then reports a Gap.
+	// none), in that epoch. lastKnown is false when they could not be
+	// read (Redis was unreachable): the first event or reconnection then
+	// reports a Gap.
+	// top is the highest position handed to the node: a stream created
+	// again may start below it (Redis's clock went back), and positions
+	// handed to the node never go back.
 	// Written by run only, once the state is in Broker.chans.
+	epoch     string
 	last      string
 	lastKnown bool
+	top       uint64
 	// fresh is set until the first catch-up after the watch began: an
 	// event missing from the stream then may have been appended after the
 	// subscription took effect (its message is queued, not lost), so the
@@ -290,6 +301,7 @@ func (b *Broker) linkDown(s *session, err error) bool {
 	report := b.healthy && !b.stopped
 	if report {
 		b.healthy = false
+		b.counts.down(time.Now())
 	}
 	node := b.node
 	b.mu.Unlock()
@@ -314,6 +326,9 @@ func (b *Broker) linkUp(s *session) {
 	b.linkCh = make(chan struct{})
 	report := !b.healthy
 	b.healthy = true
+	if report {
+		b.counts.caughtUp(time.Now())
+	}
 	node := b.node
 	b.mu.Unlock()
 	if report {
@@ -440,18 +455,19 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 		part := cs[:n]
 		cs = cs[n:]
 		lasts := make([]string, n)
+		epochs := make([]string, n)
 		known := make([]bool, n)
 		fresh := make([]bool, n)
 		b.mu.Lock()
 		for i, c := range part {
-			lasts[i], known[i], fresh[i] = c.last, c.lastKnown, c.fresh
+			lasts[i], epochs[i], known[i], fresh[i] = c.last, c.epoch, c.lastKnown, c.fresh
 			c.fresh = false
 		}
 		b.mu.Unlock()
 		run := func() ([]redis.Cmder, error) {
 			return b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for i, c := range part {
-					catchUpScript.EvalSha(ctx, p, []string{c.name}, after(lasts[i]))
+					catchUpScript.EvalSha(ctx, p, catchUpKeys(c.name), catchUpArgs(b, lasts[i])...)
 				}
 				return nil
 			})
@@ -469,14 +485,17 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 			if !b.wanted(c) {
 				continue
 			}
-			lastGen, ents, err := parseCatchUp(cmds[i].(*redis.Cmd).Val())
+			epoch, lastGen, ents, err := parseCatchUp(cmds[i].(*redis.Cmd).Val())
 			if err != nil {
 				b.log.Warn("redisbroker: unreadable entry", "err", err)
-				lastGen, ents = "", nil
+				ents = nil
 			}
-			if !known[i] || err != nil {
-				// Where the node was is unknown: resync from the stream's end.
-				b.setLast(c, lastGen)
+			if !known[i] || err != nil || epoch != epochs[i] {
+				// Where the node was is unknown (the watch began while
+				// Redis was unreachable), or the stream was created again
+				// since (Redis restarted or was flushed, its keys expired):
+				// resync from the stream's end.
+				b.restart(c, epoch, lastGen)
 				b.toNode(c, func() { b.node.Gap(c.key) })
 				continue
 			}
@@ -489,14 +508,14 @@ func (b *Broker) resume(ctx context.Context, s *session) error {
 				continue // nothing after the watch's start, or all of it trimmed: the messages tell
 			}
 			if lost(lasts[i], lastGen) {
-				// The stream no longer holds what the node saw (Redis
-				// restarted without its data, or was flushed): whatever
-				// happened since is unknown.
-				b.setLast(c, lastGen)
+				// The stream no longer holds what the node saw although its
+				// epoch is the same (its key alone was deleted or evicted):
+				// whatever happened since is unknown.
+				b.restart(c, epoch, lastGen)
 				b.toNode(c, func() { b.node.Gap(c.key) })
 				continue
 			}
-			b.apply(c, ents, lastGen)
+			b.apply(c, ents, lastGen, false)
 		}
 	}
 	return nil
@@ -541,22 +560,25 @@ func after(id string) string {
 	return "(" + id
 }
 
-func (b *Broker) setLast(c *chanState, id string) {
+// restart sets where c stands: at id of epoch (after a Gap).
+func (b *Broker) restart(c *chanState, epoch, id string) {
 	b.mu.Lock()
-	c.last, c.lastKnown = id, true
+	c.epoch, c.last, c.lastKnown = epoch, id, true
 	b.mu.Unlock()
 }
 
-// apply hands the entries (consecutive, oldest first) after c's last to
-// the node: a Gap first when the first one does not follow it. seen is an
-// id known to exist ("" for none): if the entries do not reach it, the
-// events up to it are gone, and a Gap is reported.
-func (b *Broker) apply(c *chanState, ents []entry, seen string) {
+// apply hands the entries (consecutive, oldest first, of c's epoch) after
+// c's last to the node: a Gap first when the first one does not follow it.
+// seen is an id known to exist ("" for none): if the entries do not reach
+// it, the events up to it are gone, and a Gap is reported. One Gap covers
+// every entry of the call (all were stored when it is reported); gapped
+// tells that the caller reported one just before: no second one.
+func (b *Broker) apply(c *chanState, ents []entry, seen string, gapped bool) {
 	b.mu.Lock()
-	last := c.last
+	last, top := c.last, c.top
 	b.mu.Unlock()
 	lastSeq, _ := position(last)
-	gap := false
+	gap := gapped
 	reportGap := func() {
 		if !gap {
 			gap = true
@@ -571,12 +593,19 @@ func (b *Broker) apply(c *chanState, ents []entry, seen string) {
 			reportGap()
 		}
 		last, lastSeq = e.id, e.seq
+		if e.seq <= top {
+			// A stream created again below the positions handed over
+			// already: the node cannot take it, the Gap covers it.
+			reportGap()
+			continue
+		}
 		d, err := e.decode()
 		if err != nil {
 			b.log.Warn("redisbroker: unreadable entry", "err", err)
 			reportGap()
 			continue
 		}
+		top = e.seq
 		b.toNode(c, func() { b.node.Deliver(c.key, d) })
 	}
 	if seen != "" {
@@ -585,7 +614,9 @@ func (b *Broker) apply(c *chanState, ents []entry, seen string) {
 			last = seen
 		}
 	}
-	b.setLast(c, last)
+	b.mu.Lock()
+	c.last, c.top, c.lastKnown = last, top, true
+	b.mu.Unlock()
 }
 
 // handle processes a message of s.
@@ -600,10 +631,10 @@ func (b *Broker) handle(ctx context.Context, s *session, m *redis.Message) error
 	}
 	b.mu.Lock()
 	c := b.chans[m.Channel]
-	var last string
+	var epoch, last string
 	var known bool
 	if c != nil {
-		last, known = c.last, c.lastKnown
+		epoch, last, known = c.epoch, c.last, c.lastKnown
 	}
 	b.mu.Unlock()
 	if c == nil {
@@ -613,34 +644,45 @@ func (b *Broker) handle(ctx context.Context, s *session, m *redis.Message) error
 		b.toNode(c, func() { b.node.Message(c.topic, []byte(m.Payload)) })
 		return nil
 	}
-	id, rest, ok1 := strings.Cut(m.Payload, "\n")
+	msgEpoch, rest, ok0 := strings.Cut(m.Payload, "\n")
+	id, rest, ok1 := strings.Cut(rest, "\n")
 	prev, ev, ok2 := strings.Cut(rest, "\n")
 	seq, err := position(id)
-	if !ok1 || !ok2 || err != nil {
+	if !ok0 || !ok1 || !ok2 || err != nil || msgEpoch == "" || id == "" {
 		b.log.Warn("redisbroker: unreadable message", "channel", m.Channel)
 		return nil
 	}
-	if !known {
-		// The watch began while Redis was unreachable: what came before is
-		// unknown.
+	gapped := false
+	if !known || msgEpoch != epoch {
+		// The watch began while Redis was unreachable, or the stream was
+		// created again since the node last saw it (Redis restarted or was
+		// flushed, its keys expired): what came before is unknown.
 		b.toNode(c, func() { b.node.Gap(c.key) })
-		last = prev
-		b.setLast(c, prev)
+		gapped = true
+		epoch, last = msgEpoch, prev
+		b.restart(c, epoch, prev)
 	}
 	lastSeq, _ := position(last)
 	if seq <= lastSeq {
 		return nil // seen already (a catch-up read it)
 	}
 	if prev == last {
-		b.apply(c, []entry{{id: id, prev: prev, seq: seq, ev: ev}}, "")
+		b.apply(c, []entry{{id: id, prev: prev, seq: seq, ev: ev}}, "", gapped)
 		return nil
 	}
 	// Events were missed: read them back.
-	lastGen, ents, err := b.readAfter(ctx, c.name, last)
+	nowEpoch, lastGen, ents, err := b.readAfter(ctx, c.name, last)
 	if err != nil {
 		return err
 	}
-	b.apply(c, ents, maxID(id, lastGen))
+	if nowEpoch != epoch {
+		// Created again since this message was published: the events
+		// after last are gone.
+		b.restart(c, nowEpoch, lastGen)
+		b.toNode(c, func() { b.node.Gap(c.key) })
+		return nil
+	}
+	b.apply(c, ents, maxID(id, lastGen), gapped)
 	return nil
 }
 
@@ -740,7 +782,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg []byte) (int, er
 }
 
 func (b *Broker) want(ctx context.Context, name string, kind int, key realtime.StreamKey, topic string) error {
-	var base string
+	var base, baseEpoch string
 	var baseErr error
 	haveBase := kind != kindStream
 	for {
@@ -756,7 +798,7 @@ func (b *Broker) want(ctx context.Context, name string, kind int, key realtime.S
 		c := b.chans[name]
 		b.mu.Unlock()
 		if c == nil && !haveBase {
-			base, baseErr = b.lastID(ctx, name)
+			baseEpoch, base, baseErr = b.watchBase(ctx, name)
 			haveBase = true
 		}
 
@@ -770,7 +812,7 @@ func (b *Broker) want(ctx context.Context, name string, kind int, key realtime.S
 				continue
 			}
 			c = &chanState{name: name, kind: kind, key: key, topic: topic,
-				last: base, lastKnown: baseErr == nil, fresh: true, confirmed: make(chan struct{})}
+				epoch: baseEpoch, last: base, lastKnown: baseErr == nil, fresh: true, confirmed: make(chan struct{})}
 			b.chans[name] = c
 		}
 		c.count++

@@ -43,6 +43,8 @@ type Queue struct {
 	// commands; cancelled when Close's context ends first.
 	work       context.Context
 	cancelWork context.CancelFunc
+
+	counts queueCounts // Stats (stats.go)
 }
 
 // NewQueue returns a Queue on client handing requests to target, with cfg
@@ -413,6 +415,8 @@ func (q *Queue) finish(jobs []*job) error {
 			lastErr = j.err
 		}
 	}
+	q.counts.consumed.Add(uint64(len(done)))
+	q.counts.retried.Add(uint64(retried))
 	if retried > 0 {
 		q.log.Warn("redisbroker: queue: requests failed, retrying after RetryAfter",
 			"stream", q.cfg.Stream, "failed", retried, "err", lastErr)
@@ -433,6 +437,7 @@ func (q *Queue) finish(jobs []*job) error {
 				firstErr = firstOf(firstErr, unavailable("queue: dead letter", err))
 				continue
 			}
+			q.counts.deadLettered.Add(1)
 			q.log.Warn("redisbroker: queue: request dead-lettered", "stream", q.cfg.Stream,
 				"entry", j.msg.ID, "attempts", j.attempt, "reason", j.reason)
 			done = append(done, j.msg.ID)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ginrealtime/realtime"
+	"github.com/ginrealtime/realtime/internal/strictjson"
 )
 
 // requestField is the field of a queue entry that holds the request's JSON.
@@ -73,13 +74,11 @@ func parseRequest(values map[string]any, maxBytes int) (request, error) {
 	if len(s) > maxBytes {
 		return request{}, badQueued("request over %d bytes", maxBytes)
 	}
-	dec := json.NewDecoder(strings.NewReader(s))
+	// The plugin's one strict decoder (PROTOCOL.md §1): an unknown field
+	// or a wrong type is refused, the reason naming the field.
 	var r queueRequest
-	if err := dec.Decode(&r); err != nil {
-		return request{}, badQueued("request is not a JSON object")
-	}
-	if dec.More() {
-		return request{}, badQueued("request has data after its JSON object")
+	if err := strictjson.Decode([]byte(s), &r); err != nil {
+		return request{}, badQueued("request: %s", err.Error())
 	}
 	if r.Tenant == "" {
 		r.Tenant = realtime.DefaultTenant

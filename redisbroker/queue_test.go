@@ -168,7 +168,8 @@ func TestQueueDeliversPublishAndNotify(t *testing.T) {
 		"event": "changed", "data": map[string]any{"id": "42", "title": "x"}, "etag": `"v2"`})
 	enqueue(t, c, cfg.Stream, `{"type":"publish","collection":"posts","id":"43","event":"deleted"}`)
 	enqueue(t, c, cfg.Stream, `{"type":"notify","event":"hello"}`)
-	eventually(t, "4 deliveries", func() bool { return f.delivered() == 4 })
+	enqueue(t, c, cfg.Stream, `{"type":"notify","users":["u9"]}`) // event optional: the target's default
+	eventually(t, "5 deliveries", func() bool { return f.delivered() == 5 })
 	settled(t, c, cfg)
 
 	f.mu.Lock()
@@ -185,6 +186,9 @@ func TestQueueDeliversPublishAndNotify(t *testing.T) {
 	}
 	if n := f.notes[1]; n.Tenant != realtime.DefaultTenant || n.Event != "hello" {
 		t.Errorf("notify with defaults: %+v", n)
+	}
+	if n := f.notes[2]; n.Event != "" || strings.Join(n.Users, ",") != "u9" {
+		t.Errorf("notify without event: %+v", n)
 	}
 	p := f.pubs[0]
 	if p.Tenant != "t1" || p.Collection != "posts" || p.ID != "42" || p.Event != "changed" ||
@@ -221,6 +225,10 @@ func TestQueueDeadLettersBadRequests(t *testing.T) {
 		{`{"type":"publish","collection":"posts","id":"1","channel":"c","event":"changed","data":{}}`, "do not apply"},
 		{`{"type":"notify","id":"1","event":"a"}`, "do not apply"},
 		{`{"type":"notify","tenant":"a\nb","event":"a"}`, "invalid tenant"},
+		{`{"type":"notify","event":"a","exclude_users":["u3"]}`, `request: unknown field "exclude_users"`},
+		{`{"type":"notify","event":"a","Users":["u3"]}`, `request: unknown field "Users"`},
+		{`{"type":"notify","event":"a","users":"u1"}`, `request: field "users" must be an array of strings`},
+		{`{"type":"publish","collection":"posts","id":1,"event":"changed"}`, `request: field "id" must be a string`},
 		{`{"type":"publish","collection":"posts","id":"1","event":"refused","data":{}}`, "unknown event"},
 	}
 	var ids []string

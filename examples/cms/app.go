@@ -17,7 +17,6 @@ import (
 	"github.com/ginrealtime/realtime"
 	"github.com/ginrealtime/realtime/hooks/gormhook"
 	"github.com/ginrealtime/realtime/redisbroker"
-	"github.com/glebarez/sqlite"
 	"github.com/redis/go-redis/v9"
 	"gorm.io/gorm"
 	gormlogger "gorm.io/gorm/logger"
@@ -30,8 +29,16 @@ var indexHTML []byte
 type appConfig struct {
 	// JWTSecret is the HS256 key of the tokens. Required.
 	JWTSecret []byte
-	// DBPath is the SQLite database file.
+	// DatabaseURL, when set, is the database the posts live in:
+	// postgres://… (or postgresql://…) or mysql://… (MySQL, MariaDB), one
+	// that several instances share. Default: empty, the SQLite file DBPath.
+	DatabaseURL string
+	// DBPath is the SQLite database file, used when DatabaseURL is empty.
 	DBPath string
+	// DBMaxConns caps this instance's open database connections (a
+	// shared server's max_connections is shared by every instance).
+	// Default: defaultDBMaxConns.
+	DBMaxConns int
 	// Logger receives every log line of the app and the plugin. Default: slog.Default().
 	Logger *slog.Logger
 	// RedisURL, when set (redis://host:port/db), makes this instance one
@@ -41,21 +48,24 @@ type appConfig struct {
 	// CORSOrigins may call the publish API from a browser
 	// (realtime.Config.CORSAllowedOrigins). Default: none.
 	CORSOrigins []string
+	// Tune, when set, adjusts the plugin's settings (from the environment:
+	// env.go). Default: the plugin's defaults.
+	Tune func(*realtime.Config)
 }
 
 // app is the CMS: a gin engine with the posts API, the realtime plugin
 // mounted next to it, and the GORM hook turning writes into events.
 type app struct {
-	engine  *gin.Engine      // every route
-	rt      *realtime.Plugin // the realtime plugin
-	db      *gorm.DB
-	redis   *redis.Client      // nil: a single node
-	queue   *redisbroker.Queue // with Redis: consumes the publish queue (redisbroker "The queue")
-	hook    *gormhook.Hook
-	log     *slog.Logger
-	writeMu sync.Mutex // PATCH and DELETE compare and write under it
-	ready   atomic.Bool
-	closed  sync.Once
+	engine *gin.Engine      // every route
+	rt     *realtime.Plugin // the realtime plugin
+	db     *gorm.DB
+	dbName string             // which database, for logs (no password)
+	redis  *redis.Client      // nil: a single node
+	queue  *redisbroker.Queue // with Redis: consumes the publish queue (redisbroker "The queue")
+	hook   *gormhook.Hook
+	log    *slog.Logger
+	ready  atomic.Bool
+	closed sync.Once
 
 	feedersOnce sync.Once
 	feedersErr  error
@@ -67,16 +77,17 @@ func newApp(cfg appConfig) (*app, error) {
 	if len(cfg.JWTSecret) == 0 {
 		return nil, errors.New("cms: a JWT secret is required")
 	}
-	if cfg.DBPath == "" {
-		return nil, errors.New("cms: a database path is required")
+	dbase, err := openDatabase(cfg.DatabaseURL, cfg.DBPath)
+	if err != nil {
+		return nil, fmt.Errorf("cms: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &app{log: log}
+	a := &app{log: log, dbName: dbase.name}
 
-	db, err := gorm.Open(sqlite.Open(sqliteDSN(cfg.DBPath)), &gorm.Config{
+	db, err := gorm.Open(dbase.dialector, &gorm.Config{
 		NowFunc: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
 		Logger: gormlogger.NewSlogLogger(log, gormlogger.Config{
 			LogLevel:                  gormlogger.Warn,
@@ -86,9 +97,20 @@ func newApp(cfg appConfig) (*app, error) {
 		}),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cms: open database %s: %w", cfg.DBPath, err)
+		return nil, fmt.Errorf("cms: open database %s: %w", dbase.name, err)
 	}
 	a.db = db
+	if sqlDB, err := db.DB(); err == nil {
+		n := cfg.DBMaxConns
+		if n <= 0 {
+			n = defaultDBMaxConns
+		}
+		// Beyond this, queries wait for a connection: a burst of
+		// subscribers reconnecting at once (each loads its record) queues
+		// here rather than exhausting the server's connections.
+		sqlDB.SetMaxOpenConns(n)
+		sqlDB.SetMaxIdleConns(n)
+	}
 	closeDB := func() {
 		if sqlDB, err := db.DB(); err == nil {
 			_ = sqlDB.Close()
@@ -96,13 +118,23 @@ func newApp(cfg appConfig) (*app, error) {
 	}
 	rtCfg := realtime.Config{
 		JWTSecret: cfg.JWTSecret,
-		Loader:    a.loadRecord,
+		// The stored post and its version, read in one snapshot (the
+		// hook's versions): a subscriber never gets an event older than
+		// its snapshot.
+		Loader: func(ctx context.Context, ref realtime.Ref) (any, error) {
+			return a.hook.Loader(a.loadTx)(ctx, ref)
+		},
 		Authorize: a.authorize,
 		Logger:    log,
-		// user.<sub> channels are private to their user (channels.go).
+		// user.<sub> channels are private to their user; browsers may
+		// publish on chat.<room> channels (channels.go).
 		AuthorizeChannel: authorizeChannel,
+		ClientPublish:    true,
 		// Dashboards on these origins may publish and notify from a browser.
 		CORSAllowedOrigins: cfg.CORSOrigins,
+	}
+	if cfg.Tune != nil {
+		cfg.Tune(&rtCfg)
 	}
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
@@ -129,23 +161,19 @@ func newApp(cfg appConfig) (*app, error) {
 	}
 	a.rt = rt
 
-	// Every committed write to posts becomes a record event, published after
-	// commit with the record reloaded from the database. The hook goes on
-	// the root *gorm.DB before anything else uses it.
-	// With Redis (many instances), each write also records an outbox row
-	// in its transaction: an event that cannot be published at commit (an
-	// outage, a crash) is published by whichever instance drains the row
-	// once Redis is back.
-	opts := []gormhook.Option{gormhook.Watch(&Post{}, collection)}
-	if a.redis != nil {
-		opts = append(opts, gormhook.WithOutbox(gormhook.OutboxConfig{}))
-	}
-	a.hook = gormhook.New(rt, opts...)
+	// Every committed write to posts becomes a record event with its
+	// version, taken in the write's own transaction, kept exactly as
+	// committed in an outbox row: published after commit, or, when it
+	// cannot be then (an outage, a crash), by whichever instance drains
+	// the row, in order. The hook goes on the root *gorm.DB before
+	// anything else uses it.
+	a.hook = gormhook.New(rt, gormhook.Watch(&Post{}, collection))
 	if err := db.Use(a.hook); err != nil {
 		a.hook = nil
 		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: gorm hook: %w", err)
 	}
+	rt.AddStatsSource(a.hook) // Stats.Outbox
 	if err := db.AutoMigrate(&Post{}); err != nil {
 		_ = a.Close(context.Background())
 		return nil, fmt.Errorf("cms: migrate: %w", err)
@@ -162,12 +190,17 @@ func newApp(cfg appConfig) (*app, error) {
 			return nil, fmt.Errorf("cms: redis queue: %w", err)
 		}
 		a.queue = q
+		rt.AddStatsSource(q) // Stats.Queue
 	}
 
 	a.engine = a.routes()
 	a.ready.Store(true)
 	return a, nil
 }
+
+// defaultDBMaxConns is appConfig.DBMaxConns' default: three instances stay
+// well under PostgreSQL's default max_connections (100).
+const defaultDBMaxConns = 10
 
 // sqliteDSN adds the connection settings to a database path: WAL so that
 // readers never wait for the writer, a busy timeout, and transactions that
@@ -199,11 +232,15 @@ func (a *app) routes() *gin.Engine {
 	r.HEAD("/api/v1/realtime.js", a.rt.ClientHandler())
 
 	api := r.Group("/api/v1", a.rt.Authenticate())
+	// A page trades its token for an HttpOnly cookie (session.go).
+	api.POST("/session", a.createSession)
+	api.DELETE("/session", a.deleteSession)
 	api.GET("/posts", a.listPosts)
 	api.POST("/posts", a.createPost)
 	api.GET("/posts/:id", a.getPost)
 	api.PATCH("/posts/:id", a.updatePost)
 	api.DELETE("/posts/:id", a.deletePost)
+	api.GET("/stats", a.getStats) // realtime.Stats (publish scope)
 	// GET /posts/subscribe, /posts/:id/subscribe, /posts/:id/poll and
 	// POST /posts/:id/events, next to the app's own /posts/:id (gin's router
 	// does not backtrack, so the generic rt.Register would not reach them).

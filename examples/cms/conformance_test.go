@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"testing"
@@ -14,12 +15,19 @@ import (
 //     refused tokens;
 //   - ws.test.mjs, the npm "ws" package against /api/v1/ws, /notify and
 //     /presence (PROTOCOL.md §6–§7): query and header tokens, Origin 403,
-//     401, ping, bad input, channel wildcards, tenants, multicast, filters,
-//     acks with a silent connection, presence, 1009 on an oversize frame;
+//     refusals closed with 4401, ping, bad input, channel wildcards,
+//     tenants, multicast, filters, acks with a silent connection,
+//     presence, 1009 on an oversize frame, strict input, 1007 on invalid
+//     UTF-8, 1008 over the message rate, refresh, publishing from the
+//     socket;
 //   - channels.test.mjs, "ws" and "eventsource" on channels (§8): since
 //     resume and resync, an EventSource on channels/subscribe with
 //     wildcards and its Last-Event-ID resume through a cut connection,
 //     history oldest first, user 456 refused user.123 on all three paths;
+//   - pushes.test.mjs, "eventsource" on pushes/subscribe and fetch on
+//     pushes/poll and POST /acks (§8): user pushes, broadcasts and
+//     channels, acks over HTTP, resume through a cut connection, a
+//     socket's publish reaching a pushes stream;
 //   - client.test.mjs, the browser client (client/realtime.js) under
 //     Node with "ws" and "eventsource" injected: backoff schedule,
 //     resubscription after a dropped socket, resync → snapshot, restart,
@@ -35,12 +43,24 @@ import (
 //     instances' WebSocket and SSE subscribers, malformed ones in the
 //     dead-letter stream;
 //   - cors.test.mjs, preflights of the publish API from an allowed and
-//     another origin.
+//     another origin;
+//   - faults.test.mjs, the order promise under faults: three instances on
+//     one redis-server and one database (a SQLite file, PostgreSQL,
+//     MariaDB), 4 writers, 100 EventSource and WebSocket subscribers moving
+//     between instances, while instances are SIGKILLed and SIGSTOPped,
+//     Redis dies and comes back empty and connections are dropped, from a
+//     seeded PRNG (FAULT_SEED, FAULT_DURATION, FAULT_DBS); faultcheck.mjs
+//     checks order, duplicates, unannounced gaps, tenants, ETags and the
+//     final views (faultcheck.test.mjs tests the checker itself).
 //
 // They share harness.mjs (build, start/stop, tokens, free port, a private
-// redis-server) and clients.mjs (WebSocket and EventSource recorders, a
-// cuttable proxy). It needs node and npm (and the npm registry for `npm
-// ci`); on CI a missing node is a failure, elsewhere a skip.
+// redis-server, fresh databases) and clients.mjs (WebSocket and EventSource
+// recorders, a cuttable proxy). It needs node and npm (and the npm registry
+// for `npm ci`); on CI a missing node is a failure, elsewhere a skip.
+//
+// The suites run in a process group of their own: whatever they leave
+// running when they end (an instance, a redis-server) is killed, and is a
+// failure.
 func TestNodeConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping the Node.js conformance suite")
@@ -72,9 +92,18 @@ func TestNodeConformance(t *testing.T) {
 	}
 	cmd := exec.Command(node, "--test", "--test-reporter=spec")
 	cmd.Dir = "conformance"
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ownProcessGroup(cmd)
+	err := cmd.Start()
+	if err == nil {
+		err = cmd.Wait()
+		if killGroup(cmd) {
+			t.Errorf("%v left processes running (killed now)", cmd.Args)
+		}
 	}
-	t.Logf("%v:\n%s", cmd.Args, out)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", cmd.Args, err, out.Bytes())
+	}
+	t.Logf("%v:\n%s", cmd.Args, out.Bytes())
 }

@@ -42,11 +42,16 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	a, err := newApp(appConfig{
-		JWTSecret: testSecret,
-		DBPath:    filepath.Join(t.TempDir(), "cms.db"),
-		Logger:    slog.New(slog.DiscardHandler),
-	})
+	return newEnvWith(t, appConfig{DBPath: filepath.Join(t.TempDir(), "cms.db")})
+}
+
+// newEnvWith is newEnv on cfg's database (DatabaseURL or DBPath); the
+// secret and a silent logger are set here.
+func newEnvWith(t *testing.T, cfg appConfig) *env {
+	t.Helper()
+	cfg.JWTSecret = testSecret
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	a, err := newApp(cfg)
 	if err != nil {
 		t.Fatalf("newApp: %v", err)
 	}

@@ -1,7 +1,7 @@
-// Command cms is a small CMS whose posts are live: a gin + GORM + SQLite app
-// (pure Go, no cgo) that mounts the realtime plugin next to its own REST
-// routes and turns every committed write into a record event through the
-// GORM hook.
+// Command cms is a small CMS whose posts are live: a gin + GORM app (SQLite
+// by default, pure Go, no cgo; PostgreSQL or MySQL with DATABASE_URL) that
+// mounts the realtime plugin next to its own REST routes and turns every
+// committed write into a record event through the GORM hook.
 //
 //	go run ./examples/cms
 //
@@ -31,11 +31,19 @@
 //	fetch('/api/v1/channels/orders.new/history?limit=50', {headers: {Authorization: 'Bearer ' + token}})
 //	// → {"channel":"orders.new","messages":[{"type":"message","envelopeId":…}, …]}
 //
-// user.<sub> channels are private (channels.go, Config.AuthorizeChannel): the
-// token whose sub is 123 may subscribe to user.123 and read its history; any
-// other is refused (a forbidden error frame on the WebSocket, 403 on SSE and
-// history), and so is a pattern that could reach another user's channel
-// (user.*, user.>, *.123, >).
+// user.<sub> channels are private (channels.go: realtime.PrivateUserChannels):
+// the token whose sub is 123 may subscribe to user.123 and read its history;
+// any other is refused (a forbidden error frame on the WebSocket, 403 on SSE
+// and history), and so is a pattern that could reach another user's channel
+// (user.*, user.>, *.123, >). A sub with dots owns the whole rest of the
+// name: user.a.b is the channel of "a.b".
+//
+// Tokens in URLs end up in proxy logs: a page can instead trade its token
+// for an HttpOnly, SameSite=Lax cookie (Secure over TLS) with POST
+// /api/v1/session (Authorization: Bearer <token>), and then open its
+// EventSource and WebSocket without ?token= (session.go). A POST, PATCH or
+// DELETE authenticated by that cookie is accepted from this app's own pages
+// only (403 otherwise: the plugin's cross-site rule).
 //
 // Environment:
 //
@@ -43,15 +51,26 @@
 //	JWT_SECRET  HS256 key of the tokens; unset: a random key, and a dev
 //	            token (sub "dev", tenant "default", scope "publish", 24 h) is
 //	            printed at start
-//	DB_PATH     SQLite database file (default cms.db)
+//	DATABASE_URL postgres://user:pass@host:5432/db?sslmode=disable (or
+//	            postgresql://…), or mysql://user:pass@host:3306/db (MySQL,
+//	            MariaDB; the driver's own form mysql://user:pass@tcp(host:3306)/db
+//	            works too): a database several instances share. Unset: the
+//	            SQLite file DB_PATH (one node, or several on one machine)
+//	DB_PATH     SQLite database file when DATABASE_URL is unset (default cms.db)
+//	DB_MAX_CONNS open database connections of this instance at most (default 10)
 //	REDIS_URL   redis://host:port/db: this instance becomes one node of many
 //	            sharing that Redis (events, pushes, presence and acks span
-//	            every instance; run several on one DB_PATH behind a load
-//	            balancer). Unset: one node, everything in memory.
+//	            every instance; run several on one DATABASE_URL or DB_PATH
+//	            behind a load balancer). Unset: one node, everything in memory.
 //	CORS_ORIGINS comma-separated origins whose pages may call the publish
 //	            API (POST /api/v1/posts/:id/events, /notify, GET /presence)
 //	            from a browser; "none" for no CORS (default
 //	            http://localhost:3000, a dashboard in development)
+//	ADMIN_ADDR  the admin listener: /metrics, /healthz, /readyz, and
+//	            /debug/pprof/ with ADMIN_PPROF=true (default 127.0.0.1:9090;
+//	            "off" for none)
+//	LOG_LEVEL   debug (connection lifecycle), info, warn or error
+//	RT_*        the plugin's settings (env.go; the README lists them)
 //
 // GET /healthz answers 200 once the app is ready. SIGINT or SIGTERM shut it
 // down gracefully: open streams end cleanly and the database is closed.
@@ -83,6 +102,8 @@ type envConfig struct {
 	port int
 	// devToken is set when JWT_SECRET was not: a token signed with the random key.
 	devToken string
+	// ops is the admin listener and the log level (env.go).
+	ops opsConfig
 }
 
 // defaultCORSOrigin is the origin allowed to call the publish API from a
@@ -95,6 +116,9 @@ const devTokenTTL = 24 * time.Hour
 // loadEnv reads the configuration through getenv (os.Getenv in main).
 func loadEnv(getenv func(string) string) (envConfig, error) {
 	cfg := envConfig{port: 8080}
+	if err := loadOpsEnv(getenv, &cfg); err != nil {
+		return cfg, err
+	}
 	cfg.app.RedisURL = getenv("REDIS_URL")
 	cfg.app.CORSOrigins = []string{defaultCORSOrigin}
 	if v := strings.TrimSpace(getenv("CORS_ORIGINS")); v == "none" {
@@ -113,6 +137,14 @@ func loadEnv(getenv func(string) string) (envConfig, error) {
 			return cfg, fmt.Errorf("PORT must be a port number, got %q", v)
 		}
 		cfg.port = p
+	}
+	cfg.app.DatabaseURL = strings.TrimSpace(getenv("DATABASE_URL"))
+	if v := getenv("DB_MAX_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return cfg, fmt.Errorf("DB_MAX_CONNS must be a positive number, got %q", v)
+		}
+		cfg.app.DBMaxConns = n
 	}
 	cfg.app.DBPath = getenv("DB_PATH")
 	if cfg.app.DBPath == "" {
@@ -142,7 +174,8 @@ func signToken(secret []byte, sub, tenant, scope string, exp time.Time) (string,
 }
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var level slog.LevelVar // LOG_LEVEL, once the environment is read
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
 	slog.SetDefault(log)
 	if os.Getenv(gin.EnvGinMode) == "" {
 		gin.SetMode(gin.ReleaseMode)
@@ -153,6 +186,7 @@ func main() {
 		log.Error("cms: bad configuration", "err", err)
 		os.Exit(2)
 	}
+	level.Set(cfg.ops.logLevel)
 	cfg.app.Logger = log
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -189,19 +223,26 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		// No WriteTimeout: SSE responses are long-lived (the plugin bounds each write).
+		// No WriteTimeout and no ReadTimeout: SSE responses are long-lived
+		// (the plugin bounds each write with its WriteTimeout, and the
+		// bodies it reads with its BodyTimeout).
 	}
 
 	addr := ln.Addr().String()
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		addr = "localhost:" + strconv.Itoa(tcp.Port)
 	}
-	log.Info("cms: listening", "addr", ln.Addr().String(), "db", cfg.app.DBPath)
+	log.Info("cms: listening", "addr", ln.Addr().String(), "db", a.dbName)
 	if cfg.devToken != "" {
 		// Printed, not logged: a token never appears in a log line.
 		fmt.Fprintf(out, "\nJWT_SECRET is not set: using a random key. Dev token (sub \"dev\", tenant \"default\", scope \"publish\", valid %s):\n\n    http://%s/?token=%s\n\n", devTokenTTL, addr, cfg.devToken)
 	}
 
+	admin, err := startAdminFor(cfg.ops, a, log)
+	if err != nil {
+		_ = ln.Close()
+		return errors.Join(err, a.Close(context.Background()))
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -224,6 +265,9 @@ func serve(ctx context.Context, cfg envConfig, ln net.Listener, out io.Writer) e
 	shutErr := srv.Shutdown(sctx)
 	rtErr := <-rtClosed
 	closeErr := a.Close(sctx)
+	if admin != nil {
+		closeErr = errors.Join(closeErr, admin.Close(sctx))
+	}
 	if err == nil {
 		err = <-served
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 )
 
 // collection is the name of the posts collection, on the REST routes, in
@@ -23,15 +24,29 @@ const collection = "posts"
 
 // Post is the app's one model. Tenant is never serialized: tenants are kept
 // apart by the queries and by the realtime plugin, not by the client.
+// Counter is a number a client can set or add to (PATCH {"increment":1}
+// adds atomically): a page's view count, a like button, and the fault test's
+// per-write version.
 type Post struct {
 	ID        string    `json:"id" gorm:"primaryKey;size:40"`
-	Tenant    string    `json:"-" gorm:"not null;index:idx_posts_tenant_created,priority:1"`
+	Tenant    string    `json:"-" gorm:"not null;size:191;index:idx_posts_tenant_created,priority:1"`
 	Title     string    `json:"title" gorm:"not null"`
 	Body      string    `json:"body" gorm:"not null"`
 	Private   bool      `json:"private" gorm:"not null"`
 	Author    string    `json:"author" gorm:"not null"`
+	Counter   int64     `json:"counter" gorm:"not null;default:0"`
 	CreatedAt time.Time `json:"created_at" gorm:"index:idx_posts_tenant_created,priority:2"`
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// AfterFind keeps the timestamps in UTC whatever the database driver
+// returns (pgx answers in the process's local zone): the JSON, and so the
+// ETag, of a version is the same on every instance. The GORM hook reloads
+// records through this same query path.
+func (p *Post) AfterFind(*gorm.DB) error {
+	p.CreatedAt = p.CreatedAt.UTC()
+	p.UpdatedAt = p.UpdatedAt.UTC()
+	return nil
 }
 
 // Limits on what a client may write.
@@ -51,11 +66,16 @@ type createInput struct {
 	Private bool   `json:"private"`
 }
 
-// patchInput is the body of PATCH /posts/:id: absent (or null) fields are kept.
+// patchInput is the body of PATCH /posts/:id: absent (or null) fields are
+// kept. Increment adds to the counter in the database (counter = counter +
+// n), so concurrent increments on any instances all count; it cannot be
+// combined with counter.
 type patchInput struct {
-	Title   *string `json:"title"`
-	Body    *string `json:"body"`
-	Private *bool   `json:"private"`
+	Title     *string `json:"title"`
+	Body      *string `json:"body"`
+	Private   *bool   `json:"private"`
+	Counter   *int64  `json:"counter"`
+	Increment *int64  `json:"increment"`
 }
 
 // errorJSON answers with the wire contract's error shape.
@@ -67,7 +87,7 @@ func notFound(c *gin.Context) { errorJSON(c, http.StatusNotFound, "not_found", "
 
 // internalError logs err and answers 500 without details.
 func (a *app) internalError(c *gin.Context, op string, err error) {
-	a.log.ErrorContext(c.Request.Context(), "cms: "+op+" failed", "path", c.Request.URL.Path, "err", err)
+	a.log.ErrorContext(c.Request.Context(), "cms: request failed", "op", op, "path", c.Request.URL.Path, "err", err)
 	errorJSON(c, http.StatusInternalServerError, "internal", "internal error")
 }
 
@@ -104,6 +124,8 @@ func jsonKind(goKind string) string {
 		return "boolean"
 	case "string":
 		return "string"
+	case "int64":
+		return "integer"
 	}
 	return "value"
 }
@@ -132,11 +154,25 @@ func writeCtx(c *gin.Context, id *realtime.Identity) context.Context {
 
 // find loads the post (tenant, id); gorm.ErrRecordNotFound when absent.
 func (a *app) find(ctx context.Context, tenant, id string) (*Post, error) {
+	return findIn(a.db.WithContext(ctx), tenant, id)
+}
+
+// findIn loads the post (tenant, id) through db (a transaction, a session).
+func findIn(db *gorm.DB, tenant, id string) (*Post, error) {
 	var p Post
-	if err := a.db.WithContext(ctx).Where("tenant = ? AND id = ?", tenant, id).Take(&p).Error; err != nil {
+	if err := db.Where("tenant = ? AND id = ?", tenant, id).Take(&p).Error; err != nil {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// findLocked loads the post (tenant, id) in the transaction tx and locks its
+// row until tx ends (SELECT … FOR UPDATE; SQLite ignores the clause, its
+// write transactions take the database's lock when they begin): the
+// compare-and-write of PATCH and DELETE holds across instances sharing the
+// database.
+func findLocked(tx *gorm.DB, tenant, id string) (*Post, error) {
+	return findIn(tx.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate}), tenant, id)
 }
 
 // findVisible loads the post of the request's :id that the caller may see,
@@ -158,6 +194,55 @@ func (a *app) findVisible(c *gin.Context, ident *realtime.Identity) (*Post, bool
 	return p, true
 }
 
+// errHidden ends a write transaction on a post that is absent or that the
+// caller may not see (404).
+var errHidden = errors.New("cms: no such post")
+
+// staleError ends a write transaction whose If-Match does not match the
+// post's current version, Current (412).
+type staleError struct{ Current string }
+
+func (e *staleError) Error() string { return "cms: If-Match does not match " + e.Current }
+
+// lockVisible is findLocked for the caller's :id, errHidden when the caller
+// may not see it, and If-Match checked against the locked version.
+func (a *app) lockVisible(c *gin.Context, tx *gorm.DB, ident *realtime.Identity) (*Post, error) {
+	p, err := findLocked(tx, ident.Tenant, c.Param("id"))
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return nil, errHidden
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !visible(p, ident) {
+		return nil, errHidden
+	}
+	if im := c.GetHeader("If-Match"); im != "" {
+		tag, err := a.etag(p)
+		if err != nil {
+			return nil, err
+		}
+		if !etagListMatches(im, tag, true) {
+			return nil, &staleError{Current: tag}
+		}
+	}
+	return p, nil
+}
+
+// writeFailed answers a write transaction's error: 404, 412 or 500.
+func (a *app) writeFailed(c *gin.Context, op string, err error) {
+	var stale *staleError
+	switch {
+	case errors.Is(err, errHidden):
+		notFound(c) // never say that a private post exists
+	case errors.As(err, &stale):
+		c.Header("ETag", stale.Current)
+		errorJSON(c, http.StatusPreconditionFailed, "precondition_failed", "the post has changed since that version (If-Match)")
+	default:
+		a.internalError(c, op, err)
+	}
+}
+
 // etag is the ETag of a post as read from the database: the realtime plugin
 // computes the same string for the events the GORM hook publishes (it
 // reloads the record too), so REST caching and SSE resume points agree.
@@ -172,6 +257,11 @@ func (a *app) respond(c *gin.Context, status int, p *Post) {
 		a.internalError(c, "etag", err)
 		return
 	}
+	respondTagged(c, status, p, tag)
+}
+
+// respondTagged sends p with tag, its ETag computed where p was read.
+func respondTagged(c *gin.Context, status int, p *Post, tag string) {
 	c.Header("ETag", tag)
 	c.Header("Cache-Control", "private, no-cache")
 	c.JSON(status, p)
@@ -201,7 +291,9 @@ func (a *app) listPosts(c *gin.Context) {
 	c.JSON(http.StatusOK, posts)
 }
 
-// createPost serves POST /posts.
+// createPost serves POST /posts. The post is read back in the insert's
+// transaction: the answer and its ETag are the version this insert
+// committed, as GET marshals it.
 func (a *app) createPost(c *gin.Context) {
 	ident := identity(c)
 	var in createInput
@@ -213,18 +305,25 @@ func (a *app) createPost(c *gin.Context) {
 		return
 	}
 	p := Post{ID: newID(), Tenant: ident.Tenant, Title: in.Title, Body: in.Body, Private: in.Private, Author: ident.User}
-	ctx := writeCtx(c, ident)
-	if err := a.db.WithContext(ctx).Create(&p).Error; err != nil {
+	var saved *Post
+	var tag string
+	err := a.db.WithContext(writeCtx(c, ident)).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Create(&p).Error; err != nil {
+			return err
+		}
+		var err error
+		if saved, err = findIn(tx, ident.Tenant, p.ID); err != nil {
+			return err
+		}
+		tag, err = a.etag(saved)
+		return err
+	})
+	if err != nil {
 		a.internalError(c, "create post", err)
 		return
 	}
-	saved, err := a.find(ctx, ident.Tenant, p.ID) // the version the hook published
-	if err != nil {
-		a.internalError(c, "reload post", err)
-		return
-	}
 	c.Header("Location", c.Request.URL.Path+"/"+saved.ID)
-	a.respond(c, http.StatusCreated, saved)
+	respondTagged(c, http.StatusCreated, saved, tag)
 }
 
 // getPost serves GET /posts/:id, answering 304 to a matching If-None-Match.
@@ -249,6 +348,12 @@ func (a *app) getPost(c *gin.Context) {
 
 // updatePost serves PATCH /posts/:id: the fields present are changed; a
 // stale If-Match is answered 412 and changes nothing.
+//
+// The compare and the write run in one transaction holding the post's row
+// lock (SELECT … FOR UPDATE), so If-Match compares against the version the
+// update replaces even when other instances write the same post, and the
+// answer carries the version this update committed: the post read again in
+// the transaction, its ETag computed there, exactly as GET would marshal it.
 func (a *app) updatePost(c *gin.Context) {
 	ident := identity(c)
 	var in patchInput
@@ -269,66 +374,58 @@ func (a *app) updatePost(c *gin.Context) {
 	if in.Private != nil {
 		changes["private"] = *in.Private
 	}
+	switch {
+	case in.Counter != nil && in.Increment != nil:
+		errorJSON(c, http.StatusBadRequest, "bad_request", "counter and increment cannot be combined")
+		return
+	case in.Counter != nil:
+		changes["counter"] = *in.Counter
+	case in.Increment != nil:
+		changes["counter"] = gorm.Expr("counter + ?", *in.Increment)
+	}
 
-	// Check and write under one lock, so If-Match compares against the
-	// version the update replaces and the answer carries the version it wrote.
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
-	p, ok := a.findVisible(c, ident)
-	if !ok || !a.preconditionHolds(c, p) {
-		return
-	}
-	if len(changes) == 0 {
-		a.respond(c, http.StatusOK, p)
-		return
-	}
-	ctx := writeCtx(c, ident)
-	if err := a.db.WithContext(ctx).Model(p).Updates(changes).Error; err != nil {
-		a.internalError(c, "update post", err)
-		return
-	}
-	saved, err := a.find(ctx, ident.Tenant, p.ID)
+	var saved *Post
+	var tag string
+	err := a.db.WithContext(writeCtx(c, ident)).Transaction(func(tx *gorm.DB) error {
+		p, err := a.lockVisible(c, tx, ident)
+		if err != nil {
+			return err
+		}
+		if len(changes) > 0 {
+			if err := tx.Model(p).Updates(changes).Error; err != nil {
+				return err
+			}
+			if p, err = findLocked(tx, ident.Tenant, p.ID); err != nil {
+				return err
+			}
+		}
+		saved = p
+		tag, err = a.etag(p)
+		return err
+	})
 	if err != nil {
-		a.internalError(c, "reload post", err)
+		a.writeFailed(c, "update post", err)
 		return
 	}
-	a.respond(c, http.StatusOK, saved)
+	respondTagged(c, http.StatusOK, saved, tag)
 }
 
-// deletePost serves DELETE /posts/:id (If-Match is honoured too).
+// deletePost serves DELETE /posts/:id (If-Match is honoured too, under the
+// row lock as for PATCH).
 func (a *app) deletePost(c *gin.Context) {
 	ident := identity(c)
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
-	p, ok := a.findVisible(c, ident)
-	if !ok || !a.preconditionHolds(c, p) {
-		return
-	}
-	if err := a.db.WithContext(writeCtx(c, ident)).Delete(p).Error; err != nil {
-		a.internalError(c, "delete post", err)
+	err := a.db.WithContext(writeCtx(c, ident)).Transaction(func(tx *gorm.DB) error {
+		p, err := a.lockVisible(c, tx, ident)
+		if err != nil {
+			return err
+		}
+		return tx.Delete(p).Error
+	})
+	if err != nil {
+		a.writeFailed(c, "delete post", err)
 		return
 	}
 	c.Status(http.StatusNoContent)
-}
-
-// preconditionHolds checks If-Match against p's ETag, answering 412 when it
-// is present and does not match.
-func (a *app) preconditionHolds(c *gin.Context, p *Post) bool {
-	im := c.GetHeader("If-Match")
-	if im == "" {
-		return true
-	}
-	tag, err := a.etag(p)
-	if err != nil {
-		a.internalError(c, "etag", err)
-		return false
-	}
-	if etagListMatches(im, tag, true) {
-		return true
-	}
-	c.Header("ETag", tag)
-	errorJSON(c, http.StatusPreconditionFailed, "precondition_failed", "the post has changed since that version (If-Match)")
-	return false
 }
 
 // etagListMatches reports whether the If-Match / If-None-Match header value
@@ -375,20 +472,22 @@ func splitETags(h string) []string {
 	}
 }
 
-// loadRecord is the plugin's Config.Loader: the post (tenant, id), or
-// realtime.ErrNotFound. It does not decide visibility: authorize does.
-func (a *app) loadRecord(ctx context.Context, ref realtime.Ref) (any, error) {
+// loadTx loads the post (tenant, id) in tx for the plugin's Config.Loader
+// (through the hook's versioned loader), or realtime.ErrNotFound. It does
+// not decide visibility: authorize does.
+func (a *app) loadTx(_ context.Context, tx *gorm.DB, ref realtime.Ref) (any, error) {
 	if ref.Collection != collection {
 		return nil, realtime.ErrNotFound
 	}
-	p, err := a.find(ctx, ref.Tenant, ref.ID)
+	var p Post
+	err := tx.Where("tenant = ? AND id = ?", ref.Tenant, ref.ID).Take(&p).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
 		return nil, realtime.ErrNotFound
 	}
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &p, nil
 }
 
 // authorize is the plugin's Config.Authorize. Tenants are kept apart by the

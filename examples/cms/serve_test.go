@@ -21,18 +21,24 @@ import (
 
 func TestLoadEnv(t *testing.T) {
 	cases := []struct {
-		name    string
-		env     map[string]string
-		port    int
-		db      string
-		secret  string // "" : random, with a dev token
-		cors    string // CORSOrigins joined by ","
-		wantErr bool
+		name   string
+		env    map[string]string
+		port   int
+		db     string
+		secret string // "" : random, with a dev token
+		cors   string // CORSOrigins joined by ","
+		dbURL  string
+		// maxConns is DBMaxConns (0: unset, the default)
+		maxConns int
+		wantErr  bool
 	}{
 		{name: "defaults", env: nil, port: 8080, db: "cms.db", cors: "http://localhost:3000"},
 		{name: "all set", env: map[string]string{"PORT": "9090", "DB_PATH": "/tmp/x.db", "JWT_SECRET": "s3cret", "REDIS_URL": "redis://localhost:6379",
 			"CORS_ORIGINS": " https://a.example, https://b.example ,"}, port: 9090, db: "/tmp/x.db", secret: "s3cret", cors: "https://a.example,https://b.example"},
 		{name: "no CORS", env: map[string]string{"CORS_ORIGINS": "none"}, port: 8080, db: "cms.db", cors: ""},
+		{name: "a database URL", env: map[string]string{"DATABASE_URL": " postgres://db/app ", "DB_MAX_CONNS": "4"}, port: 8080, db: "cms.db", cors: "http://localhost:3000",
+			dbURL: "postgres://db/app", maxConns: 4},
+		{name: "bad DB_MAX_CONNS", env: map[string]string{"DB_MAX_CONNS": "0"}, wantErr: true},
 		{name: "bad port", env: map[string]string{"PORT": "http"}, wantErr: true},
 		{name: "port out of range", env: map[string]string{"PORT": "70000"}, wantErr: true},
 	}
@@ -50,6 +56,9 @@ func TestLoadEnv(t *testing.T) {
 			}
 			if cfg.port != c.port || cfg.app.DBPath != c.db || cfg.app.RedisURL != c.env["REDIS_URL"] || strings.Join(cfg.app.CORSOrigins, ",") != c.cors {
 				t.Errorf("got port %d db %q redis %q cors %q", cfg.port, cfg.app.DBPath, cfg.app.RedisURL, cfg.app.CORSOrigins)
+			}
+			if cfg.app.DatabaseURL != c.dbURL || cfg.app.DBMaxConns != c.maxConns {
+				t.Errorf("got DATABASE_URL %q, DB_MAX_CONNS %d; want %q, %d", cfg.app.DatabaseURL, cfg.app.DBMaxConns, c.dbURL, c.maxConns)
 			}
 			if c.secret != "" {
 				if string(cfg.app.JWTSecret) != c.secret || cfg.devToken != "" {
@@ -103,7 +112,7 @@ func (s *syncBuffer) String() string {
 // cleanly and serve returns nil. No token reaches the logs.
 func TestServe(t *testing.T) {
 	cfg, err := loadEnv(func(k string) string {
-		return map[string]string{"DB_PATH": filepath.Join(t.TempDir(), "cms.db")}[k]
+		return map[string]string{"DB_PATH": filepath.Join(t.TempDir(), "cms.db"), "ADMIN_ADDR": "127.0.0.1:0"}[k]
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -344,6 +344,11 @@ func (h *Hook) selectRows(db *gorm.DB, w *watched, conds []clause.Expression, fu
 	}
 	if !full {
 		q = q.Select(w.schema.PrimaryFieldDBNames)
+	} else if h.dialect != "sqlite" {
+		// The rows about to be deleted, as committed last: a plain read
+		// could return a version older than one a concurrent transaction
+		// is committing (MySQL's snapshot; PostgreSQL before that commit).
+		q = q.Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate})
 	}
 	if err := q.Limit(min(h.maxAffected, math.MaxInt32-1) + 1).Find(dest.Interface()).Error; err != nil {
 		return nil, fmt.Errorf("gormhook: select affected %s: %w", w.collection, err)
@@ -408,22 +413,16 @@ func (h *Hook) collect(o op) func(*gorm.DB) {
 	}
 }
 
-// emit queues changes on the statement's transaction, or publishes them at
-// once when the statement ran outside any transaction (it is committed).
+// emit queues changes on the statement's transaction, recorded and
+// published when it commits. A statement that ran outside any transaction
+// (SkipDefaultTransaction) is committed already: its changes are recorded
+// in a transaction of their own, right after it, then published.
 func (h *Hook) emit(db *gorm.DB, cs []change) {
 	if len(cs) == 0 {
 		return
 	}
 	switch t, inTx := txOf(db.Statement.ConnPool); {
 	case t != nil:
-		if h.outbox != nil {
-			// In the write's transaction: the rows commit or roll back with
-			// it. Without them the write is not durable: fail it (the
-			// changes stay queued in case the caller commits anyway).
-			if err := h.outboxInsert(db, cs); err != nil {
-				db.AddError(err)
-			}
-		}
 		t.add(cs...)
 	case inTx:
 		// guard refuses such writes; this is a transaction swapped in
@@ -431,15 +430,38 @@ func (h *Hook) emit(db *gorm.DB, cs []change) {
 		h.log.Error("gormhook: write in an unmanaged transaction; events not published",
 			"collection", cs[0].w.collection, "err", ErrUnmanagedTx)
 	default:
-		if h.outbox != nil {
-			// The write is committed already (SkipDefaultTransaction): the
-			// row is a statement of its own, written before publishing.
-			if err := h.outboxInsert(db, cs); err != nil {
-				h.log.Error("gormhook: cannot write the outbox rows of a write outside a transaction",
-					"collection", cs[0].w.collection, "err", err)
-			}
+		h.commitAlone(db.Statement.ConnPool, cs)
+	}
+}
+
+// commitAlone records and publishes the changes of a write that committed
+// on its own, in a transaction begun on its pool. When that fails the
+// write's events are lost: the collections it wrote are resynced instead
+// (best effort: the publisher may be down too).
+func (h *Hook) commitAlone(pool gorm.ConnPool, cs []change) {
+	q := h.db.Session(&gorm.Session{NewDB: true, Context: cs[0].ctx})
+	q.Statement.ConnPool = pool
+	err := q.Transaction(func(tx *gorm.DB) error {
+		t, _ := txOf(tx.Statement.ConnPool)
+		if t == nil {
+			return ErrUnmanagedTx
 		}
-		h.flush(db.Statement.ConnPool, cs)
+		t.add(cs...)
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	h.log.Error("gormhook: cannot record the events of a write made outside a transaction; resyncing its collections",
+		"collection", cs[0].w.collection, "err", err)
+	seen := map[[2]string]bool{}
+	for _, c := range cs {
+		k := [2]string{realtime.TenantFrom(c.ctx), c.w.collection}
+		if !seen[k] {
+			seen[k] = true
+			err := h.pub.Resync(realtime.WithTenant(c.ctx, k[0]), k[1])
+			h.published(err, "resync", "collection", k[1], "tenant", k[0])
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
@@ -41,13 +42,13 @@ func Watch(model any, collection string) Option {
 	return func(h *Hook) { h.watch = append(h.watch, watched{model: model, collection: collection}) }
 }
 
-// WithReload sets whether the records written are read again by primary key
-// after commit (default true), so that an event carries the whole stored
-// record, byte for byte what the app's GET handler marshals (database
-// defaults, timestamp precision, columns an Updates(map) did not touch).
-// With false the hook publishes the in-memory struct the write was given,
-// which may be partial; records written by condition have no such struct and
-// are always read again.
+// WithReload sets whether the records written are read by primary key in
+// the write's transaction, at commit (default true), so that an event
+// carries the whole stored record, byte for byte what the app's GET handler
+// marshals (database defaults, timestamp precision, columns an
+// Updates(map) did not touch). With false the hook publishes the in-memory
+// struct the write was given, which may be partial; records written by
+// condition have no such struct and are always read.
 func WithReload(reload bool) Option {
 	return func(h *Hook) { h.noReload = !reload }
 }
@@ -62,16 +63,16 @@ func WithMaxAffected(n int) Option {
 
 // WithTenant takes each event's tenant from the record instead of the write's
 // context. fn gets the statement's context and a pointer to the model struct
-// (the reloaded record, the in-memory one with WithReload(false), or for a
-// delete the row as it was before the delete); an empty result falls back to
-// realtime.TenantFrom(ctx). A collection resync always uses the context's
-// tenant.
+// (the record read in the transaction, the in-memory one with
+// WithReload(false), or for a delete the row as it was before the delete);
+// an empty result falls back to realtime.TenantFrom(ctx). A collection
+// resync always uses the context's tenant.
 func WithTenant(fn func(ctx context.Context, record any) string) Option {
 	return func(h *Hook) { h.tenantFn = fn }
 }
 
-// WithLogger sets where publish failures after commit are logged. Default:
-// slog.Default().
+// WithLogger sets where the hook logs publish failures, outages and outbox
+// trouble. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return func(h *Hook) { h.log = l }
 }
@@ -83,7 +84,8 @@ type watched struct {
 	table      string // the table name GORM's statements carry
 }
 
-// Hook is a gorm.Plugin. Create it with New and install it with db.Use.
+// Hook is a gorm.Plugin. Create it with New and install it with db.Use;
+// stop its outbox drainer with Close.
 type Hook struct {
 	pub         Publisher
 	watch       []watched
@@ -91,18 +93,21 @@ type Hook struct {
 	maxAffected int
 	tenantFn    func(ctx context.Context, record any) string
 	log         *slog.Logger
-	outboxCfg   *OutboxConfig
+	outboxCfg   OutboxConfig
 
 	db      *gorm.DB
-	outbox  *outbox // nil without WithOutbox
-	seq     *sequencer
-	byType  map[reflect.Type]*watched
-	byTable map[string]*watched
+	dialect string  // "sqlite", "postgres" or "mysql"
+	outbox  *outbox // set by db.Use
+	// plainSnapshot: the driver refused the Loader's transaction options.
+	plainSnapshot atomic.Bool
+	byType        map[reflect.Type]*watched
+	byTable       map[string]*watched
 }
 
 var _ gorm.Plugin = (*Hook)(nil)
 
-// New returns the hook; install it with db.Use.
+// New returns the hook; install it with db.Use, stop its outbox drainer
+// with Close.
 func New(pub Publisher, opts ...Option) *Hook {
 	h := &Hook{pub: pub}
 	for _, o := range opts {
@@ -116,10 +121,10 @@ func New(pub Publisher, opts ...Option) *Hook {
 // Name implements gorm.Plugin.
 func (h *Hook) Name() string { return "realtime:gormhook" }
 
-// Initialize implements gorm.Plugin: it checks the options, wraps db's
-// connection pool so that the transactions it begins report their commit,
-// and registers the hook's callbacks. With WithOutbox it also creates the
-// outbox table when missing and starts the drainer (stop it with Close).
+// Initialize implements gorm.Plugin: it checks the options, creates the
+// versions and outbox tables when missing, wraps db's connection pool so
+// that the transactions it begins report their commit, registers the hook's
+// callbacks and starts the outbox drainer (stop it with Close).
 func (h *Hook) Initialize(db *gorm.DB) error {
 	if err := h.init(db); err != nil {
 		return fmt.Errorf("gormhook: initialize: %w", err)
@@ -177,7 +182,6 @@ func (h *Hook) init(db *gorm.DB) error {
 		h.db = nil
 		return err
 	}
-	h.seq = newSequencer()
 	h.wrapRootPool(db)
 	if err := h.registerCallbacks(db); err != nil {
 		return err

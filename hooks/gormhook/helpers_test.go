@@ -49,8 +49,11 @@ type Note struct {
 // published is one call the recorder saw.
 type published struct {
 	Tenant, Collection, ID, Event string
-	JSON                          string // the record's JSON (snapshot, changed)
-	Record                        any
+	JSON                          string // the record's JSON (snapshot, changed; for deleted the prior row, if any)
+	Record                        any    // JSON decoded into a *Post or *Tag
+	ETag                          string
+	Version                       uint64
+	Gap                           bool
 }
 
 func (p published) String() string {
@@ -73,16 +76,30 @@ func (r *recorder) Publish(_ context.Context, p realtime.Publication) (string, e
 	if r.fail != nil {
 		return "", r.fail
 	}
-	ev := published{Tenant: p.Tenant, Collection: p.Collection, ID: p.ID, Event: p.Event, Record: p.Record}
-	if p.Record != nil {
+	ev := published{Tenant: p.Tenant, Collection: p.Collection, ID: p.ID, Event: p.Event,
+		ETag: p.ETag, Version: p.Version, Gap: p.Gap, JSON: string(p.Data)}
+	if p.Data == nil && p.Record != nil {
 		b, err := json.Marshal(p.Record)
 		if err != nil {
 			return "", err
 		}
 		ev.JSON = string(b)
 	}
+	if ev.JSON != "" {
+		switch p.Collection {
+		case "posts":
+			ev.Record = new(Post)
+		case "tags":
+			ev.Record = new(Tag)
+		}
+		if ev.Record != nil {
+			if err := json.Unmarshal([]byte(ev.JSON), ev.Record); err != nil {
+				return "", err
+			}
+		}
+	}
 	r.events = append(r.events, ev)
-	return `"x"`, nil
+	return p.ETag, nil
 }
 
 func (r *recorder) Resync(ctx context.Context, collection string) error {
@@ -128,10 +145,24 @@ func openDB(t *testing.T, opts ...gormhook.Option) (*gorm.DB, *recorder) {
 	db := openRaw(t, nil)
 	rec := &recorder{}
 	opts = append([]gormhook.Option{gormhook.Watch(&Post{}, "posts"), gormhook.Watch(&Tag{}, "tags")}, opts...)
-	if err := db.Use(gormhook.New(rec, opts...)); err != nil {
+	use(t, db, gormhook.New(rec, opts...))
+	return db, rec
+}
+
+// use installs h on db and closes it (stopping its drainer) when the test
+// ends, before the database closes.
+func use(t testing.TB, db *gorm.DB, h *gormhook.Hook) {
+	t.Helper()
+	if err := db.Use(h); err != nil {
 		t.Fatalf("db.Use: %v", err)
 	}
-	return db, rec
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Close(ctx); err != nil {
+			t.Errorf("close the hook: %v", err)
+		}
+	})
 }
 
 // openRaw opens a migrated database without the hook.

@@ -120,8 +120,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func newPath(t *testing.T) string { return filepath.Join(t.TempDir(), "app.db") }
 
 // TestOutboxPublishFailure: writes committed while the publisher is down
-// keep their rows; once it is back the drainer publishes the records as
-// stored now, as changed, and deletes the rows.
+// keep their rows; once it is back the drainer publishes each event exactly
+// as committed (type, version, record), in order, and deletes the rows.
 func TestOutboxPublishFailure(t *testing.T) {
 	var logs logBuffer
 	db := openFile(t, newPath(t))
@@ -130,9 +130,11 @@ func TestOutboxPublishFailure(t *testing.T) {
 
 	p := Post{Title: "secret-title-1", Body: "secret-body"}
 	mustNoErr(t, db.Create(&p).Error)
+	v1 := getJSON(t, db, p.ID)
 	mustNoErr(t, db.Transaction(func(tx *gorm.DB) error {
 		return tx.Model(&p).Update("title", "secret-title-2").Error
 	}))
+	v2 := getJSON(t, db, p.ID)
 	if n := outboxRows(t, db); n != 2 {
 		t.Fatalf("%d outbox rows while down, want 2", n)
 	}
@@ -146,14 +148,13 @@ func TestOutboxPublishFailure(t *testing.T) {
 	pub.down.Store(false)
 	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, db) == 0 })
 	evs := pub.take()
-	if len(evs) == 0 {
-		t.Fatal("nothing published after the outage")
+	if len(evs) != 2 ||
+		evs[0].String() != "snapshot posts/1@default" || evs[0].Version != 1 || evs[0].JSON != v1 ||
+		evs[1].String() != "changed posts/1@default" || evs[1].Version != 2 || evs[1].JSON != v2 {
+		t.Fatalf("published %v, want snapshot v1 %s and changed v2 %s", evs, v1, v2)
 	}
-	want := getJSON(t, db, p.ID)
-	for _, e := range evs {
-		if e.String() != "changed posts/1@default" || e.JSON != want {
-			t.Errorf("published %v %s, want changed posts/1@default %s", e, e.JSON, want)
-		}
+	if evs[0].ETag != realtime.DefaultETag("posts", "1", []byte(v1)) {
+		t.Errorf("etag %s, want the default ETag of the committed record", evs[0].ETag)
 	}
 
 	out := logs.String()
@@ -169,7 +170,8 @@ func TestOutboxPublishFailure(t *testing.T) {
 }
 
 // TestOutboxDelete: a delete committed during the outage is published as
-// deleted (without Prior) once the publisher is back.
+// deleted, with the row before the delete as its Prior, once the publisher
+// is back.
 func TestOutboxDelete(t *testing.T) {
 	db := openFile(t, newPath(t))
 	pub := &flaky{}
@@ -191,8 +193,17 @@ func TestOutboxDelete(t *testing.T) {
 	var got []string
 	for _, e := range evs {
 		got = append(got, e.String())
-		if e.Record != nil {
-			t.Errorf("%v carries a record", e)
+		switch r := e.Record.(type) {
+		case *Post:
+			if r.Title != "a" || r.ID != 1 || e.Version != 2 {
+				t.Errorf("%v v%d prior %s", e, e.Version, e.JSON)
+			}
+		case *Tag:
+			if r.Label != "Go" || e.Version != 2 {
+				t.Errorf("%v v%d prior %s", e, e.Version, e.JSON)
+			}
+		default:
+			t.Errorf("%v carries no prior record", e)
 		}
 	}
 	slices.Sort(got)
@@ -222,7 +233,8 @@ func TestOutboxResync(t *testing.T) {
 	equal(t, "resyncs", rs, []string{"acme/posts"})
 }
 
-// TestOutboxRollback: rolled back work leaves no row, and publishes nothing.
+// TestOutboxRollback: rolled back work leaves no row and no version, and
+// publishes nothing; rows are written at commit only.
 func TestOutboxRollback(t *testing.T) {
 	db := openFile(t, newPath(t))
 	pub := &flaky{}
@@ -244,8 +256,8 @@ func TestOutboxRollback(t *testing.T) {
 			if err := tx2.Create(&Post{Title: "inner"}).Error; err != nil {
 				return err
 			}
-			if n := outboxRows(t, tx2); n != 1 {
-				t.Errorf("%d outbox rows inside the inner transaction, want 1", n)
+			if n := outboxRows(t, tx2); n != 0 {
+				t.Errorf("%d outbox rows before the commit, want 0", n)
 			}
 			return errRollback
 		})
@@ -260,6 +272,9 @@ func TestOutboxRollback(t *testing.T) {
 	evs, rs := pub.got()
 	equal(t, "events", evs, []string{"snapshot tags/x,en@default"})
 	equal(t, "resyncs", rs, nil)
+	var versions []string
+	mustNoErr(t, db.Table(gormhook.DefaultVersionTable).Order("collection, record_id").Pluck("record_id", &versions).Error)
+	equal(t, "versioned records", versions, []string{"x,en"})
 }
 
 // TestOutboxSuccessLeavesNoRow: published writes delete their rows, inside
@@ -310,7 +325,7 @@ func TestOutboxSuccessLeavesNoRow(t *testing.T) {
 
 // TestOutboxCrash: a process that dies between its commit and its publish
 // (here: its publisher never succeeds, and it stops) leaves its rows; a
-// second process on the same database drains them.
+// second process on the same database drains them, exactly and in order.
 func TestOutboxCrash(t *testing.T) {
 	path := newPath(t)
 	dbA := openFile(t, path)
@@ -328,13 +343,9 @@ func TestOutboxCrash(t *testing.T) {
 	useOutbox(t, dbB, pubB, fastOutbox)
 	waitFor(t, "process B to drain", func() bool { return outboxRows(t, dbB) == 0 })
 	evs := pubB.take()
-	if len(evs) == 0 {
-		t.Fatal("nothing published")
-	}
-	for _, e := range evs {
-		if e.String() != "changed posts/1@default" || e.JSON != getJSON(t, dbB, p.ID) {
-			t.Errorf("published %v %s", e, e.JSON)
-		}
+	if len(evs) != 2 || evs[0].String() != "snapshot posts/1@default" || evs[0].Version != 1 ||
+		evs[1].String() != "changed posts/1@default" || evs[1].Version != 2 || evs[1].JSON != getJSON(t, dbB, p.ID) {
+		t.Fatalf("published %v, want the snapshot and the changed in order", evs)
 	}
 }
 
@@ -368,7 +379,7 @@ func TestOutboxTwoDrainers(t *testing.T) {
 	evB, _ := pubB.got()
 	evC, _ := pubC.got()
 	all := append(evB, evC...)
-	want := ids("changed posts/", 1, n)
+	want := ids("snapshot posts/", 1, n)
 	slices.Sort(all)
 	slices.Sort(want)
 	equal(t, "events", all, want)
@@ -403,9 +414,9 @@ func TestOutboxClose(t *testing.T) {
 func TestOutboxConfig(t *testing.T) {
 	path := newPath(t)
 	db := openFile(t, path)
-	useOutbox(t, db, &flaky{}, gormhook.OutboxConfig{Table: "events_out"})
-	if !db.Migrator().HasTable("events_out") {
-		t.Fatal("no events_out table")
+	useOutbox(t, db, &flaky{}, gormhook.OutboxConfig{Table: "events_out", VersionTable: "events_versions"})
+	if !db.Migrator().HasTable("events_out") || !db.Migrator().HasTable("events_versions") {
+		t.Fatal("no events_out or events_versions table")
 	}
 	cols, err := db.Migrator().ColumnTypes("events_out")
 	mustNoErr(t, err)
@@ -414,59 +425,26 @@ func TestOutboxConfig(t *testing.T) {
 		names = append(names, c.Name())
 	}
 	slices.Sort(names)
-	equal(t, "columns", names, []string{"claimed_at", "claimed_by", "collection", "created_at", "id", "record_id", "record_key", "tenant"})
+	equal(t, "columns", names, []string{"claimed_at", "claimed_by", "collection", "created_at", "data", "etag", "event",
+		"id", "record_id", "ref", "refused_at", "tenant", "version"})
 	// A second process finds the table there.
-	useOutbox(t, openFile(t, path), &flaky{}, gormhook.OutboxConfig{Table: "events_out"})
+	useOutbox(t, openFile(t, path), &flaky{}, gormhook.OutboxConfig{Table: "events_out", VersionTable: "events_versions"})
+
+	// A table of the earlier layout (no version column) is refused.
+	old := openFile(t, newPath(t))
+	mustExec(t, old, "CREATE TABLE realtime_outbox (id integer primary key, record_key text not null)")
+	if err := old.Use(gormhook.New(&flaky{}, gormhook.Watch(&Post{}, "posts"))); !errors.Is(err, realtime.ErrInvalidConfig) {
+		t.Errorf("an outbox of the earlier layout: err = %v, want ErrInvalidConfig", err)
+	}
 
 	for _, cfg := range []gormhook.OutboxConfig{
-		{Table: "bad name"}, {Table: "x;drop"}, {Interval: -1}, {Grace: -1}, {Batch: -1}, {ClaimTTL: -1},
+		{Table: "bad name"}, {Table: "x;drop"}, {VersionTable: "v v"}, {Table: "same", VersionTable: "same"},
+		{Interval: -1}, {Grace: -1}, {Batch: -1}, {ClaimTTL: -1}, {GapAfter: -1},
 	} {
 		err := openFile(t, newPath(t)).Use(gormhook.New(&flaky{}, gormhook.Watch(&Post{}, "posts"), gormhook.WithOutbox(cfg)))
 		if !errors.Is(err, realtime.ErrInvalidConfig) {
 			t.Errorf("%+v: err = %v, want ErrInvalidConfig", cfg, err)
 		}
-	}
-}
-
-// onPublish is a Publisher that calls a function before recording.
-type onPublish struct {
-	flaky
-	before func(p realtime.Publication)
-}
-
-func (o *onPublish) Publish(ctx context.Context, p realtime.Publication) (string, error) {
-	if o.before != nil {
-		o.before(p)
-	}
-	return o.flaky.Publish(ctx, p)
-}
-
-// TestOutboxConverges: when another process commits a newer version of a
-// record between the drainer's read and its publish, the drainer publishes
-// the newer version too: the last event is the stored record.
-func TestOutboxConverges(t *testing.T) {
-	path := newPath(t)
-	dbA := openFile(t, path)
-	hA := useOutbox(t, dbA, downPub(), gormhook.OutboxConfig{Interval: time.Hour})
-	p := Post{Title: "v1"}
-	mustNoErr(t, dbA.Create(&p).Error)
-	mustNoErr(t, hA.Close(context.Background()))
-
-	other := openFile(t, path) // a process without the hook (its own publish is not needed here)
-	var once atomic.Bool
-	pub := &onPublish{before: func(realtime.Publication) {
-		if once.CompareAndSwap(false, true) {
-			mustNoErr(t, other.Model(&Post{ID: p.ID}).Update("title", "v2").Error)
-		}
-	}}
-	dbB := openFile(t, path)
-	useOutbox(t, dbB, pub, fastOutbox)
-	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, dbB) == 0 })
-	waitFor(t, "two events", func() bool { pub.mu.Lock(); defer pub.mu.Unlock(); return len(pub.events) >= 2 })
-	evs := pub.take()
-	last := evs[len(evs)-1]
-	if last.String() != "changed posts/1@default" || last.JSON != getJSON(t, dbB, p.ID) || !strings.Contains(last.JSON, `"v2"`) {
-		t.Errorf("last event %v %s, want the stored record", last, last.JSON)
 	}
 }
 
@@ -491,14 +469,12 @@ func TestOutboxPreparedStatements(t *testing.T) {
 	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, db) == 0 })
 	evs, _ := pub.got()
 	slices.Sort(evs)
-	equal(t, "events", evs, []string{"changed posts/1@default", "changed posts/2@default"})
+	equal(t, "events", evs, []string{"snapshot posts/1@default", "snapshot posts/2@default"})
 }
 
-// TestOutboxTenant: the drainer publishes to the tenant of the event: the
-// one WithTenant reads from the reloaded record, and for a deleted record
-// the one stored with the row (read from the row before the delete). The
-// create's row of the deleted record has no tenant (the hook did not read
-// the record in the transaction): the record's deleted is the delete's.
+// TestOutboxTenant: each row keeps the tenant WithTenant read from the
+// record in the transaction (for a delete, from the row before it); the
+// drainer publishes to it.
 func TestOutboxTenant(t *testing.T) {
 	db := openFile(t, newPath(t))
 	pub := downPub()
@@ -515,9 +491,7 @@ func TestOutboxTenant(t *testing.T) {
 	pub.down.Store(false)
 	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, db) == 0 })
 	evs, _ := pub.got()
-	slices.Sort(evs)
-	evs = slices.Compact(evs)
-	equal(t, "events", evs, []string{"changed posts/1@acme", "deleted posts/2@initech"})
+	equal(t, "events", evs, []string{"snapshot posts/1@acme", "snapshot posts/2@initech", "deleted posts/2@initech"})
 }
 
 // poisoned fails for one record with an error that is not an outage.
@@ -546,7 +520,7 @@ func TestOutboxPoisonRow(t *testing.T) {
 	evs, _ := pub.got()
 	slices.Sort(evs)
 	evs = slices.Compact(evs)
-	equal(t, "events", evs, []string{"changed posts/2@default", "changed posts/3@default"})
+	equal(t, "events", evs, []string{"snapshot posts/2@default", "snapshot posts/3@default"})
 	var left []string
 	mustNoErr(t, db.Table(gormhook.DefaultOutboxTable).Pluck("record_id", &left).Error)
 	equal(t, "rows left", left, []string{"1"})
@@ -588,7 +562,7 @@ func TestOutboxSkipsAPublisherThatIsDown(t *testing.T) {
 	mustNoErr(t, db2.Use(h2))
 	t.Cleanup(func() { _ = h2.Close(context.Background()) })
 	waitFor(t, "the outbox to drain", func() bool { return outboxRows(t, db) == 0 })
-	if evs := pub.take(); len(evs) != 1 || evs[0].String() != "changed posts/1@default" {
-		t.Fatalf("published %v, want the stored record as changed", evs)
+	if evs := pub.take(); len(evs) != 1 || evs[0].String() != "snapshot posts/1@default" || evs[0].Version != 1 {
+		t.Fatalf("published %v, want the committed snapshot", evs)
 	}
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 
-	"github.com/ginrealtime/realtime"
 	"gorm.io/gorm"
 )
 
@@ -74,9 +74,10 @@ func (p *hookPool) Ping() error {
 }
 
 // hookTx is a transaction begun through a hookPool. The changes of the
-// statements run in it wait in pending; Commit publishes them once the
-// database has committed, Rollback drops them, and a ROLLBACK TO SAVEPOINT
-// (GORM's nested transactions) drops those collected since the savepoint.
+// statements run in it wait in pending; Commit records them in the
+// transaction and publishes them once the database has committed, Rollback
+// drops them, and a ROLLBACK TO SAVEPOINT (GORM's nested transactions)
+// drops those collected since the savepoint.
 type hookTx struct {
 	gorm.Tx
 	pool *hookPool
@@ -97,23 +98,31 @@ var (
 	_ gorm.GetDBConnector = (*hookTx)(nil)
 )
 
-// Commit commits the transaction, then publishes its changes in order.
-// When the commit fails its outcome may be unknown (a connection lost during
-// COMMIT): the collections it wrote are resynced rather than left silent.
+// Commit records the transaction's events in it (record: versions taken,
+// records read, outbox rows inserted), commits, then publishes the rows
+// and deletes those published. When recording fails the transaction is
+// rolled back and Commit fails: a committed write always has its events.
+// When the COMMIT itself fails its outcome may be unknown (a connection
+// lost during COMMIT): if it did commit, its rows are in the outbox and the
+// drainer publishes them.
 func (t *hookTx) Commit() error {
-	err := t.Tx.Commit()
 	changes := t.take()
+	if len(changes) == 0 {
+		return t.Tx.Commit()
+	}
+	ctx := changes[0].ctx
+	rows, err := t.h.record(ctx, t.Tx, changes)
 	if err != nil {
-		if len(changes) > 0 && !errors.Is(err, sql.ErrTxDone) {
-			t.h.log.Warn("gormhook: commit failed; resyncing the collections it wrote", "err", err)
-			for i := range changes {
-				changes[i].event, changes[i].reload = realtime.EventResync, false
-			}
-			t.h.flush(t.pool, changes)
+		_ = t.Tx.Rollback()
+		return fmt.Errorf("gormhook: commit: %w", err)
+	}
+	if err := t.Tx.Commit(); err != nil {
+		if !errors.Is(err, sql.ErrTxDone) {
+			t.h.log.Warn("gormhook: commit failed; if it did commit, the drainer publishes its events", "err", err)
 		}
 		return err
 	}
-	t.h.flush(t.pool, changes)
+	t.h.publishCommitted(ctx, t.pool, rows)
 	return nil
 }
 

@@ -2,15 +2,19 @@ package gormhook
 
 import (
 	"context"
-	"database/sql"
 	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ginrealtime/realtime"
+	"github.com/glebarez/sqlite"
 	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 )
 
 func TestParseSavepoint(t *testing.T) {
@@ -84,100 +88,118 @@ func TestSavepointBookkeeping(t *testing.T) {
 	}
 }
 
-// TestSequencer: a record is not published by a flush numbered below one
-// that already published it; entries are pruned once no older flush is in
-// flight.
-func TestSequencer(t *testing.T) {
-	s := newSequencer()
-	a, b := s.begin(), s.begin()
-	var calls []string
-	pub := func(name string) func() { return func() { calls = append(calls, name) } }
-	if !s.publish("posts\x001", b, pub("b1")) || s.publish("posts\x001", a, pub("a1")) {
-		t.Fatal("the older flush published after the newer one")
-	}
-	if !s.publish("posts\x002", a, pub("a2")) || !s.publish("posts\x002", b, pub("b2")) || !s.publish("posts\x002", b, pub("b2 again")) {
-		t.Fatal("in-order publishes refused")
-	}
-	if want := []string{"b1", "a2", "b2", "b2 again"}; !slices.Equal(calls, want) {
-		t.Fatalf("calls %q, want %q", calls, want)
-	}
-	s.end(a)
-	s.end(b)
-	if s.low() != b+1 {
-		t.Fatalf("low = %d with nothing in flight, want %d", s.low(), b+1)
-	}
-	c := s.begin()
-	for i := range 64 * (minPruneLimit + 1) * 2 {
-		s.publish(string(rune(i)), c, func() {})
-	}
-	s.end(c)
-	d := s.begin()
-	for i := range 64 * (minPruneLimit + 1) * 2 {
-		s.publish("x"+string(rune(i)), d, func() {})
-	}
-	s.end(d)
-	total := 0
-	for i := range s.stripes {
-		total += len(s.stripes[i].last)
-	}
-	if total > 64*4*minPruneLimit {
-		t.Fatalf("%d entries kept: not pruned", total)
-	}
-}
-
-// failingTx is a gorm.Tx whose Commit fails.
-type failingTx struct {
+// lostCommit is a gorm.Tx whose COMMIT reports a failure after committing
+// (commit true) or after rolling back: a connection lost during COMMIT,
+// outcome unknown to the client.
+type lostCommit struct {
 	gorm.Tx
-	err error
+	commit bool
 }
 
-func (f failingTx) Commit() error   { return f.err }
-func (f failingTx) Rollback() error { return nil }
+func (l lostCommit) Commit() error {
+	if l.commit {
+		_ = l.Tx.Commit()
+	} else {
+		_ = l.Tx.Rollback()
+	}
+	return errors.New("connection reset during COMMIT")
+}
 
-type resyncRecorder struct {
+type countingPub struct {
 	mu       sync.Mutex
-	resyncs  []string
-	publishd int
+	events   []string
+	resyncs  int
+	versions []uint64
 }
 
-func (r *resyncRecorder) Publish(context.Context, realtime.Publication) (string, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.publishd++
+func (c *countingPub) Publish(_ context.Context, p realtime.Publication) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.events = append(c.events, p.Event+" "+p.Collection+"/"+p.ID)
+	c.versions = append(c.versions, p.Version)
 	return `"x"`, nil
 }
 
-func (r *resyncRecorder) Resync(ctx context.Context, collection string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.resyncs = append(r.resyncs, realtime.TenantFrom(ctx)+"/"+collection)
+func (c *countingPub) Resync(context.Context, string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resyncs++
 	return nil
 }
 
-// TestCommitFailure: a failed commit publishes no event; when its outcome may
-// be unknown the collections it wrote are resynced, once each.
+type post struct {
+	ID    uint `gorm:"primaryKey"`
+	Title string
+}
+
+// TestCommitFailure: a COMMIT that fails publishes nothing at commit time
+// and resyncs nothing. If it did commit, its rows are in the outbox and
+// the drainer publishes them exactly (the version taken in it); if it did
+// not, nothing is left and no version was taken.
 func TestCommitFailure(t *testing.T) {
-	for _, tc := range []struct {
-		err  error
-		want []string
-	}{
-		{errors.New("connection reset during COMMIT"), []string{"default/posts", "acme/posts", "default/tags"}},
-		{sql.ErrTxDone, nil},
-	} {
-		rec := &resyncRecorder{}
-		h := &Hook{pub: rec, log: slog.New(slog.DiscardHandler), seq: newSequencer()}
-		posts, tags := &watched{collection: "posts"}, &watched{collection: "tags"}
-		tx := &hookTx{Tx: failingTx{err: tc.err}, pool: &hookPool{h: h}, h: h}
-		acme := realtime.WithTenant(context.Background(), "acme")
-		tx.add(change{ctx: context.Background(), w: posts, event: realtime.EventSnapshot, id: "1", reload: true},
-			change{ctx: context.Background(), w: posts, event: realtime.EventDeleted, id: "2"},
-			change{ctx: acme, w: posts, event: realtime.EventChanged, id: "3", reload: true},
-			change{ctx: context.Background(), w: tags, event: realtime.EventDeleted, id: "a,b"})
-		if err := tx.Commit(); !errors.Is(err, tc.err) {
-			t.Fatalf("Commit() = %v, want %v", err, tc.err)
-		}
-		if rec.publishd != 0 || !slices.Equal(rec.resyncs, tc.want) {
-			t.Errorf("%v: %d events, resyncs %q; want none and %q", tc.err, rec.publishd, rec.resyncs, tc.want)
-		}
+	for _, committed := range []bool{false, true} {
+		t.Run(fmt.Sprint("committed=", committed), func(t *testing.T) {
+			db, err := gorm.Open(sqlite.Open(filepath.Join(t.TempDir(), "t.db")+"?_pragma=busy_timeout(5000)"),
+				&gorm.Config{Logger: logger.Discard})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sqlDB, _ := db.DB()
+			t.Cleanup(func() { _ = sqlDB.Close() })
+			if err := db.AutoMigrate(&post{}); err != nil {
+				t.Fatal(err)
+			}
+			pub := &countingPub{}
+			h := New(pub, Watch(&post{}, "posts"), WithLogger(slog.New(slog.DiscardHandler)),
+				WithOutbox(OutboxConfig{Interval: 5 * time.Millisecond, Grace: 10 * time.Millisecond}))
+			if err := db.Use(h); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = h.Close(context.Background()) })
+
+			tx := db.Begin()
+			ht, _ := txOf(tx.Statement.ConnPool)
+			if ht == nil {
+				t.Fatal("not a hook transaction")
+			}
+			ht.Tx = lostCommit{Tx: ht.Tx, commit: committed}
+			if err := tx.Create(&post{Title: "a"}).Error; err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit().Error; err == nil {
+				t.Fatal("the failed COMMIT returned no error")
+			}
+			pub.mu.Lock()
+			n, r := len(pub.events), pub.resyncs
+			pub.mu.Unlock()
+			if n != 0 || r != 0 {
+				t.Fatalf("%d events, %d resyncs at commit; want none", n, r)
+			}
+			if !committed {
+				time.Sleep(50 * time.Millisecond)
+				var rows, versions int64
+				db.Table(DefaultOutboxTable).Count(&rows)
+				db.Table(DefaultVersionTable).Count(&versions)
+				if rows != 0 || versions != 0 || len(pub.events) != 0 {
+					t.Fatalf("rolled back: %d rows, %d versions, events %v", rows, versions, pub.events)
+				}
+				return
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				pub.mu.Lock()
+				n := len(pub.events)
+				pub.mu.Unlock()
+				if n > 0 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			pub.mu.Lock()
+			defer pub.mu.Unlock()
+			if !slices.Equal(pub.events, []string{"snapshot posts/1"}) || !slices.Equal(pub.versions, []uint64{1}) {
+				t.Fatalf("drained %v versions %v; want snapshot posts/1 at version 1", pub.events, pub.versions)
+			}
+		})
 	}
 }

@@ -47,11 +47,15 @@ func (e *etagTap) last() (event, etag string) {
 	return e.evs[len(e.evs)-1], e.etags[len(e.etags)-1]
 }
 
-// TestWithRealtimePlugin: with the real plugin, the ETag of each event is the
-// one the app's REST handler computes with rt.ETag over the record it reads,
-// also when the write had only part of the record; the events reach the
-// plugin's long poll with those ETags as ids.
+// TestWithRealtimePlugin: with the real plugin, on every database, the ETag
+// of each event is the one the app's REST handler computes with rt.ETag over
+// the record it reads, also when the write had only part of the record; the
+// events reach the plugin's long poll with those ETags as ids.
 func TestWithRealtimePlugin(t *testing.T) {
+	forEachDialect(t, testWithRealtimePlugin)
+}
+
+func testWithRealtimePlugin(t *testing.T, tdb *testDB) {
 	secret := []byte("x")
 	rt, err := realtime.New(realtime.Config{JWTSecret: secret})
 	mustNoErr(t, err)
@@ -63,8 +67,8 @@ func TestWithRealtimePlugin(t *testing.T) {
 		}
 	})
 	tap := &etagTap{Plugin: rt}
-	db := openRaw(t, nil)
-	mustNoErr(t, db.Use(gormhook.New(tap, gormhook.Watch(&Post{}, "posts"))))
+	db := tdb.open(t)
+	use(t, db, gormhook.New(tap, gormhook.Watch(&Post{}, "posts")))
 
 	// What the app's GET handler sends as ETag.
 	restETag := func(id uint) string {
@@ -129,5 +133,48 @@ func TestWithRealtimePlugin(t *testing.T) {
 	mustNoErr(t, db.Delete(&p).Error)
 	if ev, etag := tap.last(); ev != "deleted posts/1" || etag != realtime.TombstoneETag("posts", "1") {
 		t.Fatalf("after delete: %s %s", ev, etag)
+	}
+}
+
+// Doc carries its own ETag (a revision column) and implements
+// realtime.Versioner with it.
+type Doc struct {
+	ID   uint   `json:"id" gorm:"primaryKey"`
+	Rev  uint64 `json:"rev"`
+	Body string `json:"body"`
+}
+
+func (d *Doc) ETag() string          { return fmt.Sprintf(`"rev-%d"`, d.Rev) }
+func (d *Doc) RecordVersion() uint64 { return d.Rev }
+
+// TestETaggerAndVersioner: a record's own ETag (realtime.ETagger) is its
+// events' ETag, as the plugin gives it to the app's handlers; its
+// realtime.Versioner is not the events' version: the hook numbers them.
+func TestETaggerAndVersioner(t *testing.T) {
+	rt, err := realtime.New(realtime.Config{JWTSecret: []byte("x")})
+	mustNoErr(t, err)
+	t.Cleanup(func() { _ = rt.Close(context.Background()) })
+	tp := &tap{Plugin: rt}
+	db := openRaw(t, nil)
+	mustNoErr(t, db.AutoMigrate(&Doc{}))
+	use(t, db, gormhook.New(tp, gormhook.Watch(&Doc{}, "docs")))
+	d := Doc{Rev: 10, Body: "a"}
+	mustNoErr(t, db.Create(&d).Error)
+	mustNoErr(t, db.Model(&d).Updates(map[string]any{"rev": 20, "body": "b"}).Error)
+	want, err := rt.ETag("docs", "1", &Doc{ID: 1, Rev: 20, Body: "b"})
+	mustNoErr(t, err)
+	if want != `"rev-20"` {
+		t.Fatalf("rt.ETag = %s", want)
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if len(tp.calls) != 2 || tp.calls[0].Version != 1 || tp.calls[1].Version != 2 || tp.calls[1].Err != nil ||
+		tp.calls[0].ETag != `"rev-10"` || tp.calls[1].ETag != want {
+		t.Fatalf("publishes %+v, want versions 1 and 2 with the records' own ETags", tp.calls)
+	}
+	var etags []string
+	mustNoErr(t, db.Table(gormhook.DefaultOutboxTable).Pluck("etag", &etags).Error)
+	if len(etags) != 0 {
+		t.Fatalf("outbox rows left: %v", etags)
 	}
 }

@@ -275,7 +275,7 @@ func TestUnmanagedTransaction(t *testing.T) {
 	db := openRaw(t, nil)
 	early := db.WithContext(t.Context()) // derived before db.Use: the raw pool
 	rec := &recorder{}
-	mustNoErr(t, db.Use(gormhook.New(rec, gormhook.Watch(&Post{}, "posts"))))
+	use(t, db, gormhook.New(rec, gormhook.Watch(&Post{}, "posts")))
 
 	err := early.Transaction(func(tx *gorm.DB) error { return tx.Create(&Post{Title: "a"}).Error })
 	if !errors.Is(err, gormhook.ErrUnmanagedTx) {

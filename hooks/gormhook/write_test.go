@@ -412,7 +412,7 @@ func TestWatchForms(t *testing.T) {
 		t.Run(fmt.Sprintf("%T", model), func(t *testing.T) {
 			db := openRaw(t, nil)
 			rec := &recorder{}
-			mustNoErr(t, db.Use(gormhook.New(rec, gormhook.Watch(model, "posts"))))
+			use(t, db, gormhook.New(rec, gormhook.Watch(model, "posts")))
 			mustNoErr(t, db.Create(&Post{Title: "a"}).Error)
 			got, _ := rec.got()
 			equal(t, "events", got, []string{"snapshot posts/1@default"})
@@ -498,24 +498,30 @@ func TestCreateFromMap(t *testing.T) {
 }
 
 // TestPublishFailuresAreLogged: a failing publisher cannot fail the
-// committed write; its error is logged.
+// committed write; an outage is logged once, another failure per event,
+// with the event's collection, ID and type.
 func TestPublishFailuresAreLogged(t *testing.T) {
 	var logs logBuffer
 	db, rec := openDB(t, gormhook.WithLogger(newLogger(&logs)))
 	rec.fail = fmt.Errorf("broker down: %w", realtime.ErrUnavailable)
 	mustNoErr(t, db.Transaction(func(tx *gorm.DB) error { return tx.Create(&Post{Title: "a"}).Error }))
 	mustNoErr(t, db.Session(&gorm.Session{AllowGlobalUpdate: true}).Model(&Post{}).Where("1 = 1").Limit(1).Update("title", "b").Error)
+	rec.fail = errors.New("publisher bug")
+	mustNoErr(t, db.Create(&Post{Title: "c"}).Error)
 	out := logs.String()
-	for _, want := range []string{"publish after commit failed", "collection=posts", "id=1", "event=snapshot",
-		"broker down", "resync after commit failed"} {
+	for _, want := range []string{"publisher unavailable", "broker down",
+		`msg="gormhook: publish failed; kept in the outbox" collection=posts id=2 event=snapshot version=1`, "publisher bug"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
+	if n := strings.Count(out, "publisher unavailable"); n != 1 {
+		t.Errorf("the outage logged %d times, want once:\n%s", n, out)
+	}
 	var n int64
 	mustNoErr(t, db.Model(&Post{}).Count(&n).Error)
-	if n != 1 {
-		t.Errorf("%d posts stored, want 1", n)
+	if n != 2 {
+		t.Errorf("%d posts stored, want 2", n)
 	}
 }
 
@@ -549,7 +555,7 @@ func TestInitializeErrors(t *testing.T) {
 	}
 	t.Run("one hook on two databases", func(t *testing.T) {
 		h := gormhook.New(&recorder{}, gormhook.Watch(&Post{}, "posts"))
-		mustNoErr(t, openRaw(t, nil).Use(h))
+		use(t, openRaw(t, nil), h)
 		if err := openRaw(t, nil).Use(h); !errors.Is(err, realtime.ErrInvalidConfig) {
 			t.Fatalf("err = %v", err)
 		}
@@ -570,16 +576,16 @@ func TestDBStillWorks(t *testing.T) {
 		return err
 	}))
 	ps := openRaw(t, &gorm.Config{PrepareStmt: true})
-	mustNoErr(t, ps.Use(gormhook.New(&recorder{}, gormhook.Watch(&Post{}, "posts"))))
+	use(t, ps, gormhook.New(&recorder{}, gormhook.Watch(&Post{}, "posts")))
 	_, err = ps.DB()
 	mustNoErr(t, err)
 	mustNoErr(t, ps.Transaction(func(tx *gorm.DB) error { return tx.Create(&Post{Title: "p"}).Error }))
 }
 
 // TestConcurrentWriters: transactions updating one record from many
-// goroutines commit and publish in any interleaving; the last version
-// published for the record is the stored one (an older reload never
-// overwrites a newer one).
+// goroutines each publish their own version exactly once: versions 1 to N,
+// each with the record as that transaction committed it (views counts the
+// updates), however the publishes interleave.
 func TestConcurrentWriters(t *testing.T) {
 	db, rec := openDB(t)
 	sqlDB, err := db.DB()
@@ -611,48 +617,52 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs := rec.take()
-	if len(evs) < 2 {
-		t.Fatalf("%d events", len(evs))
+	if len(evs) != 1+writers*each {
+		t.Fatalf("%d events, want %d", len(evs), 1+writers*each)
 	}
-	if last, want := evs[len(evs)-1].JSON, getJSON(t, db, p.ID); last != want {
-		t.Fatalf("last event %s\nstored       %s", last, want)
+	byVersion := map[uint64]*Post{}
+	for _, e := range evs {
+		if byVersion[e.Version] != nil {
+			t.Fatalf("version %d published twice", e.Version)
+		}
+		byVersion[e.Version] = e.Record.(*Post)
 	}
-	var final Post
-	mustNoErr(t, json.Unmarshal([]byte(evs[len(evs)-1].JSON), &final))
-	if final.Views != 7+writers*each {
-		t.Fatalf("views %d, want %d", final.Views, 7+writers*each)
+	for v := uint64(1); v <= 1+writers*each; v++ {
+		if r := byVersion[v]; r == nil || r.Views != 7+int(v)-1 {
+			t.Fatalf("version %d: %+v, want views %d", v, r, 7+int(v)-1)
+		}
+	}
+	if last := byVersion[1+writers*each]; last.Views != 7+writers*each {
+		t.Fatalf("last version %+v", last)
 	}
 }
 
-// TestStaleReloadNotPublished makes the race deterministic: commit A reloads
-// its record, then, before A publishes, commit B updates the record and
-// publishes. A's reloaded version is older than B's: it must not be
-// published after it.
-func TestStaleReloadNotPublished(t *testing.T) {
+// TestReadInTransaction: the record an event carries is read inside the
+// write's transaction, before its COMMIT (and after its version is taken):
+// never a later state merged in.
+func TestReadInTransaction(t *testing.T) {
 	db, rec := openDB(t)
 	p := Post{Title: "p"}
 	mustNoErr(t, db.Create(&p).Error)
 	rec.take()
-	var armed, fired atomic.Bool
-	errB := make(chan error, 1)
-	mustNoErr(t, db.Callback().Query().After("gorm:query").Register("test:interleave", func(*gorm.DB) {
-		if !armed.Load() || !fired.CompareAndSwap(false, true) {
-			return
+	var reads, inTx atomic.Int32
+	mustNoErr(t, db.Callback().Query().Before("gorm:query").Register("test:in_tx", func(db *gorm.DB) {
+		if db.Statement.Table == "posts" {
+			reads.Add(1)
+			if _, ok := db.Statement.ConnPool.(gorm.TxCommitter); ok {
+				inTx.Add(1)
+			}
 		}
-		// Inside A's reload, after A's commit: B runs to completion.
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			errB <- db.Model(&Post{ID: p.ID}).Update("title", "B").Error
-		}()
-		<-done
 	}))
-	armed.Store(true)
 	mustNoErr(t, db.Model(&Post{ID: p.ID}).Update("title", "A").Error)
-	mustNoErr(t, <-errB)
+	mustNoErr(t, db.Transaction(func(tx *gorm.DB) error { return tx.Model(&Post{ID: p.ID}).Update("title", "B").Error }))
+	if reads.Load() != 2 || inTx.Load() != 2 {
+		t.Fatalf("%d reads of posts, %d in a transaction; want 2 and 2", reads.Load(), inTx.Load())
+	}
 	evs := rec.take()
-	if len(evs) != 1 || evs[0].JSON != getJSON(t, db, p.ID) || !strings.Contains(evs[0].JSON, `"title":"B"`) {
-		t.Fatalf("events %v: want only B's version", evs)
+	if len(evs) != 2 || evs[0].Record.(*Post).Title != "A" || evs[0].Version != 2 ||
+		evs[1].Record.(*Post).Title != "B" || evs[1].Version != 3 {
+		t.Fatalf("events %v", evs)
 	}
 }
 

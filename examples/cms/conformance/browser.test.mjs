@@ -3,7 +3,9 @@
 // browser contexts (two users, two "tabs") see each other's edits; the
 // server restarted mid-session and the page recovering by itself; a network
 // drop (Playwright's offline mode) caught up by replay; a user push acked
-// from the page. Screenshots go to screenshots/ (git-ignored).
+// from the page; WebSockets blocked (Playwright's WebSocket routing closes
+// every socket) and the page living on the HTTP fallback, then back on the
+// WebSocket. Screenshots go to screenshots/ (git-ignored).
 //
 // Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM_PATH): on CI
 // (CI=true) a missing browser fails, elsewhere the suite is skipped.
@@ -213,4 +215,68 @@ test("a user push reaches the page and its ack reaches the sender", { skip }, as
   await pageA.waitForSelector('.push[data-event="announcement"]', { timeout: guard });
   await shot(pageA, "07-pushes-alice.png");
   await shot(pageB, "07-pushes-bob.png");
+});
+
+test("WebSockets blocked: pushes, acks and records fall back to HTTP, and move back to the WebSocket once it connects", { skip }, async () => {
+  const dana = token({ sub: "dana", tenant });
+  const ctxC = await browser.newContext({ viewport: { width: 1360, height: 820 } });
+  let blocked = true;
+  let refused = 0;
+  // A proxy that does not let WebSockets through: each one closes before
+  // reaching the server.
+  await ctxC.routeWebSocket(/\/api\/v1\/ws/, (ws) => {
+    if (!blocked) return ws.connectToServer();
+    refused++;
+    return ws.close({ code: 1011, reason: "blocked" });
+  });
+  try {
+    const pageC = await openPage(ctxC, dana, "dana");
+    assert.ok(refused >= 2, `the WebSocket was tried first (${refused} refused)`);
+    assert.equal(await pageC.evaluate(() => window.cms.rt.transportInUse), "sse");
+    assert.match(await text(pageC, "#conn"), /SSE fallback · live/);
+
+    // Records follow their SSE streams.
+    await editAsBob({ title: "Seen over the fallback" });
+    await pageC.waitForFunction(() => document.querySelector("#lTitle").textContent === "Seen over the fallback", null, { timeout: guard });
+
+    // A push to Dana reaches the page over the pushes stream; her ack
+    // reaches the sender over POST /acks.
+    const sent = fetch(`${ex.url}/api/v1/notify`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${publisher}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ users: ["dana"], event: "fallback_check", data: { n: 1 }, awaitAcks: "10s" }),
+    });
+    const btn = await pageC.waitForSelector('.push[data-event="fallback_check"] button.ack', { timeout: guard });
+    await shot(pageC, "08-websocket-blocked.png");
+    await btn.click();
+    const out = await (await sent).json();
+    assert.deepEqual([out.delivered, out.timedOut, out.acks.length], [1, 0, 1]);
+    assert.equal(out.acks[0].user, "dana");
+    assert.equal(out.acks[0].connectionId, await pageC.evaluate(() => window.cms.rt.connectionId));
+    // The page's channel (announce.*) comes through the stream too.
+    await fetch(`${ex.url}/api/v1/notify`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${publisher}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ channel: "announce.fallback", event: "fallback_announcement", data: { text: "over SSE" } }),
+    });
+    await pageC.waitForSelector('.push[data-event="fallback_announcement"]', { timeout: guard });
+
+    // The WebSocket gets through again: the page moves back to it.
+    blocked = false;
+    await pageC.waitForFunction(() => window.cms.rt.transportInUse === "websocket" && window.cms.rt.state === "open", null, { timeout: guard });
+    assert.match(await text(pageC, "#conn"), /^socket · live/);
+    await editAsBob({ title: "Seen over the WebSocket again" });
+    await pageC.waitForFunction(() => document.querySelector("#lTitle").textContent === "Seen over the WebSocket again", null, { timeout: guard });
+    const r = await fetch(`${ex.url}/api/v1/notify`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${publisher}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ users: ["dana"], event: "back_on_socket" }),
+    });
+    assert.equal((await r.json()).delivered, 1, "one connection: the fallback stream has ended");
+    await pageC.waitForSelector('.push[data-event="back_on_socket"]', { timeout: guard });
+    assert.equal(await pageC.$$eval('.push[data-event="fallback_check"]', (p) => p.length), 1, "no push shown twice");
+    await shot(pageC, "09-back-on-websocket.png");
+  } finally {
+    await ctxC.close();
+  }
 });

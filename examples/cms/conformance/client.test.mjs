@@ -71,6 +71,11 @@ function notify(tenant, body) {
     body: JSON.stringify(body),
   }).then((r) => r.json());
 }
+// connections counts a user's connections in presence (sockets and pushes streams).
+async function connections(tenant, user) {
+  const res = await fetch(`${ex.url}/api/v1/presence/${user}`, { headers: { Authorization: `Bearer ${publisher(tenant)}` } });
+  return (await res.json()).connections;
+}
 
 // ---- pure functions ---------------------------------------------------------
 
@@ -214,36 +219,132 @@ test("a server restart: record and collection streams come back; resync when the
   rt.close();
 });
 
-test("token refresh: the callback runs before expiry and the socket moves to the new token without a gap", async () => {
+test("token refresh: the callback runs before expiry and the socket takes the new token in place, without a gap", async () => {
   const tenant = "client-refresh";
   const exp = Math.floor(Date.now() / 1000) + 34;
   const short = token({ sub: "frank", tenant, exp });
   let calls = 0;
   let calledAt = 0;
+  let fresh = "";
   const rt = client({
     token: short,
     refreshBefore: 31000, // refresh ~3 s from now, well before exp
     refreshToken: async () => {
       calls++;
       calledAt = Date.now();
-      return token({ sub: "frank", tenant });
+      fresh = token({ sub: "frank", tenant, exp: exp + 3600 });
+      return fresh;
     },
   });
   const post = await createPost(token({ sub: "frank", tenant }), "r1");
   const h = recorder();
   rt.record("posts", post.id, h);
-  const rotated = [];
+  const refreshed = [], rotated = [];
+  rt.on("refreshed", (r) => refreshed.push(r));
   rt.on("rotated", (r) => rotated.push(r));
   await until(() => h.calls.length === 1, "the snapshot");
   const before = rt.connectionId;
-  await until(() => rotated.length === 1, "the rotation to the fresh token");
+  await until(() => refreshed.length === 1, "the refresh on the socket");
   assert.equal(calls, 1);
   assert.ok(calledAt < exp * 1000 - 25000, "called before expiry, refreshBefore ahead");
-  assert.notEqual(rt.connectionId, before);
+  assert.equal(refreshed[0].exp, exp + 3600, "the connection's expiry is the new token's");
+  assert.equal(rt.connectionId, before, "the same connection");
+  assert.deepEqual(rotated, []);
   assert.equal(rt.state, "open");
   const v2 = await patch(token({ sub: "frank", tenant }), post.id, { title: "r2" });
-  await until(() => h.calls.length === 2, "the change after the rotation");
+  await until(() => h.calls.length === 2, "the change after the refresh");
   await sleep(100);
   assert.deepEqual(h.calls.slice(1), [["changed", "r2", v2]], "once, not doubled");
+
+  // A token of another user is refused by the socket (forbidden): the
+  // client moves to a new socket with it (make before break).
+  rt._setToken(token({ sub: "grace", tenant }));
+  await until(() => rotated.length === 1, "the rotation");
+  assert.notEqual(rt.connectionId, before);
+  assert.equal(rt.state, "open");
   rt.close();
 });
+
+/** blockable returns a WebSocket constructor that fails like a blocked one while blocked.on. */
+function blockable() {
+  const blocked = { on: true, attempts: 0 };
+  class MaybeWS {
+    constructor(url) {
+      blocked.attempts++;
+      if (!blocked.on) return new WebSocket(url);
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 3;
+        this.onerror?.({});
+        this.onclose?.({ code: 1006, reason: "" });
+      }, 5);
+    }
+    send() {
+      throw new Error("not open");
+    }
+    close() {}
+  }
+  return { blocked, MaybeWS };
+}
+
+for (const mode of ["sse", "poll"]) {
+  test(`fallback (${mode}): a WebSocket that cannot connect moves pushes, channels, acks and records to HTTP, and back once it can`, async () => {
+    const tenant = `client-fallback-${mode}`;
+    const tok = token({ sub: "hana", tenant });
+    const post = await createPost(tok, "f1");
+    const { blocked, MaybeWS } = blockable();
+    const rt = client({ token: tok, WebSocket: MaybeWS, fallback: mode, backoff: { initial: 100, max: 400 } });
+    const transports = [];
+    rt.on("transport", (t) => transports.push(t));
+    const h = recorder();
+    rt.record("posts", post.id, h);
+    const got = [];
+    rt.pushSub("news.*", (data, msg, ack) => {
+      got.push(`${msg.channel}:${data.n}`);
+      ack({ n: data.n });
+    });
+    rt.onMessage("direct", (data, msg, ack) => {
+      got.push(`direct:${data.n}`);
+      ack({ direct: data.n });
+    });
+    await until(() => rt.transportInUse === mode && rt.state === "open", `the ${mode} fallback`);
+    assert.ok(blocked.attempts >= 2, "the WebSocket was tried first");
+    await until(() => h.calls.length === 1, "the snapshot over the record's SSE stream");
+    assert.deepEqual(h.calls[0], ["snapshot", "f1", post.etag]);
+    const v2 = await patch(tok, post.id, { title: "f2" });
+    await until(() => h.calls.length === 2, "the change over SSE");
+    assert.deepEqual(h.calls[1], ["changed", "f2", v2]);
+
+    // Pushes to the user and to its channels arrive and are acked over HTTP.
+    let r;
+    for (;;) {
+      r = await notify(tenant, { users: ["hana"], event: "direct", data: { n: 1 }, awaitAcks: "5s" });
+      if (r.delivered === 1) break; // a poll may be between two requests
+    }
+    assert.deepEqual(r.acks.map((a) => [a.user, a.result]), [["hana", { direct: 1 }]]);
+    for (;;) {
+      r = await notify(tenant, { channel: "news.today", event: "n", data: { n: 2 }, awaitAcks: "5s" });
+      if (r.delivered === 1) break;
+    }
+    assert.deepEqual(r.acks.map((a) => a.result), [{ n: 2 }]);
+    await until(() => got.includes("news.today:2"), "the channel push");
+
+    // The WebSocket can connect again: it takes over, the fallback ends.
+    blocked.on = false;
+    await until(() => rt.transportInUse === "websocket" && rt._fb === null, "back on the WebSocket");
+    assert.deepEqual(transports, [mode, "websocket"]);
+    const wsConn = rt.connectionId;
+    // The server notices the fallback's stream ending when its connection
+    // closes: wait for it before counting.
+    await until(async () => (await connections(tenant, "hana")) === 1, "the fallback's stream to end on the server");
+    r = await notify(tenant, { users: ["hana"], event: "direct", data: { n: 3 }, awaitAcks: "5s" });
+    assert.deepEqual([r.delivered, r.acks[0].connectionId], [1, wsConn], "only the socket is left");
+    const v3 = await patch(tok, post.id, { title: "f3" });
+    await until(() => h.calls.length === 3, "the change over the socket");
+    await sleep(100);
+    assert.deepEqual(h.calls[2], ["changed", "f3", v3]);
+    assert.equal(h.calls.length, 3, "nothing doubled at the hand-over");
+    assert.equal(got.filter((g) => g === "direct:1").length, 1);
+    rt.close();
+  });
+}

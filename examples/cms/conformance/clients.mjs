@@ -144,8 +144,10 @@ export function follow(url, types = recordEvents, init) {
 /**
  * startProxy listens on a free port and pipes every connection to port on
  * 127.0.0.1. cut drops every open connection and holds new ones until
- * release; switchTo sends the connections that come next to another port
- * (a load balancer moving to another instance).
+ * release; drop(fraction) closes that share of the open connections (each
+ * with probability fraction, drawn from rand) and lets new ones through;
+ * switchTo sends the connections that come next to another port (a load
+ * balancer moving to another instance).
  */
 export function startProxy(port) {
   let target = port;
@@ -185,6 +187,19 @@ export function startProxy(port) {
           held = [];
           h.forEach(pipe);
         },
+        drop(fraction = 1, rand = Math.random) {
+          let n = 0;
+          for (const pair of [...conns]) {
+            if (rand() < fraction) {
+              pair.sock.destroy();
+              pair.up.destroy();
+              conns.delete(pair);
+              n++;
+            }
+          }
+          return n;
+        },
+        openCount: () => conns.size,
         heldCount: () => held.length,
         switchTo: (p) => (target = p),
         close() {

@@ -14,6 +14,33 @@ import { fileURLToPath } from "node:url";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
+// Every process the suites start (instances, redis-servers) until it exits:
+// whatever way this process ends, none is left behind (a stopped one is
+// killed too: SIGKILL needs no SIGCONT).
+// Likewise the temporary directories and databases not removed yet.
+const children = new Set();
+const leftovers = new Set(); // functions that remove something, synchronously
+function track(proc) {
+  children.add(proc);
+  proc.once("exit", () => children.delete(proc));
+  return proc;
+}
+process.once("exit", () => {
+  for (const proc of children) {
+    try {
+      proc.kill("SIGKILL");
+    } catch {}
+  }
+  for (const remove of leftovers) {
+    try {
+      remove();
+    } catch {}
+  }
+});
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(sig, () => process.exit(128 + os.constants.signals[sig]));
+}
+
 /** Hang guard for every wait, never a timing assertion (ms). */
 export const guard = 15000;
 
@@ -125,9 +152,11 @@ export async function startRedis() {
     url: `redis://127.0.0.1:${port}/0`,
     /** start runs redis-server and waits for its port. */
     start() {
-      proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-        stdio: "ignore",
-      });
+      proc = track(
+        spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+          stdio: "ignore",
+        }),
+      );
       return waitPort(port);
     },
     /** kill ends the process at once and waits for it. */
@@ -137,9 +166,83 @@ export async function startRedis() {
       proc.kill("SIGKILL");
       await exited;
     },
+    /** running reports whether the process is alive. */
+    running: () => !!proc && proc.exitCode === null && proc.signalCode === null,
   };
   await r.start();
   return r;
+}
+
+// --- databases --------------------------------------------------------------
+
+/**
+ * Where fresh databases are created: the servers .ci/run starts (the Go
+ * tests of examples/cms read the same variables). The MySQL URL is of the
+ * form mysql://user:pass@host:port/db.
+ */
+const adminURL = {
+  postgres: process.env.TEST_POSTGRES_URL || "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+  mysql: process.env.TEST_MYSQL_URL || "mysql://root@127.0.0.1:3306/test",
+};
+
+/** sql runs statement on kind's server as its admin (psql or mariadb). */
+function sql(kind, statement) {
+  if (kind === "postgres") {
+    execFileSync("psql", ["-w", "-q", adminURL.postgres, "-c", statement], {
+      stdio: ["ignore", "ignore", "pipe"],
+      timeout: guard,
+      env: { ...process.env, PGCONNECT_TIMEOUT: "5" },
+    });
+    return;
+  }
+  const u = new URL(adminURL.mysql);
+  const args = ["--protocol=tcp", "-h", u.hostname, "-P", u.port || "3306", "-u", decodeURIComponent(u.username), "--connect-timeout=5", "-e", statement];
+  execFileSync("mariadb", args, {
+    stdio: ["ignore", "ignore", "pipe"],
+    timeout: guard,
+    env: { ...process.env, MYSQL_PWD: decodeURIComponent(u.password) },
+  });
+}
+
+/**
+ * databaseSkip is a test's skip value for a database kind ("sqlite",
+ * "postgres", "mysql"): false when its server answers, else why not. On CI
+ * a missing one is a failure (.ci/run starts both).
+ */
+export function databaseSkip(kind) {
+  if (kind === "sqlite") return false;
+  const missing = needs(kind === "postgres" ? "psql" : "mariadb");
+  if (missing) return missing;
+  try {
+    sql(kind, "select 1");
+    return false;
+  } catch (err) {
+    const why = `no ${kind} server answers at ${adminURL[kind].replace(/\/\/[^@/]*@/, "//")}: ${String(err.stderr ?? err.message).trim()}`;
+    if (process.env.CI === "true") throw new Error(`${why} (.ci/run starts it)`);
+    return why;
+  }
+}
+
+/**
+ * createDatabase creates an empty database on kind's server and returns
+ * its DATABASE_URL and drop(), which removes it (connections still open
+ * included, on PostgreSQL).
+ */
+export function createDatabase(kind) {
+  const name = `cms_fault_${crypto.randomBytes(6).toString("hex")}`;
+  sql(kind, `CREATE DATABASE ${name}`);
+  const u = new URL(adminURL[kind]);
+  u.pathname = `/${name}`;
+  const remove = () => sql(kind, `DROP DATABASE IF EXISTS ${name}${kind === "postgres" ? " WITH (FORCE)" : ""}`);
+  leftovers.add(remove);
+  return {
+    name,
+    url: u.toString(),
+    drop: () => {
+      leftovers.delete(remove);
+      remove();
+    },
+  };
 }
 
 // --- the example server -----------------------------------------------------
@@ -148,12 +251,16 @@ export async function startRedis() {
  * startExample builds examples/cms into a fresh temporary directory and
  * starts it on a free port. The handle can stop and start the same binary
  * again (same port, same database: a restart) and close everything.
- * Options: env (more environment, e.g. REDIS_URL), db (the SQLite file,
- * to share one between instances; default: in the instance's directory),
- * bin (an already built binary: ex.bin of another instance).
+ * Options: env (more environment, e.g. REDIS_URL or DATABASE_URL), db (the
+ * SQLite file, to share one between instances; default: in the instance's
+ * directory), bin (an already built binary: ex.bin of another instance),
+ * degraded (start() is done once /healthz answers at all, 503 included: an
+ * instance whose Redis is down is up).
  */
 export async function startExample(opts = {}) {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "cms-conformance-"));
+  const removeWork = () => fs.rmSync(work, { recursive: true, force: true });
+  leftovers.add(removeWork);
   const bin = opts.bin ?? path.join(work, "cms");
   const db = opts.db ?? path.join(work, "cms.db");
   if (!opts.bin) {
@@ -175,27 +282,44 @@ export async function startExample(opts = {}) {
     url: `http://127.0.0.1:${port}`,
     /** start runs the binary and waits for /healthz. */
     async start() {
-      server = spawn(bin, [], {
-        env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: db, ...(opts.env ?? {}) },
-        stdio: ["ignore", "ignore", fs.openSync(path.join(work, "cms.log"), "a")],
-      });
+      const log = fs.openSync(path.join(work, "cms.log"), "a");
+      server = track(
+        spawn(bin, [], {
+          env: { ...process.env, PORT: String(port), JWT_SECRET: secret, DB_PATH: db, ...(opts.env ?? {}) },
+          stdio: ["ignore", "ignore", log],
+        }),
+      );
+      fs.closeSync(log); // the child has its own copy
       const until = Date.now() + guard;
       while (Date.now() < until) {
-        if (server.exitCode !== null) break;
+        if (server.exitCode !== null || server.signalCode !== null) break;
         try {
-          if ((await fetch(`${ex.url}/healthz`)).ok) return;
+          const res = await fetch(`${ex.url}/healthz`, { signal: AbortSignal.timeout(2000) });
+          await res.arrayBuffer();
+          if (res.ok || (opts.degraded && res.status === 503)) return;
         } catch {}
         await sleep(50);
       }
       throw new Error(`the example did not become ready; its log:\n${ex.log()}`);
     },
-    /** stop ends the process (SIGTERM) and waits for it. */
+    /**
+     * stop ends the process (SIGCONT, in case it is stopped, then SIGTERM)
+     * and waits for it; one that has not exited after the hang guard is
+     * killed.
+     */
     async stop() {
-      if (!server || server.exitCode !== null || server.signalCode !== null) return;
+      if (!ex.running()) return;
       const exited = new Promise((r) => server.once("exit", r));
+      server.kill("SIGCONT");
       server.kill("SIGTERM");
+      const t = setTimeout(() => server.kill("SIGKILL"), guard);
       await exited;
+      clearTimeout(t);
     },
+    /** running reports whether the process is alive (stopped included). */
+    running: () => !!server && server.exitCode === null && server.signalCode === null,
+    /** signal sends sig (SIGSTOP, SIGCONT) to the process. */
+    signal: (sig) => ex.running() && server.kill(sig),
     /** kill ends the process at once (SIGKILL: no clean shutdown) and waits for it. */
     async kill() {
       if (!server || server.exitCode !== null || server.signalCode !== null) return;
@@ -206,7 +330,8 @@ export async function startExample(opts = {}) {
     /** close stops the server and removes its directory. */
     async close() {
       await ex.stop();
-      fs.rmSync(work, { recursive: true, force: true });
+      leftovers.delete(removeWork);
+      removeWork();
     },
     /** log returns what the example wrote to stderr so far. */
     log: () => {
@@ -224,8 +349,27 @@ export async function startExample(opts = {}) {
         body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
       }),
   };
-  await ex.start();
+  try {
+    await ex.start();
+  } catch (err) {
+    await ex.kill();
+    fs.rmSync(work, { recursive: true, force: true }); // the binary too, when built here
+    throw err;
+  }
   return ex;
+}
+
+/**
+ * buildExample builds examples/cms once into a temporary directory (removed
+ * when this process exits) and returns the binary's path, for
+ * startExample's bin option.
+ */
+export function buildExample() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cms-build-"));
+  leftovers.add(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const bin = path.join(dir, "cms");
+  execFileSync("go", ["build", "-o", bin, "./examples/cms"], { cwd: repo, stdio: "inherit" });
+  return bin;
 }
 
 /**

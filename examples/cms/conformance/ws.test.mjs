@@ -103,11 +103,36 @@ test("a foreign Origin is refused with 403 before the upgrade; the same host is 
   await closeAll(same);
 });
 
-test("no token or a bad token is refused with 401 before the upgrade", async () => {
-  assert.equal((await refusal(wsURL())).status, 401);
-  assert.equal((await refusal(wsURL(`?token=${tamper(token({ sub: "alice" }))}`))).status, 401);
+// closedWith opens a socket the server must refuse after the upgrade and
+// resolves the frames it sent and the close code and reason it read.
+function closedWith(url, headers = {}) {
+  const ws = new WebSocket(url, { headers });
+  const frames = [];
+  return withGuard(
+    new Promise((resolve, reject) => {
+      ws.on("error", reject);
+      ws.on("message", (d) => frames.push(JSON.parse(String(d))));
+      ws.once("unexpected-response", (_req, res) => reject(new Error(`refused with ${res.statusCode} before the upgrade`)));
+      ws.once("close", (code, reason) => resolve({ frames, code, reason: String(reason) }));
+    }),
+    "the refusal's close",
+  );
+}
+
+test("no token, a bad token or a wildcard sub: one error frame, then close 4401", async () => {
   const expired = token({ sub: "alice", exp: Math.floor(Date.now() / 1000) - 3600 });
-  assert.equal((await refusal(wsURL(), { Authorization: `Bearer ${expired}` })).status, 401);
+  for (const [url, headers] of [
+    [wsURL(), {}],
+    [wsURL(`?token=${tamper(token({ sub: "alice" }))}`), {}],
+    [wsURL(), { Authorization: `Bearer ${expired}` }],
+    [wsURL(`?token=${token({ sub: "user.*" })}`), {}],
+  ]) {
+    const r = await closedWith(url, headers);
+    assert.equal(r.code, 4401, JSON.stringify(r));
+    assert.equal(r.frames.length, 1, JSON.stringify(r.frames));
+    assert.equal(r.frames[0].type, "error");
+    assert.equal(r.frames[0].code, "unauthorized");
+  }
 });
 
 // --- frames -----------------------------------------------------------------------
@@ -200,11 +225,14 @@ test("no cross-tenant delivery", async () => {
     await Promise.all([a.barrier(), b.barrier()]);
     assert.deepEqual(a.pushes().map((f) => f.event), ["all", "to-alice", "on-news"]);
     assert.deepEqual(b.pushes(), []);
-    // A tenant in the body does not override the token's.
-    const r = await notify("t-acme", { event: "smuggled", tenant: "t-globex" });
-    assert.equal(r.delivered, 1);
-    await b.barrier();
+    // A tenant in the body cannot override the token's: the field is
+    // refused (strict input) and nothing is pushed.
+    const res = await ex.api("POST", "/notify", publisher("t-acme"), { event: "smuggled", tenant: "t-globex" });
+    assert.equal(res.status, 400);
+    assert.equal((await res.json()).error.message, 'unknown field "tenant"');
+    await Promise.all([a.barrier(), b.barrier()]);
     assert.deepEqual(b.pushes(), []);
+    assert.equal(a.pushes().length, 3);
   } finally {
     await closeAll(a, b);
   }
@@ -359,14 +387,125 @@ test("a frame over 64 KiB closes the connection with 1009, and the client reads 
   } finally {
     await closeAll(c);
   }
-  // Just under the limit is fine.
+  // Just under the limit is fine (an ack of an unknown push, ignored quietly).
   const ok = await connect(ex, token({ sub: "alice", tenant: "t-big" }));
   try {
-    const pad = "x".repeat(64 * 1024 - 40);
-    const f = await ok.request(JSON.stringify({ type: "ping", pad }), () => true, "pong to a large ping");
+    const pad = "x".repeat(64 * 1024 - 100); // the frame: 22 bytes under the limit
+    ok.send(JSON.stringify({ type: "ack", envelopeId: "00000000-0000-0000-0000-000000000000", result: pad }));
+    const f = await ok.request({ type: "ping" }, () => true, "the answer after a large frame");
     assert.deepEqual(f, { type: "pong" });
   } finally {
     await closeAll(ok);
+  }
+});
+
+// --- strict input, limits, refresh, publish (§1, §6) ------------------------------
+
+test("strict input: an unknown or mistyped field is a bad_request naming it, on the socket and on POST /notify", async () => {
+  const t = "t-strict";
+  const c = await connect(ex, token({ sub: "alice", tenant: t }));
+  try {
+    for (const [m, msg] of [
+      [{ type: "subscribe", channels: ["a"], chanels: ["b"] }, 'unknown field "chanels"'],
+      [{ type: "subscribe", channels: "a" }, 'field "channels" must be an array of strings'],
+      [{ type: "ack", envelopeId: "e", connectionId: "x" }, 'unknown field "connectionId"'],
+    ]) {
+      const f = await c.request(m, () => true, `the answer to ${JSON.stringify(m)}`);
+      assert.deepEqual([f.type, f.code, f.message], ["error", "bad_request", msg]);
+    }
+    const sub = await subscribe(c, { channels: ["a"] });
+    assert.deepEqual(sub.channels, ["a"], "the refused messages changed nothing");
+  } finally {
+    await closeAll(c);
+  }
+  for (const [body, msg] of [
+    [{ users: ["u1"], exclude_users: ["u2"], event: "e" }, 'unknown field "exclude_users"'],
+    [{ users: "u1", event: "e" }, 'field "users" must be an array of strings'],
+  ]) {
+    const res = await ex.api("POST", "/notify", publisher(t), body);
+    assert.equal(res.status, 400);
+    assert.deepEqual((await res.json()).error, { code: "bad_request", message: msg });
+  }
+  // event is optional: "message".
+  const d = await connect(ex, token({ sub: "u1", tenant: t }));
+  try {
+    await notify(t, { users: ["u1"], data: { n: 1 } });
+    const m = await d.next((f) => f.type === "message", "the push without event");
+    assert.equal(m.event, "message");
+  } finally {
+    await closeAll(d);
+  }
+});
+
+test("a text frame that is not UTF-8 closes with 1007", async () => {
+  const c = await connect(ex, token({ sub: "alice", tenant: "t-utf8" }));
+  c.ws.send(Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x7d]), { binary: false });
+  const { code } = await withGuard(c.closed, "the close");
+  assert.equal(code, 1007);
+});
+
+test("a client over the message rate is closed with 1008; another connection is not", async () => {
+  const t = "t-rate";
+  const fast = await connect(ex, token({ sub: "alice", tenant: t }));
+  const calm = await connect(ex, token({ sub: "alice", tenant: t }));
+  try {
+    for (let i = 0; i < 300 && fast.ws.readyState === WebSocket.OPEN; i++) fast.send({ type: "ping" });
+    const { code, reason } = await withGuard(fast.closed, "the close");
+    assert.equal(code, 1008);
+    assert.match(reason, /rate/);
+    const pongs = fast.frames.filter((f) => f.type === "pong").length;
+    // At most the burst was answered (the close goes ahead of answers still queued).
+    assert.ok(pongs > 0 && pongs <= 101, `${pongs} pongs, want at most the burst (100)`);
+    assert.deepEqual(await calm.request({ type: "ping" }, () => true, "calm's pong"), { type: "pong" });
+  } finally {
+    await closeAll(fast, calm);
+  }
+});
+
+test("refresh: a fresh token of the same identity extends the socket; another identity or a bad token is refused", async () => {
+  const t = "t-refresh";
+  const c = await connect(ex, token({ sub: "alice", tenant: t, exp: Math.floor(Date.now() / 1000) + 60 }));
+  try {
+    const exp = Math.floor(Date.now() / 1000) + 7200;
+    const ok = await c.request({ type: "refresh", token: token({ sub: "alice", tenant: t, exp }) }, () => true, "refreshed");
+    assert.deepEqual(ok, { type: "refreshed", exp });
+    for (const [tok, code] of [
+      [token({ sub: "bob", tenant: t }), "forbidden"],
+      [token({ sub: "alice", tenant: "other" }), "forbidden"],
+      [tamper(token({ sub: "alice", tenant: t })), "unauthorized"],
+    ]) {
+      const f = await c.request({ type: "refresh", token: tok }, () => true, "the refusal");
+      assert.deepEqual([f.type, f.code], ["error", code]);
+    }
+    assert.equal(c.hello.connectionId, c.frames[0].connectionId);
+    assert.equal(c.ws.readyState, WebSocket.OPEN);
+  } finally {
+    await closeAll(c);
+  }
+});
+
+test("publish from the socket: on chat.* it reaches subscribers with from and history; elsewhere forbidden", async () => {
+  const t = "t-publish";
+  const sub = await connect(ex, token({ sub: "bob", tenant: t }));
+  const pub = await connect(ex, token({ sub: "alice", tenant: t }));
+  try {
+    await subscribe(sub, { channels: ["chat.*"] });
+    const ans = await pub.request({ type: "publish", channel: "chat.room1", event: "msg", data: { text: "hi" } }, () => true, "published");
+    assert.equal(ans.type, "published", JSON.stringify(ans));
+    assert.equal(ans.channel, "chat.room1");
+    assert.match(ans.envelopeId, uuidRE);
+    const m = await sub.next((f) => f.type === "message", "the published push");
+    assert.deepEqual([m.envelopeId, m.channel, m.event, m.data, m.from], [ans.envelopeId, "chat.room1", "msg", { text: "hi" }, "alice"]);
+    const h = await ex.api("GET", "/channels/chat.room1/history", token({ sub: "carol", tenant: t }));
+    assert.deepEqual((await h.json()).messages.map((e) => [e.envelopeId, e.from]), [[ans.envelopeId, "alice"]]);
+    for (const channel of ["news.today", "user.alice"]) {
+      const f = await pub.request({ type: "publish", channel, event: "msg" }, () => true, "the refusal");
+      assert.deepEqual([f.type, f.code, f.channel], ["error", "forbidden", channel]);
+    }
+    await sub.barrier();
+    assert.equal(sub.pushes().length, 1, "the refused publishes reached nobody");
+  } finally {
+    await closeAll(sub, pub);
   }
 });
 

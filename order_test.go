@@ -1,0 +1,284 @@
+package realtime
+
+// Deterministic regression tests of the order rules (subscription.go):
+// what a subscriber gets when its broker delivers a duplicate, an older
+// version, a version after a lost one, or reports a gap; and the version
+// of a snapshot. The broker is the in-process engine, driven directly.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/gorilla/websocket"
+)
+
+// tapBroker is an engine node whose Node the test can call itself, as a
+// broker would.
+type tapBroker struct {
+	Broker
+	node Node
+}
+
+func (b *tapBroker) Start(n Node) error {
+	b.node = n
+	return b.Broker.Start(n)
+}
+
+// orderEnv is a plugin on a tapped in-process engine, with a record store.
+type orderEnv struct {
+	m     *MemoryBroker
+	tap   *tapBroker
+	rt    *Plugin
+	srv   *httptest.Server
+	store *versionedStore
+	tok   string
+}
+
+// versionedStore is a RecordLoader that reports the version it loads.
+type versionedStore struct {
+	recordStore
+	versions map[Ref]uint64
+}
+
+func (s *versionedStore) Load(ctx context.Context, ref Ref) (any, error) {
+	rec, err := s.recordStore.Load(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return VersionedRecord{Record: rec, Version: s.versions[ref]}, nil
+}
+
+func newOrderEnv(t *testing.T) *orderEnv {
+	t.Helper()
+	e := &orderEnv{m: NewMemoryBroker(MemoryBufferConfig{}), tok: userToken(t, "u1")}
+	e.store = &versionedStore{recordStore: *newRecordStore(), versions: map[Ref]uint64{}}
+	e.tap = &tapBroker{Broker: e.m.Node()}
+	e.rt, e.srv = newTestServer(t, Config{Broker: e.tap, Loader: e.store.Load})
+	return e
+}
+
+// event is version v of posts/id.
+func (e *orderEnv) event(t *testing.T, id string, v uint64) *Event {
+	t.Helper()
+	ev, err := e.rt.newEvent(context.Background(), Publication{Collection: "posts", ID: id, Event: EventChanged,
+		Data: json.RawMessage(fmt.Sprintf(`{"id":%q,"v":%d}`, id, v)), Version: v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// store records version v of posts/id as the stored record.
+func (e *orderEnv) put(id string, v uint64) {
+	ref := Ref{Tenant: DefaultTenant, Collection: "posts", ID: id}
+	e.store.put(ref, json.RawMessage(fmt.Sprintf(`{"id":%q,"v":%d}`, id, v)))
+	e.store.mu.Lock()
+	e.store.versions[ref] = v
+	e.store.mu.Unlock()
+}
+
+// publish stores and publishes version v (appended and delivered).
+func (e *orderEnv) publish(t *testing.T, id string, v uint64) *Event {
+	t.Helper()
+	e.put(id, v)
+	ev := e.event(t, id, v)
+	if err := e.rt.publish(context.Background(), ev, false); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// lose stores and appends version v to the buffer without delivering it:
+// a message the link lost.
+func (e *orderEnv) lose(t *testing.T, id string, v uint64) *Event {
+	t.Helper()
+	e.put(id, v)
+	ev := e.event(t, id, v)
+	if _, _, err := e.m.rec.appendRecord(ev, false); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// deliver hands ev to the node as the broker would, at a new position of
+// its stream (what a broker that forgot the record's last version would
+// do).
+func (e *orderEnv) deliver(t *testing.T, ev *Event) {
+	t.Helper()
+	seq, err := e.m.buf.Append(context.Background(), StreamKey{Tenant: "other", Collection: "x"}, &Event{Type: EventChanged, ETag: `"x"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.tap.node.Deliver(ev.Ref, Entry{Seq: seq, Event: ev})
+}
+
+// follow opens a WebSocket following posts/id, past its first frames
+// (subscribed, snapshot).
+func (e *orderEnv) follow(t *testing.T, id string) *websocket.Conn {
+	t.Helper()
+	c, _ := connectWS(t, e.srv, e.tok)
+	subscribeRecords(t, c, "subscribe", wsRecordReq{Collection: "posts", ID: id})
+	expectRec(t, c, "subscribed", "")
+	expectRec(t, c, EventSnapshot, id)
+	return c
+}
+
+// expectVersion reads the next record frame and checks it is ev.
+func expectVersion(t *testing.T, c *websocket.Conn, typ string, ev *Event) recFrame {
+	t.Helper()
+	f := expectRec(t, c, typ, ev.Ref.ID)
+	if f.ETag != ev.ETag {
+		t.Fatalf("got %s, want %s", f.raw, ev.Data)
+	}
+	return f
+}
+
+// TestOrderDuplicateAndOlderVersionsDropped: a broker that delivers a
+// version twice, or an older one after a newer (a late drainer, a Redis
+// that forgot the record's last version), is never followed by a
+// subscriber: each version once, in order.
+func TestOrderDuplicateAndOlderVersionsDropped(t *testing.T) {
+	e := newOrderEnv(t)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	v2 := e.publish(t, "1", 2)
+	expectVersion(t, c, EventChanged, v2)
+	e.deliver(t, v2)                 // the same version again, at a new position
+	e.deliver(t, e.event(t, "1", 1)) // an older one
+	v3 := e.publish(t, "1", 3)
+	expectVersion(t, c, EventChanged, v3) // not 2 again, nor 1
+}
+
+// TestOrderJumpResumesFromBuffer: a version delivered after a lost one
+// (the link dropped a message) makes a WebSocket's record resume from its
+// last version: the missed events come from the buffer, in order, without
+// resync, then the one that revealed the loss.
+func TestOrderJumpResumesFromBuffer(t *testing.T) {
+	e := newOrderEnv(t)
+	e.publish(t, "1", 1)
+	c := e.follow(t, "1")
+	v2 := e.lose(t, "1", 2)
+	v3 := e.lose(t, "1", 3)
+	e.deliver(t, v3)
+	expectVersion(t, c, EventChanged, v2)
+	expectVersion(t, c, EventChanged, v3)
+	v4 := e.publish(t, "1", 4)
+	expectVersion(t, c, EventChanged, v4)
+}
+
+// TestOrderJumpWithoutBufferResyncs: when the missed versions are not in
+// the buffer (a Redis restarted empty), the record gets resync and the
+// stored record, before any later event, and never goes back.
+func TestOrderJumpWithoutBufferResyncs(t *testing.T) {
+	e := newOrderEnv(t)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2)            // committed, its event lost
+	e.put("1", 3)            // committed, its event lost
+	v4 := e.event(t, "1", 4) // delivered, but not in the buffer
+	e.put("1", 4)
+	e.deliver(t, v4)
+	if f := expectRec(t, c, EventResync, "1"); f.Reason != reasonBufferMiss {
+		t.Fatalf("%s", f.raw)
+	}
+	if f := expectRec(t, c, EventSnapshot, "1"); string(f.Data) != `{"id":"1","v":4}` {
+		t.Fatalf("after the resync: %s, want the stored version 4", f.raw)
+	}
+	e.deliver(t, e.event(t, "1", 3)) // a late older version: dropped
+	v5 := e.publish(t, "1", 5)
+	expectVersion(t, c, EventChanged, v5)
+}
+
+// TestOrderGapWithEventsAvailable: the broker's gap report when nothing
+// was missed (or the missed events are in the buffer) costs no resync.
+func TestOrderGapWithEventsAvailable(t *testing.T) {
+	e := newOrderEnv(t)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	v2 := e.publish(t, "1", 2)
+	expectVersion(t, c, EventChanged, v2)
+	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+	v3 := e.lose(t, "1", 3)
+	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+	expectVersion(t, c, EventChanged, v3)
+	v4 := e.publish(t, "1", 4)
+	expectVersion(t, c, EventChanged, v4)
+}
+
+// TestOrderGapHoldsLaterEvents: after a gap, events delivered while the
+// record resumes wait for it: the resync (when one is needed) comes
+// before them.
+func TestOrderGapHoldsLaterEvents(t *testing.T) {
+	e := newOrderEnv(t)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2) // its event lost, and not in the buffer
+	key := Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"}
+	e.tap.node.Gap(key)
+	v3 := e.publish(t, "1", 3)
+	f := expectRec(t, c, EventResync, "1")
+	_ = f
+	snap := expectRec(t, c, EventSnapshot, "1")
+	if snap.ETag == v3.ETag {
+		return // the stored record was already version 3: nothing more
+	}
+	expectVersion(t, c, EventChanged, v3)
+}
+
+// TestOrderVersionedSnapshotNeverGoesBack: a subscriber whose snapshot is
+// version 5 (the loader says so) while the buffer is behind (the outbox
+// has not published 3, 4, 5 yet) never gets them afterwards, only what
+// follows.
+func TestOrderVersionedSnapshotNeverGoesBack(t *testing.T) {
+	e := newOrderEnv(t)
+	e.publish(t, "1", 1)
+	e.publish(t, "1", 2)
+	e.put("1", 5) // committed: 3, 4 and 5 wait in an outbox
+	c := e.follow(t, "1")
+	for v := uint64(3); v <= 5; v++ {
+		e.publish(t, "1", v)
+	}
+	v6 := e.publish(t, "1", 6)
+	expectVersion(t, c, EventChanged, v6)
+}
+
+// TestOrderJumpEndsSSEStream: an SSE record stream that would skip a
+// version ends; its client resumes from its Last-Event-ID and gets what it
+// missed.
+func TestOrderJumpEndsSSEStream(t *testing.T) {
+	e := newOrderEnv(t)
+	v1 := e.publish(t, "1", 1)
+	s := openStream(t, nil, recordURL(e.srv, "1"), e.tok, http.Header{"Last-Event-ID": {v1.ETag}})
+	waitFor(t, "the stream", func() bool { return e.rt.Subscribers() == 1 })
+	v2 := e.lose(t, "1", 2)
+	v3 := e.lose(t, "1", 3)
+	e.deliver(t, v3)
+	if fs := readToEnd(t, s.fr); len(fs) != 0 {
+		t.Fatalf("got %v, want the stream's end", framesOf(fs))
+	}
+	again := openStream(t, nil, recordURL(e.srv, "1"), e.tok, http.Header{"Last-Event-ID": {v1.ETag}})
+	expectFrames(t, again, frame{EventChanged, v2.ETag, ""}, frame{EventChanged, v3.ETag, ""})
+}
+
+// TestMemoryBufferRefusesNegativeBounds: a negative bound is refused, as
+// Config refuses its own.
+func TestMemoryBufferRefusesNegativeBounds(t *testing.T) {
+	for _, cfg := range []MemoryBufferConfig{{Size: -1}, {MaxAge: -1}, {MaxBytes: -1}} {
+		func() {
+			defer func() {
+				err, _ := recover().(error)
+				if !errors.Is(err, ErrInvalidConfig) {
+					t.Errorf("NewMemoryBuffer(%+v): panic %v, want ErrInvalidConfig", cfg, err)
+				}
+			}()
+			NewMemoryBuffer(cfg)
+		}()
+	}
+}

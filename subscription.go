@@ -1,0 +1,259 @@
+package realtime
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// subscription is one client following one stream: a record's (key.ID
+// set) or a collection's. Its frames go to its connection's queue (c): an
+// SSE stream or a long poll has one subscription (solo), a WebSocket one
+// per record it follows.
+//
+// The rules of the stream are written here, once, for every transport and
+// for one node or many:
+//   - Hand-over. A subscription holds from the start: the events delivered
+//     while its first frames are computed (the §3 selection: snapshot,
+//     replay or resync) wait in held; release queues the first frames, then
+//     the held events that come after them, each exactly once (positions:
+//     Entry.Seq; the snapshot's version: skip).
+//   - Order. A record's events carry versions (Event.Version, consecutive
+//     per record): an event at or below the version already sent is
+//     dropped, never sent twice or backwards; an event beyond the next one
+//     means events were missed, and so does a gap reported by the broker.
+//     Then the subscription resumes from the last ETag it sent, as a
+//     reconnecting client would (resume): it holds its live events, reads
+//     what it missed from the buffer, or gets resync and the stored
+//     record, before any later event.
+//   - Access. Its record events are checked against its identity before
+//     each is written (checkFrames).
+//
+// Its fields after c are guarded by c.mu.
+type subscription struct {
+	streams *recordStreams
+	key     StreamKey
+	ident   *Identity
+	c       *conn
+	// solo is set when the subscription is its connection's only one (an
+	// SSE stream, a long poll): it is revoked or resumed by ending the
+	// connection, whose client then reconnects from its Last-Event-ID.
+	// Otherwise (a WebSocket's record) that happens in place, and drop
+	// removes it from its connection.
+	solo bool
+	drop func(*subscription) // multiplexed: called once when revoked
+	idx  int                 // position in the hub's list, under the key's stripe
+	// started is when the subscription began: the events published since
+	// are metered for their delivery latency (stats_meter.go).
+	started time.Time
+	// watched is set while the broker delivers key's events for it; detach
+	// undoes it once.
+	watched atomic.Bool
+
+	holding  bool   // first frames not queued yet: live events wait in held
+	held     []out  // live events that arrived while holding
+	lastSeq  uint64 // position of the newest stream event queued
+	version  uint64 // version of the record sent last (0: unknown)
+	lastETag string // ETag of the record event queued last: where a resume starts
+	skipETag string // a snapshot of unknown position just queued: drop a live event of the same version
+	gone     bool   // detached: nothing more is queued for it
+	resuming *Event // the resync frame of a resume under way (its reason)
+}
+
+func newSubscription(rs *recordStreams, key StreamKey, ident *Identity, c *conn, solo bool) *subscription {
+	return &subscription{streams: rs, key: key, ident: ident, c: c, solo: solo, idx: -1, holding: true, started: time.Now()}
+}
+
+// offer queues a live event (c.mu not held); it reports whether c must be
+// kicked. It never blocks: a full queue is the conn's overflow.
+func (s *subscription) offer(o out) bool {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.gone || c.state != connOpen {
+		return false
+	}
+	if s.holding {
+		if len(s.held) >= c.max {
+			c.t.overflow(c)
+			return false
+		}
+		s.held = append(s.held, o)
+		return false
+	}
+	if !s.admitLocked(o) {
+		return false
+	}
+	return c.pushLocked(o)
+}
+
+// admitLocked applies the stream's rules to a live event about to be
+// queued: false drops it (already queued, older than what was sent, or the
+// start of a resume, which then holds it).
+func (s *subscription) admitLocked(o out) bool {
+	ev := o.ev
+	if o.seq != 0 {
+		if o.seq <= s.lastSeq {
+			return false // already queued (replay/live hand-over)
+		}
+		s.lastSeq = o.seq
+	}
+	if ev.Type == EventResync {
+		return true // a collection's resync frame
+	}
+	if s.skipETag != "" {
+		if ev.ETag == s.skipETag {
+			s.skipETag = ""
+			return false // the snapshot already carried this version
+		}
+		s.skipETag = ""
+	}
+	if s.key.ID != "" && ev.Version > 0 && s.version > 0 {
+		switch {
+		case ev.Version <= s.version:
+			return false // sent already, or older than what was sent
+		case ev.Version > s.version+1:
+			// Versions were missed: resume from the last one sent (the
+			// resume reads this one back from the buffer, or its successor).
+			s.streams.stats.resync(resyncVersionJump, 1)
+			s.resumeLocked(resyncEvent)
+			return false
+		}
+	}
+	s.note(ev)
+	return true
+}
+
+// note records ev as the newest record event queued.
+func (s *subscription) note(ev *Event) {
+	if ev.ETag == "" {
+		return
+	}
+	s.lastETag = ev.ETag
+	if ev.Version > 0 {
+		s.version = ev.Version
+	}
+}
+
+// start is what a subscription receives before live events (§3): its
+// first frames, the stream position they bring it to (base), the ETag of a
+// snapshot whose position is unknown (skip: a live event of that version
+// is not sent again) and the version of the record they leave it at (0:
+// unknown).
+type start struct {
+	first   []out
+	base    uint64
+	skip    string
+	version uint64
+}
+
+// release queues st's first frames, then the live events held meanwhile
+// that come after them, and starts delivery.
+func (s *subscription) release(st start) {
+	c := s.c
+	c.mu.Lock()
+	kick := s.releaseLocked(st)
+	c.mu.Unlock()
+	if kick {
+		c.kick()
+	}
+}
+
+func (s *subscription) releaseLocked(st start) bool {
+	c := s.c
+	s.holding, s.resuming = false, nil
+	held := s.held
+	s.held = nil
+	if s.gone {
+		return false
+	}
+	s.lastSeq = st.base
+	s.skipETag = st.skip
+	if st.version > 0 {
+		s.version = st.version
+	}
+	kick := false
+	for _, o := range st.first {
+		if o.seq > s.lastSeq {
+			s.lastSeq = o.seq
+		}
+		if o.ev != nil {
+			s.note(o.ev)
+		}
+		kick = c.appendLocked(o, false) || kick
+	}
+	if st.skip != "" {
+		// The version of the snapshot was published while s held: the
+		// events held before it are older than the snapshot, and it is the
+		// snapshot's own.
+		for i, o := range held {
+			if o.seq != 0 && o.ev.ETag == st.skip {
+				held = held[i+1:]
+				s.skipETag = ""
+				break
+			}
+		}
+	}
+	for _, o := range held {
+		if s.holding || s.gone {
+			break // a resume began (versions missed): it reads them back
+		}
+		if s.admitLocked(o) {
+			kick = c.appendLocked(o, true) || kick
+		}
+	}
+	if c.state == connEnding {
+		kick = c.scheduleLocked() || kick
+	}
+	return kick
+}
+
+// resumeLocked handles a subscription that may have missed events (a
+// version jump, a gap in the broker's delivery, a bulk write): a solo one
+// ends its connection (the client reconnects from its Last-Event-ID); a
+// WebSocket's record holds its live events and resumes in place from the
+// last ETag it sent, with why as its resync frame if it gets one.
+func (s *subscription) resumeLocked(why *Event) {
+	if s.gone {
+		return
+	}
+	if s.solo || s.key.ID == "" {
+		if s.c.endLocked() {
+			s.c.kick() // never blocks, takes no lock of c's
+		}
+		return
+	}
+	if s.holding {
+		if s.resuming != nil && why != resyncEvent {
+			s.resuming = why
+		}
+		return // a resume (or the first frames) will read what it missed
+	}
+	s.holding, s.resuming = true, why
+	s.streams.resumer.add(s)
+}
+
+// resume is resumeLocked for a caller without c.mu.
+func (s *subscription) resume(why *Event) {
+	s.c.mu.Lock()
+	s.resumeLocked(why)
+	s.c.mu.Unlock()
+}
+
+// lastSent returns where a resume starts: the ETag of the last record
+// event queued and the reason of the resync it may get.
+func (s *subscription) lastSent() (lastETag string, why *Event, ok bool) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.gone || !s.holding {
+		return "", nil, false
+	}
+	return s.lastETag, s.resuming, true
+}
+
+// end marks s detached: nothing more is queued for it.
+func (s *subscription) end() {
+	s.c.mu.Lock()
+	s.gone = true
+	s.held = nil
+	s.c.mu.Unlock()
+}
