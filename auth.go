@@ -217,7 +217,21 @@ func (p *Plugin) identify(c *gin.Context) (*Identity, bool) {
 		p.refused(c, err)
 		return nil, false
 	}
-	return id, true
+	return p.kept(id), true
+}
+
+// kept is the identity a connection keeps: without its Claims when nothing
+// can read them (no Authorize, no AuthorizeChannel: the only readers of a
+// connection's identity), so that a long-lived stream or socket does not
+// hold the decoded token (about half a KiB). id itself, which the request's
+// context may hold for the app (IdentityFrom), is not changed.
+func (p *Plugin) kept(id *Identity) *Identity {
+	if id.Claims == nil || p.cfg.Authorize != nil || p.cfg.AuthorizeChannel != nil {
+		return id
+	}
+	short := *id
+	short.Claims = nil
+	return &short
 }
 
 // refused answers a failed authenticate and logs why at debug level (the

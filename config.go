@@ -208,7 +208,10 @@ type Config struct {
 	WSMaxMessageBytes int64
 	// WSSendQueue bounds the frames waiting to be written to one WebSocket;
 	// when it is full the connection is closed with 1013 (overflow policy:
-	// disconnect, never drop silently). Default: 256.
+	// disconnect, never drop silently). A queued frame costs 24 bytes (the
+	// encoded event is shared by every subscriber), so the default holds
+	// an unpaced burst of thousands of events to every socket without
+	// closing it. Default: 4096.
 	WSSendQueue int
 	// WSPingInterval is the interval of WebSocket pings. Default: 25s.
 	WSPingInterval time.Duration
@@ -299,7 +302,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"Writers", &c.Writers, 4 * runtime.GOMAXPROCS(0)},
 		{"WSMaxConnsPerUser", &c.WSMaxConnsPerUser, 16},
 		{"WSMaxConnsPerTenant", &c.WSMaxConnsPerTenant, 10000},
-		{"WSSendQueue", &c.WSSendQueue, 256},
+		{"WSSendQueue", &c.WSSendQueue, 4096},
 		{"WSMaxChannels", &c.WSMaxChannels, 100},
 		{"WSMaxRecords", &c.WSMaxRecords, 100},
 		{"MaxConnsPerIP", &c.MaxConnsPerIP, 0},

@@ -226,3 +226,32 @@ func TestClaimMappingApp(t *testing.T) {
 		t.Fatalf("sub only: %d", resp.StatusCode)
 	}
 }
+
+// TestConnectionKeepsClaimsOnlyWhenRead: a connection keeps its
+// identity's Claims when an Authorizer or a ChannelAuthorizer may read
+// them, and drops them otherwise (memory per connection); the identity the
+// request's context holds for the app keeps them either way.
+func TestConnectionKeepsClaimsOnlyWhenRead(t *testing.T) {
+	id := &Identity{User: "u1", Tenant: "t1", Claims: map[string]any{"role": "admin"}}
+	allow := func(context.Context, Access) error { return nil }
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		keep bool
+	}{
+		{"no callback", Config{}, false},
+		{"Authorize", Config{Authorize: allow}, true},
+		{"AuthorizeChannel", Config{AuthorizeChannel: func(context.Context, ChannelAccess) error { return nil }}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := &Plugin{cfg: c.cfg}
+			got := p.kept(id)
+			if (got.Claims != nil) != c.keep {
+				t.Fatalf("kept claims: %v, want %v", got.Claims != nil, c.keep)
+			}
+			if got.User != "u1" || got.Tenant != "t1" || id.Claims == nil {
+				t.Fatalf("kept %+v from %+v", got, id)
+			}
+		})
+	}
+}

@@ -110,6 +110,7 @@ func (w *wsServer) handleWS(c *gin.Context) {
 		p.refused(c, err)
 		return
 	}
+	ident = p.kept(ident)
 	if !validHandshake(c.Request) {
 		writeError(c, badRequest("a WebSocket handshake (version 13) is required"))
 		return

@@ -317,7 +317,7 @@ func TestWSConfigDefaultsAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.WSMaxConnsPerUser != 16 || c.WSMaxConnsPerTenant != 10000 || c.WSMaxMessageBytes != 64<<10 ||
-		c.WSSendQueue != 256 || c.WSPingInterval != 25*time.Second || c.WSPongWait != 60*time.Second || c.WSMaxChannels != 100 {
+		c.WSSendQueue != 4096 || c.WSPingInterval != 25*time.Second || c.WSPongWait != 60*time.Second || c.WSMaxChannels != 100 {
 		t.Fatalf("defaults: %+v", c)
 	}
 	for _, bad := range []Config{

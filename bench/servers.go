@@ -297,7 +297,7 @@ func (r *realtimeImpl) subscribers() int64 {
 
 func (r *realtimeImpl) config() string {
 	s := "gin release mode, no middleware; realtime.New(Config{JWTSecret, Logger: discard}) with every other field at its default " +
-		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 256, WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s, in-memory buffer of 100 events per record/channel)"
+		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s, in-memory buffer of 100 events per record/channel)"
 	if r.ws {
 		s += ", except WSMaxConnsPerUser and WSMaxConnsPerTenant raised to 50,000 (every client has the same token)"
 	}
