@@ -261,11 +261,18 @@ func targetsUser(prior json.RawMessage, user string) bool {
 // for a WebSocket's record its subscription ends with an error frame and
 // the connection stays.
 func checkFrames(batch []out) ([]out, bool) {
+	// Most batches need no check (no Authorizer): leave them as they are.
 	n := 0
+	for n < len(batch) && !needsCheck(&batch[n]) {
+		n++
+	}
+	if n == len(batch) {
+		return batch, false
+	}
 	var revoked []*subscription
-	for _, o := range batch {
+	for _, o := range batch[n:] {
 		s := o.sub
-		if s == nil || o.ev == nil || o.ev.ETag == "" || !s.streams.access.checksFrames() {
+		if !needsCheck(&o) {
 			batch[n] = o
 			n++
 			continue
@@ -294,6 +301,13 @@ func checkFrames(batch []out) ([]out, bool) {
 		s.drop(s)
 	}
 	return batch[:n], false
+}
+
+// needsCheck reports whether o is a record event of a subscription whose
+// access is checked before each frame.
+func needsCheck(o *out) bool {
+	s := o.sub
+	return s != nil && o.ev != nil && o.ev.ETag != "" && s.streams.access.checksFrames()
 }
 
 func containsSub(list []*subscription, s *subscription) bool {

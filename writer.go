@@ -177,12 +177,18 @@ func (w *writerPool) addMany(list []*conn) {
 
 // next waits for a job. An extra worker retires instead of waiting when n
 // other workers are able to write, or the pool is closed. The worker's
-// tally is added to the meter before it waits.
+// tally is added to the meter before it waits, outside the pool's lock
+// (publishers take it to hand over conns).
 func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.head == len(w.ready) {
-		t.flush(&w.meter)
+		if t.jobs > 0 {
+			w.mu.Unlock()
+			t.flush(&w.meter)
+			w.mu.Lock()
+			continue
+		}
 		if extra && (w.closed || w.ableLocked(slot) >= w.n) {
 			w.retireLocked(slot)
 			return nil, false
