@@ -21,7 +21,7 @@ import (
 // delivers after it) while the channel stays subscribed.
 type chanResume struct {
 	holding bool
-	held    []out
+	held    []item
 	base    uint64
 }
 
@@ -68,7 +68,7 @@ func (t *target) dropResumes(channels []string, all bool) {
 // replay is one channel's replay for a target.
 type replay struct {
 	channel string
-	outs    []out
+	outs    []item
 	base    uint64
 	ok      bool // false: a miss (unknown or evicted resume point, unreadable buffer)
 }
@@ -93,7 +93,7 @@ func (ps *pushes) readReplay(ctx context.Context, t *target, ch, lastID string, 
 		for _, e := range lk.Events {
 			r.base = max(r.base, e.Seq)
 			if mayReceive(e.Event, t.ident.User, filters) {
-				r.outs = append(r.outs, out{ev: bufferedPush(e), seq: e.Seq})
+				r.outs = append(r.outs, item{ev: bufferedPush(e), seq: e.Seq})
 			}
 		}
 	}
@@ -133,20 +133,20 @@ func mayReceive(ev *Event, user string, filters []pushFilter) bool {
 func (t *target) release(r replay) {
 	outs := r.outs
 	if !r.ok {
-		outs = []out{{ev: channelResync(r.channel)}}
+		outs = []item{{ev: channelResync(r.channel)}}
 	}
 	c := t.c
 	c.mu.Lock()
 	kick := false
 	for _, o := range outs {
-		kick = c.pushLocked(o) || kick
+		kick = c.pushLocked(o.out()) || kick
 	}
 	if cr := t.resumes[r.channel]; cr != nil {
 		for _, o := range cr.held {
 			if o.seq != 0 && o.seq <= r.base {
 				continue // in the replay
 			}
-			kick = c.pushLocked(o) || kick
+			kick = c.pushLocked(o.out()) || kick
 		}
 		cr.held, cr.holding, cr.base = nil, false, r.base
 		if r.base == 0 { // nothing to drop later

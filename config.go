@@ -208,7 +208,7 @@ type Config struct {
 	WSMaxMessageBytes int64
 	// WSSendQueue bounds the frames waiting to be written to one WebSocket;
 	// when it is full the connection is closed with 1013 (overflow policy:
-	// disconnect, never drop silently). A queued frame costs 24 bytes (the
+	// disconnect, never drop silently). A queued frame costs 16 bytes (the
 	// encoded event is shared by every subscriber), so the default holds
 	// an unpaced burst of thousands of events to every socket without
 	// closing it. Default: 4096.

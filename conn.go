@@ -93,12 +93,24 @@ type transport interface {
 
 // out is one entry of a conn's queue: an event, which the conn's transport
 // encodes (Event.kind says what it is: a record event, a push, a
-// WebSocket answer…). Small, since queues hold many under load.
+// WebSocket answer…). Two words: queues hold many under load, and the
+// fan-out copies one per subscriber.
 type out struct {
 	ev  *Event
-	seq uint64        // ev's position in its stream (0: outside it)
 	sub *subscription // the record subscription ev belongs to: re-checked before it is written
 }
+
+// item is an out on its way to a queue, with ev's position in its stream
+// (0: outside it), by which the hand-overs drop what a replay already
+// carried: a live event, first frames, a held event, a replayed push.
+type item struct {
+	ev  *Event
+	seq uint64
+	sub *subscription
+}
+
+// out is what it is queued as.
+func (it item) out() out { return out{ev: it.ev, sub: it.sub} }
 
 func newConn(t transport, pool *writerPool, max int, onHandler bool) *conn {
 	c := &conn{t: t, pool: pool, max: max, expIdx: -1}

@@ -80,7 +80,7 @@ func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 				batch, end = batch[:0], true
 			}
 		}
-		if !end {
+		if !end && c.pool.checks {
 			var revoked bool
 			batch, revoked = checkFrames(batch)
 			if revoked {

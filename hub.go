@@ -85,7 +85,7 @@ func (h *hub) detach(s *subscription) {
 
 // deliver hands o to every subscription of key, under the key's stripe (in
 // the order the broker delivers), and appends the conns to kick to sched.
-func (h *hub) deliver(key StreamKey, o out, sched []*conn) []*conn {
+func (h *hub) deliver(key StreamKey, o item, sched []*conn) []*conn {
 	mu := h.stripe(key)
 	mu.Lock()
 	h.mu.RLock()

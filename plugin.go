@@ -77,6 +77,7 @@ func New(cfg Config) (*Plugin, error) {
 		p.cors = cors.New(cc)
 	}
 	p.pool = newWriterPool(c.Writers)
+	p.pool.checks = c.Authorize != nil
 	p.broker = c.Broker
 	if p.broker == nil {
 		p.broker = newLocalBroker(c.Buffer)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // firstFrames decides what a subscriber of key receives before live
@@ -41,7 +40,7 @@ func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *
 	}
 	// Unknown resume point.
 	if !loader {
-		return start{first: []out{{ev: resyncEvent}}}, nil
+		return start{first: []item{{ev: resyncEvent}}}, nil
 	}
 	if cur.ev == nil {
 		tomb := TombstoneETag(key.Collection, key.ID)
@@ -50,12 +49,12 @@ func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *
 		}
 		t := rs.tombstone(key)
 		t.Version = cur.version
-		return start{first: []out{{ev: resyncEvent}, {ev: t}}, version: cur.version}, nil
+		return start{first: []item{{ev: resyncEvent}, {ev: t}}, version: cur.version}, nil
 	}
 	if cur.ev.ETag == lastID {
 		return start{skip: lastID, version: cur.version}, nil // up to date with the stored record
 	}
-	return rs.fromSnapshot(ctx, key, cur, []out{{ev: resyncEvent}})
+	return rs.fromSnapshot(ctx, key, cur, []item{{ev: resyncEvent}})
 }
 
 // current is a record as loaded: its snapshot event (nil when absent) and
@@ -67,8 +66,8 @@ type current struct {
 
 // fromSnapshot queues cur as a snapshot after prefix, followed by whatever
 // the buffer holds after that version.
-func (rs *recordStreams) fromSnapshot(ctx context.Context, key StreamKey, cur current, prefix []out) (start, error) {
-	first := append(prefix, out{ev: cur.ev})
+func (rs *recordStreams) fromSnapshot(ctx context.Context, key StreamKey, cur current, prefix []item) (start, error) {
+	first := append(prefix, item{ev: cur.ev})
 	lk, err := rs.buf.Since(ctx, key, cur.ev.ETag)
 	if err != nil {
 		// The shared buffer is unreachable: the snapshot stands alone (its
@@ -95,7 +94,7 @@ func (rs *recordStreams) firstCollectionFrames(ctx context.Context, key StreamKe
 	if st, ok, err := rs.replay(ctx, key, lastID); ok || err != nil {
 		return st, err
 	}
-	return start{first: []out{{ev: resyncEvent}}}, nil
+	return start{first: []item{{ev: resyncEvent}}}, nil
 }
 
 // replay looks lastID up in key's buffer: ok when the buffer can serve it
@@ -128,14 +127,14 @@ func (rs *recordStreams) replay(ctx context.Context, key StreamKey, lastID strin
 // publisher declared, Publication.Gap), the versions from there up to the
 // newest can never be sent exactly: a resync frame, then the newest event,
 // stand for them.
-func bridged(from uint64, es []Entry) []out {
+func bridged(from uint64, es []Entry) []item {
 	v := from
 	for i, e := range es {
 		if ev := e.Event; ev.Version > 0 {
 			if v > 0 && ev.Version != v+1 {
 				o := entriesToOuts(es[:i])
 				last := es[len(es)-1]
-				return append(o, out{ev: resyncEvent}, out{ev: last.Event, seq: last.Seq})
+				return append(o, item{ev: resyncEvent}, item{ev: last.Event, seq: last.Seq})
 			}
 			v = ev.Version
 		}
@@ -143,10 +142,10 @@ func bridged(from uint64, es []Entry) []out {
 	return entriesToOuts(es)
 }
 
-func entriesToOuts(es []Entry) []out {
-	o := make([]out, len(es))
+func entriesToOuts(es []Entry) []item {
+	o := make([]item, len(es))
 	for i, e := range es {
-		o[i] = out{ev: e.Event, seq: e.Seq}
+		o[i] = item{ev: e.Event, seq: e.Seq}
 	}
 	return o
 }
@@ -192,12 +191,12 @@ func (rs *recordStreams) loadCurrent(ctx context.Context, key StreamKey) (curren
 	if !validETag(etag) {
 		return current{}, fmt.Errorf("load %s/%s: invalid ETag %q", key.Collection, key.ID, etag)
 	}
-	ev := &Event{Type: EventSnapshot, Ref: key, ETag: etag, Data: data, Time: time.Now(), Version: version}
+	ev := &Event{Type: EventSnapshot, Ref: key, ETag: etag, Data: data, Version: version}
 	return current{ev: ev, version: version}, nil
 }
 
 // tombstone is the deleted event of a record that is gone.
 func (rs *recordStreams) tombstone(key StreamKey) *Event {
 	data, _ := json.Marshal(map[string]string{"id": key.ID})
-	return &Event{Type: EventDeleted, Ref: key, ETag: TombstoneETag(key.Collection, key.ID), Data: data, Time: time.Now()}
+	return &Event{Type: EventDeleted, Ref: key, ETag: TombstoneETag(key.Collection, key.ID), Data: data}
 }

@@ -126,13 +126,13 @@ func (t *tally) add(c *conn, batch []out, now time.Time) time.Time {
 }
 
 // metered reports whether o is a live record event, whose latency is
-// metered: a stream event (a position) of a subscription, published since
-// the subscription began. Not metered: a snapshot or tombstone from the
-// Loader (no position), events replayed from before the subscription,
-// resync frames and pushes (no Event.Time of a publish).
+// metered: a published event of a subscription, published since the
+// subscription began. Not metered: a snapshot or tombstone from the
+// Loader, resync frames (no Event.Time: nothing published them), events
+// replayed from before the subscription, and pushes (no subscription).
 func metered(o *out) bool {
 	s := o.sub
-	return s != nil && o.seq != 0 && o.ev != nil && !o.ev.Time.IsZero() && !o.ev.Time.Before(s.started)
+	return s != nil && o.ev != nil && !o.ev.Time.IsZero() && !o.ev.Time.Before(s.started)
 }
 
 // flush adds t to m and clears it.

@@ -491,7 +491,7 @@ func TestTallyAllocatesNothing(t *testing.T) {
 	c := &conn{kind: kindSSERecord}
 	s := &subscription{started: time.Now()}
 	ev := &Event{Type: EventChanged, Time: time.Now()}
-	batch := []out{{ev: ev, seq: 7, sub: s}, {ev: keepaliveEvent}, {ev: ev}}
+	batch := []out{{ev: ev, sub: s}, {ev: keepaliveEvent}, {ev: ev}}
 	var tl tally
 	var m deliveryMeter
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -518,7 +518,7 @@ func BenchmarkDeliveryMeter(b *testing.B) {
 	c := &conn{kind: kindSSERecord}
 	s := &subscription{started: time.Now()}
 	ev := &Event{Type: EventChanged, Time: time.Now()}
-	batch := []out{{ev: ev, seq: 7, sub: s}}
+	batch := []out{{ev: ev, sub: s}}
 	var tl tally
 	var m deliveryMeter
 	now := time.Now()

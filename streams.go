@@ -72,7 +72,7 @@ func (rs *recordStreams) detach(s *subscription) {
 func (rs *recordStreams) deliver(key StreamKey, e Entry) {
 	begin := time.Now()
 	sp := schedPool.Get().(*[]*conn)
-	sched := rs.hub.deliver(key, out{ev: e.Event, seq: e.Seq}, (*sp)[:0])
+	sched := rs.hub.deliver(key, item{ev: e.Event, seq: e.Seq}, (*sp)[:0])
 	kickAll(rs.pool, sched)
 	rs.stats.fanoutSince(begin)
 	clear(sched)
@@ -95,7 +95,7 @@ func (rs *recordStreams) gap(key StreamKey) {
 			s.resume(resyncEvent)
 			return
 		}
-		if s.offer(out{ev: resyncEvent, sub: s}) {
+		if s.offer(item{ev: resyncEvent, sub: s}) {
 			sched = append(sched, s.c)
 		}
 	})
@@ -119,7 +119,7 @@ func (rs *recordStreams) resyncCollection(tenant, collection string) {
 			s.resume(ev)
 			continue
 		}
-		if s.offer(out{ev: ev, sub: s}) {
+		if s.offer(item{ev: ev, sub: s}) {
 			sched = append(sched, s.c)
 		}
 	}
@@ -206,7 +206,7 @@ func (rs *recordStreams) resumeNow(ctx context.Context, s *subscription) {
 	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID)
 	if err != nil {
 		rs.log.Debug("realtime: resume refused", "tenant", s.key.Tenant, "collection", s.key.Collection, "id", s.key.ID, "err", err)
-		s.release(start{first: []out{{ev: why, sub: s}, {ev: errorEventOf(err), sub: s}}})
+		s.release(start{first: []item{{ev: why, sub: s}, {ev: errorEventOf(err), sub: s}}})
 		s.drop(s)
 		return
 	}

@@ -50,10 +50,10 @@ type subscription struct {
 	watched atomic.Bool
 
 	holding  bool   // first frames not queued yet: live events wait in held
-	held     []out  // live events that arrived while holding
+	held     []item // live events that arrived while holding
 	lastSeq  uint64 // position of the newest stream event queued
 	version  uint64 // version of the record sent last (0: unknown)
-	lastETag string // ETag of the record event queued last: where a resume starts
+	last     *Event // the record event queued last: its ETag is where a resume starts
 	skipETag string // a snapshot of unknown position just queued: drop a live event of the same version
 	gone     bool   // detached: nothing more is queued for it
 	resuming *Event // the resync frame of a resume under way (its reason)
@@ -65,7 +65,7 @@ func newSubscription(rs *recordStreams, key StreamKey, ident *Identity, c *conn,
 
 // offer queues a live event (c.mu not held); it reports whether c must be
 // kicked. It never blocks: a full queue is the conn's overflow.
-func (s *subscription) offer(o out) bool {
+func (s *subscription) offer(o item) bool {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -83,13 +83,13 @@ func (s *subscription) offer(o out) bool {
 	if !s.admitLocked(o) {
 		return false
 	}
-	return c.pushLocked(o)
+	return c.pushLocked(o.out())
 }
 
 // admitLocked applies the stream's rules to a live event about to be
 // queued: false drops it (already queued, older than what was sent, or the
 // start of a resume, which then holds it).
-func (s *subscription) admitLocked(o out) bool {
+func (s *subscription) admitLocked(o item) bool {
 	ev := o.ev
 	if o.seq != 0 {
 		if o.seq <= s.lastSeq {
@@ -128,7 +128,7 @@ func (s *subscription) note(ev *Event) {
 	if ev.ETag == "" {
 		return
 	}
-	s.lastETag = ev.ETag
+	s.last = ev
 	if ev.Version > 0 {
 		s.version = ev.Version
 	}
@@ -140,7 +140,7 @@ func (s *subscription) note(ev *Event) {
 // is not sent again) and the version of the record they leave it at (0:
 // unknown).
 type start struct {
-	first   []out
+	first   []item
 	base    uint64
 	skip    string
 	version uint64
@@ -179,7 +179,7 @@ func (s *subscription) releaseLocked(st start) bool {
 		if o.ev != nil {
 			s.note(o.ev)
 		}
-		kick = c.appendLocked(o, false) || kick
+		kick = c.appendLocked(o.out(), false) || kick
 	}
 	if st.skip != "" {
 		// The version of the snapshot was published while s held: the
@@ -198,7 +198,7 @@ func (s *subscription) releaseLocked(st start) bool {
 			break // a resume began (versions missed): it reads them back
 		}
 		if s.admitLocked(o) {
-			kick = c.appendLocked(o, true) || kick
+			kick = c.appendLocked(o.out(), true) || kick
 		}
 	}
 	if c.state == connEnding {
@@ -247,7 +247,10 @@ func (s *subscription) lastSent() (lastETag string, why *Event, ok bool) {
 	if s.gone || !s.holding {
 		return "", nil, false
 	}
-	return s.lastETag, s.resuming, true
+	if s.last == nil {
+		return "", s.resuming, true
+	}
+	return s.last.ETag, s.resuming, true
 }
 
 // end marks s detached: nothing more is queued for it.

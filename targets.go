@@ -54,7 +54,7 @@ func (t *target) push(lp *localPush) (ok, kick bool) {
 	if c.state != connOpen {
 		return false, false
 	}
-	o := out{ev: lp.ev, seq: lp.seq}
+	o := item{ev: lp.ev, seq: lp.seq}
 	if lp.channel != "" && t.hasResume.Load() {
 		if r := t.resumes[lp.channel]; r != nil {
 			switch {
@@ -70,7 +70,7 @@ func (t *target) push(lp *localPush) (ok, kick bool) {
 			}
 		}
 	}
-	kick = c.pushLocked(o)
+	kick = c.pushLocked(o.out())
 	return c.state == connOpen, kick
 }
 

@@ -40,6 +40,9 @@ type writerPool struct {
 	// tallies its writes in a tally of its own and adds it here every
 	// tallyJobs jobs and before it waits.
 	meter deliveryMeter
+	// checks: record frames are checked before each write
+	// (Config.Authorize; checkFrames). Set by New, before any use.
+	checks bool
 }
 
 // workerSlot tells since when (monotonic nanoseconds since the pool

@@ -267,6 +267,17 @@ test("WebSockets blocked: pushes, acks and records fall back to HTTP, and move b
     assert.match(await text(pageC, "#conn"), /^socket · live/);
     await editAsBob({ title: "Seen over the WebSocket again" });
     await pageC.waitForFunction(() => document.querySelector("#lTitle").textContent === "Seen over the WebSocket again", null, { timeout: guard });
+    // The page closed its fallback stream; the server notices when the
+    // stream's connection ends: then dana has the socket alone.
+    const stop = Date.now() + guard;
+    let conns;
+    while (Date.now() < stop) {
+      const p = await fetch(`${ex.url}/api/v1/presence/dana`, { headers: { Authorization: `Bearer ${publisher}` } });
+      conns = (await p.json()).connections;
+      if (conns === 1) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert.equal(conns, 1, "one connection: the fallback stream has ended");
     const r = await fetch(`${ex.url}/api/v1/notify`, {
       method: "POST",
       headers: { Authorization: `Bearer ${publisher}`, "Content-Type": "application/json" },
