@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ginrealtime/realtime/internal/latency"
 )
 
 // clientStats is a clients process's answer to "stats" and "wait" (and its
@@ -73,7 +75,7 @@ type loopStats struct {
 	events  int64
 	firstNs int64
 	lastNs  int64
-	lat     hist
+	lat     latency.Hist
 	codes   map[string]int
 }
 
@@ -545,7 +547,7 @@ func (l *pollLoop) deliveries(p []byte, now int64) {
 		p = p[j:]
 		n++
 		if t > 0 {
-			l.st.lat.add(time.Duration(now - t))
+			l.st.lat.Add(time.Duration(now - t))
 		}
 	}
 	if n == 0 {
@@ -603,7 +605,7 @@ func (cs *clientSet) stats(withHist bool) clientStats {
 	if e, ok := cs.firstErr.Load().(string); ok {
 		st.FirstErr = e
 	}
-	var h hist
+	var h latency.Hist
 	for _, l := range cs.loops {
 		l.mu.Lock()
 		st.Events += l.st.events
@@ -612,7 +614,7 @@ func (cs *clientSet) stats(withHist bool) clientStats {
 		}
 		st.LastNs = max(st.LastNs, l.st.lastNs)
 		if withHist {
-			h.merge(&l.st.lat)
+			h.Merge(&l.st.lat)
 		}
 		for k, v := range l.st.codes {
 			st.Codes[k] += v
@@ -620,7 +622,7 @@ func (cs *clientSet) stats(withHist bool) clientStats {
 		l.mu.Unlock()
 	}
 	if withHist {
-		st.Hist = h.sparse()
+		st.Hist = h.Sparse()
 	}
 	return st
 }
@@ -631,7 +633,7 @@ func (cs *clientSet) reset() {
 	for _, l := range cs.loops {
 		l.mu.Lock()
 		l.st.events, l.st.firstNs, l.st.lastNs = 0, 0, 0
-		l.st.lat = hist{}
+		l.st.lat = latency.Hist{}
 		l.mu.Unlock()
 	}
 	cs.events.Store(0)

@@ -46,7 +46,7 @@ func TestSSEChunkedCountsEveryT(t *testing.T) {
 		if l.st.events != 5 {
 			t.Errorf("split %d: %d deliveries, want 5", split, l.st.events)
 		}
-		if p := l.st.lat.quantile(0.5); p < time.Millisecond || p > time.Second {
+		if p := l.st.lat.Quantile(0.5); p < time.Millisecond || p > time.Second {
 			t.Errorf("split %d: p50 %v", split, p)
 		}
 		c.body(l, []byte("0\r\n\r\n"), now)

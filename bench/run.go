@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ginrealtime/realtime/internal/latency"
 )
 
 // runConfig is one run's scale. smokeConfig and fullConfig are the two
@@ -587,9 +589,9 @@ func (o *orchestrator) stopClients(g *clientGroup) {
 
 // command sends cmd to every client process and sums their answers;
 // perProc, when set, gives each process its own arguments.
-func (g *clientGroup) command(cmd string, perProc func(i int) string, timeout time.Duration) (clientStats, *hist, error) {
+func (g *clientGroup) command(cmd string, perProc func(i int) string, timeout time.Duration) (clientStats, *latency.Hist, error) {
 	total := clientStats{Codes: map[string]int{}}
-	h := new(hist)
+	h := new(latency.Hist)
 	for i, c := range g.procs {
 		line := cmd
 		if perProc != nil {
@@ -623,14 +625,14 @@ func (g *clientGroup) command(cmd string, perProc func(i int) string, timeout ti
 		}
 		total.LastNs = max(total.LastNs, st.LastNs)
 		total.CPUSeconds += st.CPUSeconds
-		h.addSparse(st.Hist)
+		h.AddSparse(st.Hist)
 	}
 	return total, h, nil
 }
 
 // step publishes n events at rate (0: as fast as the publisher can) and
 // waits until every subscriber got them, or nothing arrived for stall.
-func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stall, limit time.Duration) (stepResult, *hist, error) {
+func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stall, limit time.Duration) (stepResult, *latency.Hist, error) {
 	res := stepResult{}
 	if _, _, err := g.command("reset", nil, 30*time.Second); err != nil {
 		return res, nil, err
@@ -675,7 +677,7 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stal
 		res.seconds = float64(st.LastNs-pub.StartNs) / 1e9
 		res.rate = float64(st.Events) / res.seconds
 	}
-	res.p50, res.p99 = h.quantile(0.50), h.quantile(0.99)
+	res.p50, res.p99 = h.Quantile(0.50), h.Quantile(0.99)
 	return res, h, nil
 }
 
@@ -774,7 +776,7 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 	// and fully delivered before the next.
 	var d stepResult
 	d.codes = map[string]int{}
-	var all hist
+	var all latency.Hist
 	cpu0 := s.cpu() // once for all bursts: /proc counts 10 ms ticks
 	for range o.cfg.bursts {
 		st, h, err := o.step(s, g, o.cfg.burstEvents, 0, o.cfg.stall, time.Minute)
@@ -792,7 +794,7 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 		for k, v := range st.codes {
 			d.codes[k] += v
 		}
-		all.merge(h)
+		all.Merge(h)
 		if st.closed > 0 || st.events < st.expected {
 			break // not drained: the phase is over
 		}
@@ -801,7 +803,7 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 	if d.seconds > 0 {
 		d.rate = float64(d.events) / d.seconds
 	}
-	d.p50, d.p99 = all.quantile(0.5), all.quantile(0.99)
+	d.p50, d.p99 = all.Quantile(0.5), all.Quantile(0.99)
 	r.drained = d
 	o.vlogf("%s drained bursts: %s", name, d)
 	if d.closed > 0 {

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ginrealtime/realtime/internal/latency"
 )
 
 // clientStats is a clients process's answer to "stats" (and its ready line).
@@ -59,7 +61,7 @@ type clientConn struct {
 	bytes   int64
 	firstNs int64
 	lastNs  int64
-	lat     *hist
+	lat     *latency.Hist
 }
 
 type clientSet struct {
@@ -465,9 +467,9 @@ func (c *clientConn) line(l []byte, now int64) {
 			c.lastNs = now
 			if c.t > 0 {
 				if c.lat == nil {
-					c.lat = new(hist)
+					c.lat = new(latency.Hist)
 				}
-				c.lat.add(time.Duration(now - c.t))
+				c.lat.Add(time.Duration(now - c.t))
 			}
 		}
 		c.hasData, c.t = false, 0
@@ -500,7 +502,7 @@ func (cs *clientSet) stats(withHist bool) clientStats {
 	if e, ok := cs.firstErr.Load().(string); ok {
 		st.FirstErr = e
 	}
-	var h hist
+	var h latency.Hist
 	for _, c := range cs.list() {
 		c.mu.Lock()
 		st.Events += c.events
@@ -510,12 +512,12 @@ func (cs *clientSet) stats(withHist bool) clientStats {
 		}
 		st.LastNs = max(st.LastNs, c.lastNs)
 		if withHist && c.lat != nil {
-			h.merge(c.lat)
+			h.Merge(c.lat)
 		}
 		c.mu.Unlock()
 	}
 	if withHist {
-		st.Hist = h.sparse()
+		st.Hist = h.Sparse()
 	}
 	return st
 }
@@ -525,7 +527,7 @@ func (cs *clientSet) reset() {
 		c.mu.Lock()
 		c.events, c.bytes, c.firstNs, c.lastNs = 0, 0, 0, 0
 		if c.lat != nil {
-			*c.lat = hist{}
+			*c.lat = latency.Hist{}
 		}
 		c.mu.Unlock()
 	}

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ginrealtime/realtime/internal/latency"
 )
 
 // plainIdleQueue is the channel size of the plain handler in the idle
@@ -537,9 +539,9 @@ func (o *orchestrator) stopClients(g *clientGroup) {
 }
 
 // command sends cmd to every client process and sums their answers.
-func (g *clientGroup) command(cmd string) (clientStats, *hist, error) {
+func (g *clientGroup) command(cmd string) (clientStats, *latency.Hist, error) {
 	var total clientStats
-	h := new(hist)
+	h := new(latency.Hist)
 	for _, c := range g.procs {
 		if _, err := io.WriteString(c.stdin, cmd+"\n"); err != nil {
 			return total, nil, err
@@ -564,14 +566,14 @@ func (g *clientGroup) command(cmd string) (clientStats, *hist, error) {
 		}
 		total.LastNs = max(total.LastNs, st.LastNs)
 		total.CPUSeconds += st.CPUSeconds
-		h.addSparse(st.Hist)
+		h.AddSparse(st.Hist)
 	}
 	return total, h, nil
 }
 
 // waitEvents polls until the clients have received want events, or nothing
 // new arrived for stall, or limit passed.
-func (g *clientGroup) waitEvents(want int64, stall, limit time.Duration) (clientStats, *hist, error) {
+func (g *clientGroup) waitEvents(want int64, stall, limit time.Duration) (clientStats, *latency.Hist, error) {
 	deadline := time.Now().Add(limit)
 	last, lastChange := int64(-1), time.Now()
 	for {
@@ -761,8 +763,8 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, maxD
 		res.seconds = float64(st.LastNs-pub.StartNs) / 1e9
 		res.deliveries = float64(st.Events) / res.seconds
 	}
-	res.p50, res.p99, res.p999 = h.quantile(0.50), h.quantile(0.99), h.quantile(0.999)
-	res.max = h.quantile(1)
+	res.p50, res.p99, res.p999 = h.Quantile(0.50), h.Quantile(0.99), h.Quantile(0.999)
+	res.max = h.Quantile(1)
 	if pub.Errors > 0 {
 		o.logf("publish errors: %d (%s)", pub.Errors, pub.FirstErr)
 	}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ginrealtime/realtime/internal/latency"
+
 	"github.com/gin-gonic/gin"
 	"github.com/ginrealtime/realtime"
 	"github.com/google/uuid"
@@ -239,9 +241,9 @@ func (c *clientConn) wsFrame(now int64) {
 		c.lastNs = now
 		if t > 0 {
 			if c.lat == nil {
-				c.lat = new(hist)
+				c.lat = new(latency.Hist)
 			}
-			c.lat.add(time.Duration(now - t))
+			c.lat.Add(time.Duration(now - t))
 		}
 	case 0x9: // ping: answer with a masked pong carrying its payload
 		c.wsWrite(wsClientFrame(0xA, c.pend))

@@ -1,13 +1,18 @@
-package main
+// Package latency is the latency histogram of the project's load tools
+// (cmd/rtbench and the bench module): log-linear buckets in microseconds,
+// cheap to fill on a client's hot loop and to ship between processes as
+// sparse [bucket, count] pairs.
+package latency
 
 import (
 	"math/bits"
 	"time"
 )
 
-// hist is a log-linear latency histogram in microseconds: exact below 16 µs,
+// Hist is a log-linear latency histogram in microseconds: exact below 16 µs,
 // then 16 buckets per power of two (at most 1/16 = 6 % relative error).
-type hist [histBuckets]uint64
+// The zero value is empty.
+type Hist [histBuckets]uint64
 
 const (
 	histSub     = 16
@@ -33,7 +38,8 @@ func histUpper(i int) uint64 {
 	return (m+1)<<e - 1
 }
 
-func (h *hist) add(d time.Duration) {
+// Add counts one latency (negative: 0).
+func (h *Hist) Add(d time.Duration) {
 	us := d.Microseconds()
 	if us < 0 {
 		us = 0
@@ -41,13 +47,15 @@ func (h *hist) add(d time.Duration) {
 	h[histIndex(uint64(us))]++
 }
 
-func (h *hist) merge(o *hist) {
+// Merge adds o's counts to h.
+func (h *Hist) Merge(o *Hist) {
 	for i, v := range o {
 		h[i] += v
 	}
 }
 
-func (h *hist) count() uint64 {
+// Count is the number of latencies counted.
+func (h *Hist) Count() uint64 {
 	var n uint64
 	for _, v := range h {
 		n += v
@@ -55,9 +63,9 @@ func (h *hist) count() uint64 {
 	return n
 }
 
-// quantile returns the upper bound of the bucket holding quantile q.
-func (h *hist) quantile(q float64) time.Duration {
-	n := h.count()
+// Quantile returns the upper bound of the bucket holding quantile q.
+func (h *Hist) Quantile(q float64) time.Duration {
+	n := h.Count()
 	if n == 0 {
 		return 0
 	}
@@ -75,8 +83,8 @@ func (h *hist) quantile(q float64) time.Duration {
 	return 0
 }
 
-// sparse lists the non-empty buckets as [index, count] pairs.
-func (h *hist) sparse() [][2]uint64 {
+// Sparse lists the non-empty buckets as [index, count] pairs.
+func (h *Hist) Sparse() [][2]uint64 {
 	var out [][2]uint64
 	for i, v := range h {
 		if v != 0 {
@@ -86,7 +94,8 @@ func (h *hist) sparse() [][2]uint64 {
 	return out
 }
 
-func (h *hist) addSparse(s [][2]uint64) {
+// AddSparse adds the pairs of another histogram's Sparse (unknown buckets ignored).
+func (h *Hist) AddSparse(s [][2]uint64) {
 	for _, p := range s {
 		if p[0] < histBuckets {
 			h[p[0]] += p[1]
