@@ -82,6 +82,24 @@ type Broker interface {
 	Stop(ctx context.Context) error
 }
 
+// Pusher is an optional ability of a Broker (checked by type assertion): a
+// push to users in one step and one round trip to the engine, whatever the
+// number of its topics. Without it a push costs an Append and a Publish
+// per topic.
+type Pusher interface {
+	// Push publishes msg on every topic, after appending ev to key's
+	// stream when ev is not nil (as Buffer.Append does, in the same step:
+	// when the append fails nothing is published). It returns ev's
+	// position (0 without ev) and the number of nodes that received msg,
+	// summed over the topics. Nodes receive msg through Node.Message,
+	// preceded, when ev is not nil, by ev's position in decimal and a
+	// newline ("42\n" + msg).
+	Push(ctx context.Context, key StreamKey, ev *Event, topics []string, msg []byte) (seq uint64, nodes int, err error)
+	// PublishEach publishes msgs[i] on topics[i] for every i, in one round
+	// trip, and returns the first error.
+	PublishEach(ctx context.Context, topics []string, msgs [][]byte) error
+}
+
 // Node receives what a Broker carries. The plugin is the Node of its
 // Broker; its methods never block and may be called from any goroutine.
 type Node interface {

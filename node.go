@@ -1,10 +1,13 @@
 package realtime
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,11 +32,18 @@ type node struct {
 	// dropped, and no caller waits, not even the broker's delivery
 	// goroutine calling the Node (a broker call made there could wait for
 	// that goroutine).
-	ops      chan func(context.Context)
-	opsDone  chan struct{}
-	overflow sync.WaitGroup
-	opsMu    sync.Mutex // guards opsOff and the sends on ops
-	opsOff   bool       // stop has begun: calls are no longer made
+	ops     chan func(context.Context)
+	opsDone chan struct{}
+	// replies is the bounded queue of this node's answers to other nodes'
+	// pushes (delivery counts), sent by one goroutine in batches: a
+	// Pusher sends a batch in one round trip, so that concurrent pushes
+	// are answered without queueing behind each other. When it is full a
+	// reply takes the ops queue.
+	replies     chan nodeReply
+	repliesDone chan struct{}
+	overflow    sync.WaitGroup
+	opsMu       sync.Mutex // guards opsOff and the sends on ops
+	opsOff      bool       // stop has begun: calls are no longer made
 
 	healthMu sync.Mutex
 	health   error
@@ -51,6 +61,32 @@ func topicUser(tenant, user string) string {
 	return "u:" + strconv.Itoa(len(tenant)) + ":" + tenant + ":" + user
 }
 
+// topicUserOf returns the user of a topicUser topic.
+func topicUserOf(topic string) (string, bool) {
+	rest, ok := strings.CutPrefix(topic, "u:")
+	if !ok {
+		return "", false
+	}
+	n, rest, ok := strings.Cut(rest, ":")
+	k, err := strconv.Atoi(n)
+	if !ok || err != nil || k < 0 || len(rest) < k+1 || rest[k] != ':' {
+		return "", false
+	}
+	return rest[k+1:], true
+}
+
+// forTopic completes a message received on topic: a push received on a
+// user's topic targets that user (the publisher sends one message to all
+// the topics of a push).
+func (m *nodeMsg) forTopic(topic string) {
+	if m.Type != "notify" {
+		return
+	}
+	if u, ok := topicUserOf(topic); ok {
+		m.Users = []string{u}
+	}
+}
+
 // nodeMsg is a message between nodes.
 type nodeMsg struct {
 	Type string `json:"type"` // resync, notify, count, ack, httpack
@@ -61,17 +97,21 @@ type nodeMsg struct {
 	Origin   string          `json:"origin,omitempty"`
 	Envelope string          `json:"envelope,omitempty"`
 	Frame    json.RawMessage `json:"frame,omitempty"`
-	Users    []string        `json:"users,omitempty"`
-	Exclude  []string        `json:"exclude,omitempty"`
-	Channel  string          `json:"channel,omitempty"`
-	Event    string          `json:"event,omitempty"`
-	Data     json.RawMessage `json:"data,omitempty"`
-	AwaitMs  int64           `json:"awaitMs,omitempty"`
-	Seq      uint64          `json:"seq,omitempty"` // the push's position in its channel's buffer
-	// count: how many connections a node delivered to, its distinct users,
-	// and the connections that will ack (only when acks are awaited)
+	// Users is not sent: a push to users is published on each user's
+	// topic, and its receivers take the user from the topic (forTopic).
+	Users   []string        `json:"-"`
+	Exclude []string        `json:"exclude,omitempty"`
+	Channel string          `json:"channel,omitempty"`
+	Event   string          `json:"event,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	AwaitMs int64           `json:"awaitMs,omitempty"`
+	Seq     uint64          `json:"seq,omitempty"` // the push's position in its channel's buffer
+	// count: how many connections a node delivered to, the number of
+	// their distinct users and those users' hashes (userSet), and the
+	// connections that will ack (only when acks are awaited)
 	N          int         `json:"n,omitempty"`
-	Reached    []string    `json:"reached,omitempty"`
+	Distinct   int         `json:"d,omitempty"`
+	UserHashes []byte      `json:"uh,omitempty"`
 	Ackers     []string    `json:"ackers,omitempty"`
 	HTTPAckers []httpAcker `json:"httpAckers,omitempty"` // connections acking by POST {base}/acks
 	// ack (Conn empty: by POST {base}/acks, the User's), httpack (the
@@ -98,8 +138,16 @@ type localReceiver interface {
 	messageLocal(topic string, m *nodeMsg)
 }
 
+// nodeReply is a message to one node.
+type nodeReply struct {
+	origin string
+	m      *nodeMsg
+}
+
 const (
 	nodeOpsQueue = 4096
+	// nodeReplyBatch bounds the replies sent in one round trip.
+	nodeReplyBatch = 256
 	// presenceTTL is how long a connection stays present in the broker
 	// without a refresh (refreshed every presenceTTL/3).
 	presenceTTL = 30 * time.Second
@@ -107,7 +155,8 @@ const (
 
 func newNode(p *Plugin, b Broker) *node {
 	n := &node{p: p, b: b, id: uuid.NewString(),
-		ops: make(chan func(context.Context), nodeOpsQueue), opsDone: make(chan struct{})}
+		ops: make(chan func(context.Context), nodeOpsQueue), opsDone: make(chan struct{}),
+		replies: make(chan nodeReply, nodeOpsQueue), repliesDone: make(chan struct{})}
 	n.ps, _ = b.(PresenceStore)
 	return n
 }
@@ -116,6 +165,7 @@ func newNode(p *Plugin, b Broker) *node {
 // to the control topic and its own.
 func (n *node) start() error {
 	go n.runOps()
+	go n.runReplies()
 	if err := n.b.Start(nodeHandle{n}); err != nil {
 		return fmt.Errorf("realtime: broker start: %w", err)
 	}
@@ -135,10 +185,13 @@ func (n *node) stop(ctx context.Context) error {
 	n.opsMu.Lock()
 	n.opsOff = true
 	close(n.ops)
+	close(n.replies)
 	n.opsMu.Unlock()
-	select {
-	case <-n.opsDone:
-	case <-ctx.Done():
+	for _, done := range []chan struct{}{n.repliesDone, n.opsDone} {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
 	}
 	n.overflow.Wait() // each bounded by its own 5 s context
 	if err := n.b.Stop(ctx); err != nil {
@@ -197,18 +250,84 @@ func (n *node) publish(ctx context.Context, topic string, m *nodeMsg) (int, erro
 	return k, nil
 }
 
-// reply sends m to the node origin, off the caller's goroutine; a reply to
-// this node is handled at once.
+// reply sends m to the node origin, off the caller's goroutine (the
+// replies queue, else the ops queue); a reply to this node is handled at
+// once.
 func (n *node) reply(origin string, m *nodeMsg) {
 	if origin == n.id {
 		n.message(m)
 		return
 	}
-	n.async(func(ctx context.Context) {
-		if _, err := n.publish(ctx, topicNode(origin), m); err != nil {
-			n.p.log.Warn("realtime: reply to a node not sent", "type", m.Type, "err", err)
+	n.opsMu.Lock()
+	if n.opsOff {
+		n.opsMu.Unlock()
+		return
+	}
+	select {
+	case n.replies <- nodeReply{origin, m}:
+		n.opsMu.Unlock()
+		return
+	default:
+	}
+	n.opsMu.Unlock()
+	n.async(func(ctx context.Context) { n.sendReplies(ctx, []nodeReply{{origin, m}}) })
+}
+
+// runReplies sends the queued replies, each time all those waiting (up to
+// nodeReplyBatch) at once.
+func (n *node) runReplies() {
+	defer close(n.repliesDone)
+	batch := make([]nodeReply, 0, nodeReplyBatch)
+	for r := range n.replies {
+		batch = append(batch[:0], r)
+	fill:
+		for len(batch) < nodeReplyBatch {
+			select {
+			case r, ok := <-n.replies:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, r)
+			default:
+				break fill
+			}
 		}
-	})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		n.sendReplies(ctx, batch)
+		cancel()
+		clear(batch)
+	}
+}
+
+// sendReplies sends replies: in one round trip through a Pusher, else one
+// by one.
+func (n *node) sendReplies(ctx context.Context, rs []nodeReply) {
+	var err error
+	if pu, ok := n.b.(Pusher); ok {
+		topics := make([]string, len(rs))
+		msgs := make([][]byte, len(rs))
+		for i, r := range rs {
+			topics[i] = topicNode(r.origin)
+			if msgs[i], err = json.Marshal(r.m); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = pu.PublishEach(ctx, topics, msgs)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	} else {
+		for _, r := range rs {
+			if _, e := n.publish(ctx, topicNode(r.origin), r.m); e != nil && err == nil {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		n.p.log.Warn("realtime: replies to nodes not sent", "replies", len(rs), "err", err)
+	}
 }
 
 // healthErr is the broker's last reported state.
@@ -275,15 +394,49 @@ func (h nodeHandle) Health(err error) {
 	}
 }
 
-// Message implements Node.
+// Message implements Node. A message a Pusher published with an event
+// begins with the event's position (Pusher.Push).
 func (h nodeHandle) Message(topic string, msg []byte) {
 	var m nodeMsg
-	if err := json.Unmarshal(msg, &m); err != nil {
+	seq, body, err := cutPosition(msg)
+	if err == nil {
+		err = json.Unmarshal(body, &m)
+	}
+	if err != nil {
 		h.n.p.log.Warn("realtime: undecodable broker message", "topic", topic, "err", err)
 		return
 	}
+	if seq > 0 {
+		m.Seq = seq
+	}
+	m.forTopic(topic)
 	h.n.message(&m)
 }
 
-// messageLocal implements localReceiver: a message of the in-process engine.
-func (h nodeHandle) messageLocal(_ string, m *nodeMsg) { h.n.message(m) }
+// cutPosition splits a message into the position before its first newline
+// (digits only) and the rest; a message that begins with '{' has none.
+func cutPosition(msg []byte) (uint64, []byte, error) {
+	if len(msg) == 0 || msg[0] < '0' || msg[0] > '9' {
+		return 0, msg, nil
+	}
+	i := bytes.IndexByte(msg, '\n')
+	if i < 0 {
+		return 0, nil, errors.New("a position without a message")
+	}
+	seq, err := strconv.ParseUint(string(msg[:i]), 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("position: %w", err)
+	}
+	return seq, msg[i+1:], nil
+}
+
+// messageLocal implements localReceiver: a message of the in-process engine
+// (shared by the nodes that receive it: completed on a copy).
+func (h nodeHandle) messageLocal(topic string, m *nodeMsg) {
+	if m.Type == "notify" {
+		c := *m
+		c.forTopic(topic)
+		m = &c
+	}
+	h.n.message(m)
+}

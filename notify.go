@@ -2,8 +2,10 @@ package realtime
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -155,24 +157,13 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	if err != nil {
 		return NotifyResult{}, badRequest("data is not valid JSON")
 	}
-	var seq uint64
-	if n.Channel != "" {
-		// Buffered before it is delivered anywhere: a subscriber that
-		// resumes finds in the buffer whatever it did not get live.
-		ev := &Event{Type: n.Event, Ref: channelKey(tenant, n.Channel), ETag: id, Data: frame,
-			Prior: targetingJSON(n.Users, n.ExcludeUsers), Time: now}
-		if seq, err = p.cfg.Buffer.Append(ctx, ev.Ref, ev); err != nil {
-			return NotifyResult{}, fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
-		}
-	}
-
 	res := NotifyResult{EnvelopeID: id, Acks: []Ack{}}
 	var wait *ackWait
 	if n.AwaitAcks > 0 {
 		wait = p.acks.open(id, tenant)
 		defer p.acks.done(id)
 	}
-	cw := &countWait{changed: make(chan struct{}, 1), users: make(map[string]struct{}), wait: wait}
+	cw := &countWait{changed: make(chan struct{}, 1), wait: wait}
 	ps.countMu.Lock()
 	ps.counts[id] = cw
 	ps.countMu.Unlock()
@@ -184,24 +175,27 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 
 	m := nodeMsg{Type: "notify", Origin: p.node.id, Envelope: id, Frame: frame, Tenant: tenant,
 		Exclude: n.ExcludeUsers, Channel: n.Channel, Event: n.Event, Data: data,
-		AwaitMs: n.AwaitAcks.Milliseconds(), Seq: seq}
+		AwaitMs: n.AwaitAcks.Milliseconds()}
 	var topics []string
-	var perTopic [][]string
 	if len(n.Users) > 0 {
 		seen := make(map[string]bool, len(n.Users))
 		for _, u := range n.Users {
-			if seen[u] {
-				continue
+			if !seen[u] {
+				seen[u] = true
+				topics = append(topics, topicUser(tenant, u))
 			}
-			seen[u] = true
-			topics = append(topics, topicUser(tenant, u))
-			perTopic = append(perTopic, []string{u})
 		}
 	} else {
 		topics = []string{topicTenant(tenant)}
-		perTopic = [][]string{nil}
 	}
-	nodes, err := ps.publishAll(ctx, topics, perTopic, &m)
+	var buffered *Event
+	if n.Channel != "" {
+		// Buffered before it is delivered anywhere: a subscriber that
+		// resumes finds in the buffer whatever it did not get live.
+		buffered = &Event{Type: n.Event, Ref: channelKey(tenant, n.Channel), ETag: id, Data: frame,
+			Prior: targetingJSON(n.Users, n.ExcludeUsers), Time: now}
+	}
+	nodes, err := ps.send(ctx, buffered, topics, &m)
 	if err != nil {
 		return NotifyResult{}, err
 	}
@@ -217,17 +211,42 @@ func (ps *pushes) notify(ctx context.Context, n Notification) (NotifyResult, err
 	return res, nil
 }
 
-// notifyFanout bounds the topics a Notify publishes to at once.
+// notifyFanout bounds the topics a Notify publishes to at once when the
+// broker cannot publish them in one step.
 const notifyFanout = 16
 
-// publishAll publishes m to each topic (with that topic's users), up to
-// notifyFanout at once, and returns how many nodes received them in all;
-// the first error, if any (a push to k users costs about k/16 round trips,
-// not k).
-func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]string, m *nodeMsg) (int, error) {
-	node := ps.p.node
+// send publishes the push m on each topic, after appending buffered (a
+// channel push) to its channel's buffer, and returns how many nodes
+// received it in all (a node counts once per topic). A Pusher does all of
+// it in one step and one round trip to the engine; otherwise the append
+// comes first and the topics are published up to notifyFanout at once.
+// When the append fails nothing is published.
+func (ps *pushes) send(ctx context.Context, buffered *Event, topics []string, m *nodeMsg) (int, error) {
+	p := ps.p
+	if pu, ok := p.broker.(Pusher); ok && p.cfg.Buffer == Buffer(p.broker) {
+		msg, err := json.Marshal(m)
+		if err != nil {
+			return 0, err
+		}
+		var key StreamKey
+		if buffered != nil {
+			key = buffered.Ref
+		}
+		_, nodes, err := pu.Push(ctx, key, buffered, topics, msg)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nodes, nil
+	}
+	if buffered != nil {
+		seq, err := p.cfg.Buffer.Append(ctx, buffered.Ref, buffered)
+		if err != nil {
+			return 0, fmt.Errorf("buffer: %w: %w", ErrUnavailable, err)
+		}
+		m.Seq = seq
+	}
+	node := p.node
 	if len(topics) == 1 {
-		m.Users = perTopic[0]
 		return node.publish(ctx, topics[0], m)
 	}
 	var (
@@ -237,14 +256,12 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 		firstErr error
 	)
 	sem := make(chan struct{}, notifyFanout)
-	for i, t := range topics {
-		msg := *m
-		msg.Users = perTopic[i]
+	for _, t := range topics {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			k, err := node.publish(ctx, t, &msg)
+			k, err := node.publish(ctx, t, m)
 			mu.Lock()
 			nodes += k
 			if err != nil && firstErr == nil {
@@ -259,9 +276,10 @@ func (ps *pushes) publishAll(ctx context.Context, topics []string, perTopic [][]
 
 // deliver pushes a Notify of some node (this one included) to this node's
 // targets and answers its origin with what it delivered: the number of
-// connections, their distinct users, and the connections to await acks of
-// (only when acks are awaited): WebSockets, and those acking over HTTP
-// with their users.
+// connections, the number of their distinct users with a hash of each (so
+// that the origin counts a user reached on two nodes once), and the
+// connections to await acks of (only when acks are awaited): WebSockets,
+// and those acking over HTTP with their users.
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
 	begin := time.Now()
@@ -270,8 +288,8 @@ func (ps *pushes) deliver(m *nodeMsg) {
 	targets := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
 	var (
-		sched   []*conn
-		reached map[string]struct{}
+		sched  []*conn
+		hashes []uint64
 	)
 	for _, t := range targets {
 		ok, kick := t.push(lp)
@@ -282,13 +300,7 @@ func (ps *pushes) deliver(m *nodeMsg) {
 			continue
 		}
 		reply.N++
-		if reached == nil {
-			reached = make(map[string]struct{})
-		}
-		if _, dup := reached[t.ident.User]; !dup {
-			reached[t.ident.User] = struct{}{}
-			reply.Reached = append(reply.Reached, t.ident.User)
-		}
+		hashes = append(hashes, userHash(t.ident.User))
 		switch {
 		case m.AwaitMs == 0 || !t.acks:
 		case t.httpAcks:
@@ -297,6 +309,7 @@ func (ps *pushes) deliver(m *nodeMsg) {
 			reply.Ackers = append(reply.Ackers, t.id)
 		}
 	}
+	reply.Distinct, reply.UserHashes = userSet(hashes)
 	if m.AwaitMs > 0 && len(reply.Ackers)+len(reply.HTTPAckers) > 0 && m.Origin != p.node.id {
 		p.acks.remote(m.Envelope, m.Origin, time.Duration(m.AwaitMs)*time.Millisecond+time.Second)
 	}
@@ -304,6 +317,34 @@ func (ps *pushes) deliver(m *nodeMsg) {
 	// the origin must expect it by then (its forward follows the count).
 	p.node.reply(m.Origin, reply)
 	kickAll(p.pool, sched)
+}
+
+// userHash is the 64-bit FNV-1a hash of a user name, the same on every
+// node: delivery counts carry users as hashes (8 bytes each, whatever the
+// length of the names). Two users of one push whose hashes collide (a
+// chance of about n²/2⁶⁵ for n users) count as one.
+func userHash(u string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(u); i++ {
+		h ^= uint64(u[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// userSet sorts hashes and returns how many distinct ones there are and
+// their encoding (8 bytes each, little-endian); hashes is reused.
+func userSet(hashes []uint64) (int, []byte) {
+	if len(hashes) == 0 {
+		return 0, nil
+	}
+	slices.Sort(hashes)
+	hashes = slices.Compact(hashes)
+	b := make([]byte, 8*len(hashes))
+	for i, h := range hashes {
+		binary.LittleEndian.PutUint64(b[8*i:], h)
+	}
+	return len(hashes), b
 }
 
 // counted records a node's delivery count of one of this node's pushes.
@@ -319,20 +360,24 @@ func (ps *pushes) counted(m *nodeMsg) {
 // countWait collects the delivery counts of one Notify.
 type countWait struct {
 	mu        sync.Mutex
-	got       int // counts received (one per node that received the push)
+	got       int // counts received (one per node and topic that received the push)
 	delivered int
-	users     map[string]struct{}
-	awaiting  int
-	wait      *ackWait // nil: acks not awaited
-	changed   chan struct{}
+	// distinct sums the counts' distinct users; sets are their user
+	// hashes, merged only when more than one count reached users.
+	distinct int
+	sets     [][]byte
+	awaiting int
+	wait     *ackWait // nil: acks not awaited
+	changed  chan struct{}
 }
 
 func (w *countWait) add(m *nodeMsg) {
 	w.mu.Lock()
 	w.got++
 	w.delivered += m.N
-	for _, u := range m.Reached {
-		w.users[u] = struct{}{}
+	if m.Distinct > 0 {
+		w.distinct += m.Distinct
+		w.sets = append(w.sets, m.UserHashes)
 	}
 	if w.wait != nil {
 		for _, id := range m.Ackers {
@@ -372,10 +417,23 @@ func (w *countWait) await(ctx context.Context, nodes int) {
 	}
 }
 
+// result returns the connections delivered to, their distinct users (one
+// count: its own number; several: the union of their hashes) and the
+// connections whose acks are awaited.
 func (w *countWait) result() (delivered, users, awaiting int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.delivered, len(w.users), w.awaiting
+	users = w.distinct
+	if len(w.sets) > 1 {
+		union := make(map[uint64]struct{}, w.distinct)
+		for _, b := range w.sets {
+			for i := 0; i+8 <= len(b); i += 8 {
+				union[binary.LittleEndian.Uint64(b[i:])] = struct{}{}
+			}
+		}
+		users = len(union)
+	}
+	return w.delivered, users, w.awaiting
 }
 
 // localPush is one push on its way to this node's targets.

@@ -61,6 +61,7 @@ type Broker struct {
 var (
 	_ realtime.Broker        = (*Broker)(nil)
 	_ realtime.PresenceStore = (*Broker)(nil)
+	_ realtime.Pusher        = (*Broker)(nil)
 )
 
 // New returns a Broker on client with cfg (zero fields take their
@@ -140,12 +141,26 @@ const (
 // gap): it returns dup true for a duplicate version. The dedupe id (its
 // first 8 hex digits) also seeds the epoch of a stream that has none.
 func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record, gap bool) ([]uint64, bool, error) {
+	seqs, dup, _, err := b.appendRun(ctx, streams, ev, dedupe, record, gap, nil)
+	return seqs, dup, err
+}
+
+// pushArgs is the message a push publishes once its event is appended
+// (Push), and the channels it is published on.
+type pushArgs struct {
+	msg      []byte
+	channels []string
+}
+
+// appendRun is appendOnce that, with push, also publishes push's message
+// (appendScript) and returns its receivers.
+func (b *Broker) appendRun(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record, gap bool, push *pushArgs) ([]uint64, bool, int, error) {
 	if ev == nil {
-		return nil, false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
+		return nil, false, 0, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
 	data, err := realtime.MarshalEvent(ev)
 	if err != nil {
-		return nil, false, fmt.Errorf("redisbroker: append: %w: %w", realtime.ErrBadRequest, err)
+		return nil, false, 0, fmt.Errorf("redisbroker: append: %w: %w", realtime.ErrBadRequest, err)
 	}
 	first := streams[0]
 	n := len(streams)
@@ -166,40 +181,53 @@ func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, e
 			allowGap = "1"
 		}
 	}
-	res, err := appendScript.Run(ctx, b.client, ks,
-		n, b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL/time.Second),
-		epochSeed(dedupe), version, below, allowGap).Slice()
+	args := []any{n, b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL / time.Second),
+		epochSeed(dedupe), version, below, allowGap}
+	if push != nil {
+		args = append(args, push.msg)
+		for _, c := range push.channels {
+			args = append(args, c)
+		}
+	}
+	res, err := appendScript.Run(ctx, b.client, ks, args...).Slice()
 	if err != nil {
-		return nil, false, unavailable("append", err)
+		return nil, false, 0, unavailable("append", err)
 	}
 	if len(res) < 2 {
-		return nil, false, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
+		return nil, false, 0, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
 	}
 	status, ok1 := res[0].(int64)
 	last, ok2 := res[1].(string)
 	if !ok1 || !ok2 {
-		return nil, false, fmt.Errorf("%w: append answered %T %T", ErrCorrupt, res[0], res[1])
+		return nil, false, 0, fmt.Errorf("%w: append answered %T %T", ErrCorrupt, res[0], res[1])
 	}
 	switch status {
 	case appendDup:
-		return nil, true, nil
+		return nil, true, 0, nil
 	case appendAhead:
-		return nil, false, fmt.Errorf("%w: append %s/%s: version %d after %s", ErrOutOfOrder, first.Collection, first.ID, ev.Version, last)
+		return nil, false, 0, fmt.Errorf("%w: append %s/%s: version %d after %s", ErrOutOfOrder, first.Collection, first.ID, ev.Version, last)
 	case appendDone, appendRetried:
 	default:
-		return nil, false, fmt.Errorf("%w: append answered status %d", ErrCorrupt, status)
+		return nil, false, 0, fmt.Errorf("%w: append answered status %d", ErrCorrupt, status)
 	}
-	if len(res) != n+2 {
-		return nil, false, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
+	// A push retried after its first run (appendRetried) published
+	// already: its receivers are not known.
+	if len(res) != n+2 && (push == nil || len(res) != n+3) {
+		return nil, false, 0, fmt.Errorf("%w: append answered %d values", ErrCorrupt, len(res))
 	}
 	seqs := make([]uint64, n)
 	for i := range streams {
 		id, _ := res[i+2].(string)
 		if seqs[i], err = position(id); err != nil {
-			return nil, false, err
+			return nil, false, 0, err
 		}
 	}
-	return seqs, false, nil
+	nodes := 0
+	if len(res) == n+3 {
+		k, _ := res[n+2].(int64)
+		nodes = int(k)
+	}
+	return seqs, false, nodes, nil
 }
 
 // epochSeed returns the seed of a new epoch (epochFunc) from a random id

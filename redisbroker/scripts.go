@@ -73,10 +73,13 @@ end
 //	ARGV[5] event, ARGV[6] dedupe TTL in s, ARGV[7] the seed of the epoch
 //	of a stream that has none (epochFunc), ARGV[8] the event's version
 //	("0": none), ARGV[9] the version minus one, ARGV[10] "1" when a jump
-//	of versions is allowed
+//	of versions is allowed, ARGV[11] (a push: Broker.Push) a message
+//	published, once the event is appended, on each channel ARGV[12..],
+//	preceded by the id of the event's entry in KEYS[1] and a newline
 //
 // It returns {status, the record's last version ("" when unknown or not
-// read), entry id of each stream...}; status is 0 (appended), 1 (appended
+// read), entry id of each stream..., (a push) the number of receivers of
+// its message summed over its channels}; status is 0 (appended), 1 (appended
 // already by a run with this dedupe key), 2 (a duplicate version: nothing
 // done, no ids) or 3 (a version beyond the next one: nothing done, no
 // ids). Versions are compared as decimal strings (they may exceed what a
@@ -156,6 +159,11 @@ elseif vk then
   redis.call('PEXPIREAT', vk, at)
 end
 redis.call('SET', dk, table.concat(ids, ' '), 'EX', ARGV[6])
+if ARGV[11] then
+  local msg, nodes = ids[1] .. '\n' .. ARGV[11], 0
+  for i = 12, #ARGV do nodes = nodes + redis.call('PUBLISH', ARGV[i], msg) end
+  out[n + 3] = nodes
+end
 return out
 `)
 
