@@ -19,9 +19,10 @@ func (o *orchestrator) twoNodeLine() string {
 	return fmt.Sprintf("Two nodes (%s): Redis %s at %s, shared by both server processes of an implementation; every run uses a fresh key prefix "+
 		"(bench:<pid>:<ms>:<n>:, deleted after the run), so no run sees another's keys. Node B holds the %s subscribers (the raw clients connect to it), "+
 		"node A only publishes, from its control endpoint's loop: one goroutine, each call waiting for its answer. Server CPU per delivery is node B's; "+
-		"node A's CPU per call is reported beside the publish rate. The plugin's push answers (NotifyResult delivered and users) are checked "+
-		"on every call of every phase against the subscribers on node B and their distinct users.",
-		strings.Join(double, ", "), o.redis.version, redactURL(o.cfg.redisURL), count(o.cfg.subs))
+		"node A's CPU per call is reported beside the publish rate. The plugin's push answers (NotifyResult delivered and users, PROTOCOL §7) are checked "+
+		"on every call of every phase: delivered must be the %s subscribers on node B and users %s (the realtime-ws-redis clients are %s distinct users, "+
+		"a token per client index, sub bench-<i>; centrifuge's publish answers no counts).",
+		strings.Join(double, ", "), o.redis.version, redactURL(o.cfg.redisURL), count(o.cfg.subs), count(o.cfg.subs), count(o.cfg.subs), count(o.cfg.subs))
 }
 
 // redactURL drops a password from a Redis URL.
@@ -86,6 +87,7 @@ func (o *orchestrator) twoNodeRows() []row {
 		{label: fmt.Sprintf("%g publishes/s on node A × %s on node B = %s deliveries/s: p50", cfg.latRate, count(cfg.subs), count(int(cfg.latRate)*cfg.subs)),
 			unit: "ms", get: step(lat, func(s stepResult) (float64, bool) { return ms(s.p50), s.events > 0 })},
 		{label: "… p99", unit: "ms", get: step(lat, func(s stepResult) (float64, bool) { return ms(s.p99), s.events > 0 })},
+		{label: "… deliveries/s achieved (a publisher slower than asked falls behind: fewer deliveries/s)", unit: "M/s", get: step(lat, rate)},
 		{label: "… delivered", unit: "%", get: step(lat, pct)},
 		{label: "… push answers with wrong counts", get: step(lat, wrong), cell: wrongCell(lat)},
 	}
