@@ -106,6 +106,7 @@ func clientsMain(args []string) error {
 	fs := flag.NewFlagSet("clients", flag.ExitOnError)
 	name := fs.String("impl", "", "implementation (tells the path, the subscribe message and the pings)")
 	n := fs.Int("n", 100, "connections to open")
+	first := fs.Int("first", 0, "index of this process's first connection among all client processes (per-user tokens)")
 	addrs := fs.String("addr", "", "comma-separated server addresses (host:port), used in turn")
 	conc := fs.Int("conc", 64, "concurrent connection attempts")
 	bufSize := fs.Int("buf", 64<<10, "read buffer of each poll loop (bytes)")
@@ -128,7 +129,7 @@ func clientsMain(args []string) error {
 	if err := cs.startLoops(runtime.GOMAXPROCS(0)); err != nil {
 		return err
 	}
-	path := spec.path()
+	path := spec.path(0)
 	sem := make(chan struct{}, max(*conc, 1))
 	var wg sync.WaitGroup
 	for i := range *n {
@@ -137,7 +138,11 @@ func clientsMain(args []string) error {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, rest, err := cs.open(host, path)
+			p := path
+			if spec.perConn {
+				p = spec.path(*first + i)
+			}
+			c, rest, err := cs.open(host, p)
 			if err != nil {
 				cs.failed.Add(1)
 				cs.errOnce.Do(func() { cs.firstErr.Store(err.Error()) })
@@ -225,7 +230,7 @@ func (cs *clientSet) open(host, path string) (*clientConn, []byte, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0) // close with RST: no TIME_WAIT left on the client ports
 	}
-	ws := cs.spec.table == "ws"
+	ws := cs.spec.ws()
 	c := &clientConn{cs: cs, conn: conn, fd: -1, ws: ws}
 	cs.mu.Lock()
 	cs.conns = append(cs.conns, c)

@@ -7,6 +7,10 @@
 //
 //	go run . -mode smoke        every measurement at tiny scale (seconds)
 //	go run . -mode full         the real numbers (about half an hour)
+//	go run . -mode full -redis redis://127.0.0.1:6379/0
+//	                            two nodes through one Redis (twonode.go):
+//	                            realtime-ws/sse-redis beside centrifuge's
+//	                            Redis broker (about five minutes)
 //	go run . server -impl NAME  one server with its control endpoint
 //	go run . clients …          raw SSE or WebSocket connections (stdin commands)
 //

@@ -195,8 +195,18 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 		"of the server process from /proc/<pid>/stat; RSS is VmRSS from /proc/<pid>/status, read after the server ran runtime.GC() "+
 		"(and again after debug.FreeOSMemory()); heap + stacks are runtime.MemStats HeapInuse + StackInuse. Events carry %d B of JSON.\n\n",
 		count(cfg.perProc), cfg.reps, cfg.size)
-	rows := o.rows()
-	for _, table := range []struct{ key, title string }{{"sse", "SSE"}, {"ws", "WebSocket"}} {
+	if o.redis != nil {
+		fmt.Fprintf(w, "%s\n\n", o.twoNodeLine())
+	}
+	for _, table := range []struct {
+		key, title string
+		rows       []row
+	}{
+		{"sse", "SSE", o.rows()}, {"ws", "WebSocket", o.rows()},
+		{"ws2", "WebSocket, two nodes through one Redis", o.twoNodeRows()},
+		{"sse2", "SSE, two nodes through one Redis", o.twoNodeRows()},
+	} {
+		rows := table.rows
 		var cols []string
 		for _, name := range cfg.impls {
 			if sp, _ := specOf(name); sp.table == table.key {
@@ -207,6 +217,16 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 			continue
 		}
 		fmt.Fprintf(w, "### %s\n\n| measurement | %s |\n|---|%s\n", table.title, strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
+		// A row no column has a value for (the push answers of a table
+		// without pushes) is left out.
+		rows = slices.DeleteFunc(slices.Clone(rows), func(r row) bool {
+			for _, c := range cols {
+				if _, ok := median(res[c], r.get); ok {
+					return false
+				}
+			}
+			return true
+		})
 		for _, r := range rows {
 			cells := make([]string, len(cols))
 			for i, c := range cols {
@@ -228,7 +248,7 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 		base := cols[0]
 		if len(cols) > 1 && strings.HasPrefix(base, "realtime") {
 			fmt.Fprintf(w, "\nRatios to %s (median of the peer ÷ median of the plugin: above 1 the peer uses more memory, CPU or time, "+
-				"or delivers more per second):\n\n| measurement | %s |\n|---|%s\n", base, strings.Join(cols[1:], " | "), strings.Repeat("---|", len(cols)-1))
+				"or delivers or publishes more per second):\n\n| measurement | %s |\n|---|%s\n", base, strings.Join(cols[1:], " | "), strings.Repeat("---|", len(cols)-1))
 			for _, r := range rows {
 				b, okb := median(res[base], r.get)
 				cells := make([]string, len(cols)-1)
@@ -276,6 +296,9 @@ func (o *orchestrator) report(w io.Writer, res map[string][]*repResult) {
 			}
 			if r.unpaced.ran {
 				fmt.Fprintf(w, "unpaced: %s; ", r.unpaced)
+			}
+			if r.seq.ran {
+				fmt.Fprintf(w, "sequential: %s, %.0f calls/s, node A %.1f µs/call; ", r.seq, r.seq.callRate(), r.seq.pubCPUPerCall())
 			}
 			for _, e := range r.errs {
 				fmt.Fprintf(w, "ERROR %s; ", e)

@@ -42,18 +42,22 @@ type runConfig struct {
 	settle      time.Duration // pause between the last connection and the idle memory reading
 	stall       time.Duration // a step ends when nothing arrived for this long
 	verbose     bool
+	// two nodes (twonode.go)
+	redisURL string        // the Redis both nodes share ("": no two-node implementations)
+	seqCalls int           // calls of the sequential publisher, at most
+	seqDur   time.Duration // … and for at most this long
 }
 
 func fullConfig() runConfig {
 	return runConfig{mode: "full", reps: 3, idleConns: 10_000, wideRates: []float64{10, 50}, wideDur: 3 * time.Second,
 		subs: 1000, size: 120, warmup: 100, bursts: 10, burstEvents: 100, latRate: 100, latDur: 3 * time.Second,
-		unpaced: 5000, procs: 2, perProc: 9000, settle: time.Second, stall: 3 * time.Second}
+		unpaced: 5000, procs: 2, perProc: 9000, settle: time.Second, stall: 3 * time.Second, seqCalls: 2000, seqDur: 10 * time.Second}
 }
 
 func smokeConfig() runConfig {
 	return runConfig{mode: "smoke", reps: 1, idleConns: 200, wideRates: []float64{10, 50}, wideDur: 500 * time.Millisecond,
 		subs: 50, size: 120, warmup: 10, bursts: 3, burstEvents: 20, latRate: 100, latDur: 500 * time.Millisecond,
-		unpaced: 300, procs: 1, perProc: 9000, settle: 200 * time.Millisecond, stall: time.Second}
+		unpaced: 300, procs: 1, perProc: 9000, settle: 200 * time.Millisecond, stall: time.Second, seqCalls: 200, seqDur: 2 * time.Second}
 }
 
 func runMain(args []string, out io.Writer) error {
@@ -73,7 +77,7 @@ func runMain(args []string, out io.Writer) error {
 func parseRun(args []string) (runConfig, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	mode := fs.String("mode", "smoke", "smoke (tiny scale, seconds) or full (the real numbers)")
-	impls := fs.String("impls", "", "implementations, comma-separated (default: all): "+strings.Join(specNames(), ","))
+	impls := fs.String("impls", "", "implementations, comma-separated (default: every single-node one; with -redis every two-node one): "+strings.Join(specNames(), ","))
 	reps := fs.Int("reps", 0, "repetitions (0: the mode's: smoke 1, full 3)")
 	idle := fs.Int("conns", 0, "connections of the idle memory and wide fan-out phase (0: the mode's: 200 / 10,000)")
 	subs := fs.Int("subs", 0, "subscribers of the burst, latency and unpaced phases (0: the mode's: 50 / 1,000)")
@@ -81,6 +85,9 @@ func parseRun(args []string) (runConfig, error) {
 	wideDur := fs.Duration("wide-dur", 0, "length of each wide fan-out step (0: the mode's: 0.5 s / 3 s)")
 	unpaced := fs.Int("unpaced", 0, "events of the unpaced burst (0: the mode's: 300 / 5,000)")
 	verbose := fs.Bool("v", false, "log every step to stderr")
+	redisURL := fs.String("redis", "", "Redis URL (redis://127.0.0.1:6379/0): run the two-node implementations (*-redis), two server processes sharing it")
+	seqCalls := fs.Int("seq", 0, "two nodes: calls of the sequential publisher, at most (0: the mode's: 200 / 2,000)")
+	seqDur := fs.Duration("seq-dur", 0, "two nodes: … and for at most this long (0: the mode's: 2 s / 10 s)")
 	if err := fs.Parse(args); err != nil {
 		return runConfig{}, err
 	}
@@ -94,6 +101,13 @@ func parseRun(args []string) (runConfig, error) {
 		return cfg, fmt.Errorf("unknown -mode %q (smoke or full)", *mode)
 	}
 	cfg.verbose = *verbose
+	cfg.redisURL = *redisURL
+	if *seqCalls > 0 {
+		cfg.seqCalls = *seqCalls
+	}
+	if *seqDur > 0 {
+		cfg.seqDur = *seqDur
+	}
 	if *reps > 0 {
 		cfg.reps = *reps
 	}
@@ -119,13 +133,22 @@ func parseRun(args []string) (runConfig, error) {
 			cfg.wideRates = append(cfg.wideRates, v)
 		}
 	}
-	cfg.impls = specNames()
-	if *impls != "" {
-		cfg.impls = nil
+	cfg.impls = nil
+	if *impls == "" {
+		for _, sp := range specs {
+			if sp.twoNode() == (cfg.redisURL != "") {
+				cfg.impls = append(cfg.impls, sp.name)
+			}
+		}
+	} else {
 		for _, s := range strings.Split(*impls, ",") {
 			s = strings.TrimSpace(s)
-			if _, ok := specOf(s); !ok {
+			sp, ok := specOf(s)
+			if !ok {
 				return cfg, fmt.Errorf("unknown implementation %q (known: %s)", s, strings.Join(specNames(), ","))
+			}
+			if sp.twoNode() && cfg.redisURL == "" {
+				return cfg, fmt.Errorf("%s runs as two nodes sharing one Redis: give -redis URL", s)
 			}
 			cfg.impls = append(cfg.impls, s)
 		}
@@ -144,6 +167,10 @@ func execute(cfg runConfig) (*orchestrator, map[string][]*repResult, error) {
 		return nil, nil, err
 	}
 	o := &orchestrator{cfg: cfg, self: self, configs: map[string]string{}}
+	if err := o.openRedis(); err != nil {
+		return nil, nil, err
+	}
+	defer o.closeRedis()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	done := make(chan struct{})
@@ -189,6 +216,8 @@ type repResult struct {
 	drained stepResult
 	lat     stepResult
 	unpaced stepResult
+	// two nodes: the sequential publisher
+	seq stepResult
 }
 
 type stepResult struct {
@@ -204,6 +233,10 @@ type stepResult struct {
 	clientCPU  float64
 	closed     int64          // subscribers that ended during the step
 	codes      map[string]int // their WebSocket close codes
+	pubCPU     float64        // CPU seconds of the publisher's process (two nodes: node A; else the server)
+	checked    int            // answers checked against the expected delivery counts
+	wrong      int            // … that were wrong
+	firstWrong string
 }
 
 func (s stepResult) cpuPerDelivery() float64 {
@@ -213,9 +246,24 @@ func (s stepResult) cpuPerDelivery() float64 {
 	return s.serverCPU / float64(s.events) * 1e6
 }
 
+// callRate is the publisher's calls per second.
+func (s stepResult) callRate() float64 {
+	if s.pubSeconds <= 0 {
+		return 0
+	}
+	return float64(s.published) / s.pubSeconds
+}
+
 func (s stepResult) String() string {
-	return fmt.Sprintf("published=%d delivered=%d/%d in %.2fs (publishing %.2fs) = %.0f/s p50=%v p99=%v closed=%d codes=%v server %.2f µs/delivery",
+	str := fmt.Sprintf("published=%d delivered=%d/%d in %.2fs (publishing %.2fs) = %.0f/s p50=%v p99=%v closed=%d codes=%v server %.2f µs/delivery",
 		s.published, s.events, s.expected, s.seconds, s.pubSeconds, s.rate, s.p50, s.p99, s.closed, s.codes, s.cpuPerDelivery())
+	if s.checked > 0 {
+		str += fmt.Sprintf(" answers checked=%d wrong=%d", s.checked, s.wrong)
+		if s.firstWrong != "" {
+			str += " (first: " + s.firstWrong + ")"
+		}
+	}
+	return str
 }
 
 // loadSample is one reading of /proc/loadavg.
@@ -235,6 +283,8 @@ type orchestrator struct {
 
 	loads      []loadSample
 	start, end time.Time
+
+	redis *redisAdmin // two nodes: the orchestrator's own client (prefixes, cleanup)
 }
 
 func (o *orchestrator) logf(format string, args ...any) {
@@ -261,17 +311,25 @@ func (o *orchestrator) run() map[string][]*repResult {
 			rs[name] = &repResult{}
 			res[name] = append(res[name], rs[name])
 		}
-		for _, name := range o.cfg.impls {
+		single, double := o.splitImpls()
+		for _, name := range single {
 			o.logf("repetition %d/%d: %s: idle memory at %d connections, wide fan-out", rep+1, o.cfg.reps, name, o.cfg.idleConns)
 			if err := o.idleAndWide(name, rs[name]); err != nil {
 				rs[name].errs = append(rs[name].errs, "idle/wide: "+err.Error())
 				o.logf("%s: %v", name, err)
 			}
 		}
-		for _, name := range o.cfg.impls {
+		for _, name := range single {
 			o.logf("repetition %d/%d: %s: %d subscribers: drained bursts, latency, unpaced burst", rep+1, o.cfg.reps, name, o.cfg.subs)
 			if err := o.thousand(name, rs[name]); err != nil {
 				rs[name].errs = append(rs[name].errs, "bursts/latency: "+err.Error())
+				o.logf("%s: %v", name, err)
+			}
+		}
+		for _, name := range double {
+			o.logf("repetition %d/%d: %s: two nodes through Redis, %d subscribers on node B: drained bursts, latency, sequential publisher", rep+1, o.cfg.reps, name, o.cfg.subs)
+			if err := o.twoNode(name, rs[name]); err != nil {
+				rs[name].errs = append(rs[name].errs, "two nodes: "+err.Error())
 				o.logf("%s: %v", name, err)
 			}
 		}
@@ -423,12 +481,15 @@ type server struct {
 	http  *http.Client
 }
 
-func (o *orchestrator) startServer(name string) (*server, error) {
+// startServer starts a server process; extra are more flags (a two-node
+// implementation's -redis and -prefix).
+func (o *orchestrator) startServer(name string, extra ...string) (*server, error) {
 	addrs := make([]string, o.cfg.ports)
 	for i := range addrs {
 		addrs[i] = "127.0.0.1:0"
 	}
-	c, err := o.startChild("server "+name, nil, "server", "-impl", name, "-addr", strings.Join(addrs, ","), "-ctl", "127.0.0.1:0")
+	args := append([]string{"server", "-impl", name, "-addr", strings.Join(addrs, ","), "-ctl", "127.0.0.1:0"}, extra...)
+	c, err := o.startChild("server "+name, nil, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -458,9 +519,14 @@ func (s *server) stats(query string) (serverStats, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func (s *server) publish(n int, rate float64, size int, maxDur time.Duration) (publishResult, error) {
+// publish runs the server's publish loop; with want.delivered >= 0 the
+// server checks each answer's delivery counts against want.
+func (s *server) publish(n int, rate float64, size int, maxDur time.Duration, want wantCounts) (publishResult, error) {
 	var res publishResult
 	u := fmt.Sprintf("http://%s/publish?n=%d&rate=%g&size=%d&max=%s", s.ready.Ctl, n, rate, size, maxDur)
+	if want.delivered >= 0 {
+		u += fmt.Sprintf("&delivered=%d&users=%d", want.delivered, want.users)
+	}
 	resp, err := s.http.Post(u, "", nil)
 	if err != nil {
 		return res, err
@@ -538,13 +604,15 @@ type clientGroup struct {
 func (o *orchestrator) startClients(s *server, n int) (*clientGroup, error) {
 	np := min(max(o.cfg.procs, (n+o.cfg.perProc-1)/o.cfg.perProc), n)
 	g := &clientGroup{}
+	first := 0
 	for i := range np {
 		k := n / np
 		if i < n%np {
 			k++
 		}
 		c, err := o.startChild(fmt.Sprintf("clients#%d", i), []string{"GOMAXPROCS=1"},
-			"clients", "-impl", s.ready.Impl, "-n", strconv.Itoa(k), "-addr", strings.Join(s.ready.Addrs, ","))
+			"clients", "-impl", s.ready.Impl, "-n", strconv.Itoa(k), "-first", strconv.Itoa(first), "-addr", strings.Join(s.ready.Addrs, ","))
+		first += k
 		if err != nil {
 			o.stopClients(g)
 			return nil, err
@@ -633,6 +701,12 @@ func (g *clientGroup) command(cmd string, perProc func(i int) string, timeout ti
 // step publishes n events at rate (0: as fast as the publisher can) and
 // waits until every subscriber got them, or nothing arrived for stall.
 func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stall, limit time.Duration) (stepResult, *latency.Hist, error) {
+	return o.stepOn(s, s, g, n, rate, stall, limit, wantCounts{-1, -1})
+}
+
+// stepOn is step with the publisher on pub and the subscribers on s (two
+// nodes; else pub is s), the publisher's answers checked against want.
+func (o *orchestrator) stepOn(pub, s *server, g *clientGroup, n int, rate float64, stall, limit time.Duration, want wantCounts) (stepResult, *latency.Hist, error) {
 	res := stepResult{}
 	if _, _, err := g.command("reset", nil, 30*time.Second); err != nil {
 		return res, nil, err
@@ -641,20 +715,21 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stal
 	if err != nil {
 		return res, nil, err
 	}
-	cpu0 := s.cpu()
-	pub, err := s.publish(n, rate, o.cfg.size, limit)
+	cpu0, pcpu0 := s.cpu(), pub.cpu()
+	pr, err := pub.publish(n, rate, o.cfg.size, limit, want)
 	if err != nil {
 		return res, nil, err
 	}
-	res.published = pub.Published
-	res.pubSeconds = float64(pub.EndNs-pub.StartNs) / 1e9
+	res.checked, res.wrong, res.firstWrong = pr.Checked, pr.Wrong, pr.FirstWrong
+	res.published = pr.Published
+	res.pubSeconds = float64(pr.EndNs-pr.StartNs) / 1e9
 	var sum int64
 	for _, k := range g.opened {
 		sum += k
 	}
-	res.expected = int64(pub.Published) * sum
+	res.expected = int64(pr.Published) * sum
 	st, h, err := g.command("wait", func(i int) string {
-		return fmt.Sprintf("%d %d %d", int64(pub.Published)*g.opened[i], stall.Milliseconds(), limit.Milliseconds())
+		return fmt.Sprintf("%d %d %d", int64(pr.Published)*g.opened[i], stall.Milliseconds(), limit.Milliseconds())
 	}, limit+30*time.Second)
 	if err != nil {
 		return res, nil, err
@@ -663,6 +738,7 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stal
 		o.vlogf("clients: %d pongs sent, %d failed, longest ping → pong posted %d ms", st.Pongs, st.PongErrs, st.PongMaxMs)
 	}
 	res.serverCPU = s.cpu() - cpu0
+	res.pubCPU = pub.cpu() - pcpu0
 	res.clientCPU = st.CPUSeconds - pre.CPUSeconds
 	res.ran = true
 	res.events = st.Events
@@ -673,8 +749,8 @@ func (o *orchestrator) step(s *server, g *clientGroup, n int, rate float64, stal
 			res.codes[k] = d
 		}
 	}
-	if st.LastNs > pub.StartNs {
-		res.seconds = float64(st.LastNs-pub.StartNs) / 1e9
+	if st.LastNs > pr.StartNs {
+		res.seconds = float64(st.LastNs-pr.StartNs) / 1e9
 		res.rate = float64(st.Events) / res.seconds
 	}
 	res.p50, res.p99 = h.Quantile(0.50), h.Quantile(0.99)
@@ -772,38 +848,10 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 		}
 	}
 
-	// Drained bursts: each burst is published as fast as the publisher can
-	// and fully delivered before the next.
-	var d stepResult
-	d.codes = map[string]int{}
-	var all latency.Hist
-	cpu0 := s.cpu() // once for all bursts: /proc counts 10 ms ticks
-	for range o.cfg.bursts {
-		st, h, err := o.step(s, g, o.cfg.burstEvents, 0, o.cfg.stall, time.Minute)
-		if err != nil {
-			return err
-		}
-		d.ran = true
-		d.published += st.published
-		d.expected += st.expected
-		d.events += st.events
-		d.seconds += st.seconds
-		d.pubSeconds += st.pubSeconds
-		d.clientCPU += st.clientCPU
-		d.closed += st.closed
-		for k, v := range st.codes {
-			d.codes[k] += v
-		}
-		all.Merge(h)
-		if st.closed > 0 || st.events < st.expected {
-			break // not drained: the phase is over
-		}
+	d, err := o.drainedBursts(s, s, g, wantCounts{-1, -1})
+	if err != nil {
+		return err
 	}
-	d.serverCPU = s.cpu() - cpu0
-	if d.seconds > 0 {
-		d.rate = float64(d.events) / d.seconds
-	}
-	d.p50, d.p99 = all.Quantile(0.5), all.Quantile(0.99)
 	r.drained = d
 	o.vlogf("%s drained bursts: %s", name, d)
 	if d.closed > 0 {
@@ -821,4 +869,49 @@ func (o *orchestrator) thousand(name string, r *repResult) error {
 	}
 	o.vlogf("%s unpaced: %s", name, r.unpaced)
 	return nil
+}
+
+// drainedBursts publishes cfg.bursts bursts of cfg.burstEvents on pub, each
+// as fast as the publisher can and fully delivered to the subscribers on s
+// before the next (pub is s on one node).
+func (o *orchestrator) drainedBursts(pub, s *server, g *clientGroup, want wantCounts) (stepResult, error) {
+	// Drained bursts: each burst is published as fast as the publisher can
+	// and fully delivered before the next.
+	var d stepResult
+	d.codes = map[string]int{}
+	var all latency.Hist
+	cpu0, pcpu0 := s.cpu(), pub.cpu() // once for all bursts: /proc counts 10 ms ticks
+	for range o.cfg.bursts {
+		st, h, err := o.stepOn(pub, s, g, o.cfg.burstEvents, 0, o.cfg.stall, time.Minute, want)
+		if err != nil {
+			return d, err
+		}
+		d.ran = true
+		d.published += st.published
+		d.expected += st.expected
+		d.events += st.events
+		d.seconds += st.seconds
+		d.pubSeconds += st.pubSeconds
+		d.clientCPU += st.clientCPU
+		d.closed += st.closed
+		d.checked += st.checked
+		d.wrong += st.wrong
+		if d.firstWrong == "" {
+			d.firstWrong = st.firstWrong
+		}
+		for k, v := range st.codes {
+			d.codes[k] += v
+		}
+		all.Merge(h)
+		if st.closed > 0 || st.events < st.expected {
+			break // not drained: the phase is over
+		}
+	}
+	d.serverCPU = s.cpu() - cpu0
+	d.pubCPU = pub.cpu() - pcpu0
+	if d.seconds > 0 {
+		d.rate = float64(d.events) / d.seconds
+	}
+	d.p50, d.p99 = all.Quantile(0.5), all.Quantile(0.99)
+	return d, nil
 }

@@ -55,6 +55,22 @@ type publishResult struct {
 	FirstErr  string `json:"first_err,omitempty"`
 	StartNs   int64  `json:"start_ns"`
 	EndNs     int64  `json:"end_ns"`
+	// Checked is the number of answers checked against the expected
+	// delivery counts (a push's NotifyResult), Wrong those that differed.
+	Checked    int    `json:"checked"`
+	Wrong      int    `json:"wrong"`
+	FirstWrong string `json:"first_wrong,omitempty"`
+}
+
+// wantCounts is what a publish that answers with delivery counts must
+// answer (PROTOCOL.md §7: delivered, users); negative: not checked.
+type wantCounts struct{ delivered, users int }
+
+// countedPublisher is an implementation whose publish answers with the
+// delivery counts (the plugin's Notify): counts reports whether it does.
+type countedPublisher interface {
+	counts() bool
+	publishCounted(ctx context.Context, data []byte) (delivered, users int, err error)
 }
 
 // impl is one server implementation under test.
@@ -69,7 +85,10 @@ type impl interface {
 	close()
 }
 
-func newImpl(name string) (impl, error) {
+func newImpl(name string, rc redisConf) (impl, error) {
+	if sp, ok := specOf(name); ok && sp.twoNode() {
+		return newTwoNodeImpl(sp.base, rc)
+	}
 	switch name {
 	case "realtime-sse":
 		return newRealtime(realtime.Config{}, false, false)
@@ -78,9 +97,9 @@ func newImpl(name string) (impl, error) {
 	case "realtime-ws-rec":
 		return newRealtime(wsCaps(realtime.Config{}), false, true)
 	case "centrifuge-sse":
-		return newCentrifuge(false)
+		return newCentrifuge(false, nil)
 	case "centrifuge-ws":
-		return newCentrifuge(true)
+		return newCentrifuge(true, nil)
 	case "mercure-sse":
 		return newMercure()
 	case "nethttp-sse":
@@ -109,9 +128,12 @@ func serverMain(args []string) error {
 	name := fs.String("impl", "realtime-sse", "implementation")
 	addrs := fs.String("addr", "127.0.0.1:0", "comma-separated listen addresses")
 	ctl := fs.String("ctl", "127.0.0.1:0", "control listen address (stats, publish, pprof)")
+	var rc redisConf
+	fs.StringVar(&rc.url, "redis", "", "Redis URL of a two-node implementation's broker")
+	fs.StringVar(&rc.prefix, "prefix", "", "key prefix of a two-node implementation's broker (fresh per run)")
 	_ = fs.Parse(args)
 
-	im, err := newImpl(*name)
+	im, err := newImpl(*name, rc)
 	if err != nil {
 		return err
 	}
@@ -145,6 +167,11 @@ func serverMain(args []string) error {
 		rate, _ := strconv.ParseFloat(q.Get("rate"), 64)
 		size, _ := strconv.Atoi(q.Get("size"))
 		maxDur, _ := time.ParseDuration(q.Get("max"))
+		want := wantCounts{-1, -1}
+		if v := q.Get("delivered"); v != "" {
+			want.delivered, _ = strconv.Atoi(v)
+			want.users, _ = strconv.Atoi(q.Get("users"))
+		}
 		if n <= 0 || n > 1_000_000 {
 			http.Error(w, "n must be in 1..1000000", http.StatusBadRequest)
 			return
@@ -152,7 +179,7 @@ func serverMain(args []string) error {
 		if maxDur <= 0 || maxDur > 5*time.Minute {
 			maxDur = time.Minute
 		}
-		writeJSON(w, publishLoop(r.Context(), im, n, rate, size, maxDur))
+		writeJSON(w, publishLoop(r.Context(), im, n, rate, size, maxDur, want))
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -183,10 +210,16 @@ func serverMain(args []string) error {
 }
 
 // publishLoop publishes n events at rate per second (0: as fast as it
-// can), for at most maxDur, from one goroutine. Each event's data carries
-// its send time in Unix nanoseconds ("t"), padded to size bytes.
-func publishLoop(ctx context.Context, im impl, n int, rate float64, size int, maxDur time.Duration) publishResult {
+// can), for at most maxDur, from one goroutine, each call waiting for its
+// answer. Each event's data carries its send time in Unix nanoseconds
+// ("t"), padded to size bytes. With want.delivered >= 0, an implementation
+// that answers with delivery counts has every answer checked against want.
+func publishLoop(ctx context.Context, im impl, n int, rate float64, size int, maxDur time.Duration, want wantCounts) publishResult {
 	var res publishResult
+	var counted countedPublisher
+	if cp, ok := im.(countedPublisher); ok && cp.counts() && want.delivered >= 0 {
+		counted = cp
+	}
 	start := time.Now()
 	res.StartNs = start.UnixNano()
 	deadline := start.Add(maxDur)
@@ -204,7 +237,23 @@ func publishLoop(ctx context.Context, im impl, n int, rate float64, size int, ma
 		if now.After(deadline) || ctx.Err() != nil {
 			break
 		}
-		if err := im.publish(ctx, eventData(i, now.UnixNano(), size)); err != nil {
+		data := eventData(i, now.UnixNano(), size)
+		var err error
+		if counted != nil {
+			var d, u int
+			if d, u, err = counted.publishCounted(ctx, data); err == nil {
+				res.Checked++
+				if d != want.delivered || u != want.users {
+					res.Wrong++
+					if res.FirstWrong == "" {
+						res.FirstWrong = fmt.Sprintf("delivered %d users %d, want %d and %d", d, u, want.delivered, want.users)
+					}
+				}
+			}
+		} else {
+			err = im.publish(ctx, data)
+		}
+		if err != nil {
 			res.Errors++
 			if res.FirstErr == "" {
 				res.FirstErr = err.Error()
@@ -248,6 +297,11 @@ type realtimeImpl struct {
 	push   bool // publish = Notify on wsChannel (else Publish of posts/1)
 	ws     bool // count WebSockets (else stream subscribers)
 	cfg    realtime.Config
+	// two nodes (servers_redis.go): the broker's description, whether each
+	// client is its own user, and what to close after the plugin.
+	broker  string
+	perUser bool
+	closers []func()
 }
 
 // wsCaps lifts the per-user (16) and per-tenant (10,000) WebSocket caps
@@ -287,6 +341,15 @@ func (r *realtimeImpl) publish(ctx context.Context, data []byte) error {
 	return err
 }
 
+func (r *realtimeImpl) counts() bool { return r.push }
+
+func (r *realtimeImpl) publishCounted(ctx context.Context, data []byte) (int, int, error) {
+	res, err := r.rt.Notify(ctx, realtime.Notification{
+		Tenant: realtime.DefaultTenant, Channel: wsChannel, Event: wsEvent, Data: json.RawMessage(data),
+	})
+	return res.Delivered, res.Users, err
+}
+
 func (r *realtimeImpl) subscribers() int64 {
 	if r.ws && r.push {
 		_, n, _ := r.rt.Presence(context.Background(), realtime.DefaultTenant)
@@ -296,9 +359,19 @@ func (r *realtimeImpl) subscribers() int64 {
 }
 
 func (r *realtimeImpl) config() string {
+	buf := ", in-memory buffer of 100 events per record/channel)"
+	if r.broker != "" {
+		buf = ")"
+	}
 	s := "gin release mode, no middleware; realtime.New(Config{JWTSecret, Logger: discard}) with every other field at its default " +
-		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s, in-memory buffer of 100 events per record/channel)"
-	if r.ws {
+		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s" + buf
+	if r.broker != "" {
+		s += ", except Broker: " + r.broker
+	}
+	switch {
+	case r.ws && r.perUser:
+		s += "; WSMaxConnsPerUser and WSMaxConnsPerTenant raised to 50,000 (as on one node; here each client has its own user, bench-<i>)"
+	case r.ws:
 		s += ", except WSMaxConnsPerUser and WSMaxConnsPerTenant raised to 50,000 (every client has the same token)"
 	}
 	s += "; RegisterCollection(api, \"posts\") beside an app route GET /api/v1/posts/:id. "
@@ -317,6 +390,9 @@ func (r *realtimeImpl) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = r.rt.Close(ctx)
+	for _, f := range r.closers {
+		f()
+	}
 }
 
 // --- centrifuge ---
@@ -332,9 +408,14 @@ type centrifugeImpl struct {
 	node *centrifuge.Node
 	ws   bool
 	mux  *http.ServeMux
+	// two nodes (servers_redis.go): the Redis broker's description and shard.
+	broker string
+	shard  *centrifuge.RedisShard
 }
 
-func newCentrifuge(ws bool) (*centrifugeImpl, error) {
+// newCentrifuge returns the node; with rc set (two nodes) its broker and
+// presence manager are Redis ones, set up by useRedis before node.Run.
+func newCentrifuge(ws bool, rc *redisConf) (*centrifugeImpl, error) {
 	cfg := centrifuge.Config{LogLevel: centrifuge.LogLevelNone}
 	if serverLog {
 		cfg.LogLevel = centrifuge.LogLevelDebug
@@ -353,14 +434,22 @@ func newCentrifuge(ws bool) (*centrifugeImpl, error) {
 		}, nil
 	})
 	node.OnConnect(func(client *centrifuge.Client) {})
+	c := &centrifugeImpl{node: node, ws: ws}
+	if rc != nil {
+		if err := c.useRedis(*rc); err != nil {
+			return nil, err
+		}
+	}
 	if err := node.Run(); err != nil {
+		c.close()
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle(centrifugeWS, centrifuge.NewWebsocketHandler(node, centrifuge.WebsocketConfig{}))
 	mux.Handle(centrifugeSSE, centrifuge.NewSSEHandler(node, centrifuge.SSEConfig{}))
 	mux.Handle(centrifugeEmul, centrifuge.NewEmulationHandler(node, centrifuge.EmulationConfig{}))
-	return &centrifugeImpl{node: node, ws: ws, mux: mux}, nil
+	c.mux = mux
+	return c, nil
 }
 
 func (c *centrifugeImpl) handler() http.Handler { return c.mux }
@@ -375,9 +464,16 @@ func (c *centrifugeImpl) subscribers() int64 {
 }
 
 func (c *centrifugeImpl) config() string {
-	s := "centrifuge v0.38.0: centrifuge.New(Config{LogLevel: None}) with every other field at its default (memory broker and presence manager, " +
+	mem := "memory broker and presence manager, "
+	if c.broker != "" {
+		mem = ""
+	}
+	s := "centrifuge v0.38.0: centrifuge.New(Config{LogLevel: None}) with every other field at its default (" + mem +
 		"ClientQueueMaxSize 1 MiB, MaxMessagesInFrame 16, no WriteDelay, ping every 25 s with a 10 s pong timeout), node.Run(); " +
 		"OnConnecting answers Credentials{UserID: \"bench\"} and a server-side subscription to \"" + centrifugeChan + "\"; a publish is node.Publish(\"" + centrifugeChan + "\", data). "
+	if c.broker != "" {
+		s += c.broker + " "
+	}
 	if c.ws {
 		s += "NewWebsocketHandler(node, WebsocketConfig{}) (defaults: buffer sizes 0, i.e. its gorilla fork reuses the HTTP server's 4 KiB buffers; no write buffer pool, WriteTimeout 1 s, no compression, same-host origin check) on " + centrifugeWS +
 			"; clients send {\"id\":1,\"connect\":{}} and answer the {} pings with {}."
@@ -392,6 +488,9 @@ func (c *centrifugeImpl) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = c.node.Shutdown(ctx)
+	if c.shard != nil {
+		c.shard.Close()
+	}
 }
 
 // --- Mercure ---
