@@ -534,6 +534,7 @@ func TestNewConfigValidation(t *testing.T) {
 		{"negative BufferSize", Config{JWTSecret: sec, BufferSize: -1}},
 		{"negative QueueSize", Config{JWTSecret: sec, QueueSize: -1}},
 		{"negative Writers", Config{JWTSecret: sec, Writers: -1}},
+		{"negative WritersAtOnce", Config{JWTSecret: sec, WritersAtOnce: -1}},
 		{"negative BufferMemory", Config{JWTSecret: sec, BufferMemory: -1}},
 		{"negative MaxBodyBytes", Config{JWTSecret: sec, MaxBodyBytes: -1}},
 	}

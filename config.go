@@ -148,9 +148,19 @@ type Config struct {
 	// subscriber that cannot
 	// take a write in that time is disconnected. Default: 10s.
 	WriteTimeout time.Duration
-	// Writers is the number of goroutines that write to SSE connections.
-	// Default: 4 × GOMAXPROCS.
+	// Writers is the number of goroutines that write to SSE connections
+	// and WebSockets. Default: 4 × GOMAXPROCS.
 	Writers int
+	// WritersAtOnce is the most writers writing at one time (a writer
+	// blocked on a peer for more than 100 ms no longer counts). Go reads
+	// the network only when a P runs out of work, or every 10 ms: writers
+	// that take every P make the node read its Broker's messages late (the
+	// delivery counts a push waits for, acks, record events), and a push
+	// then costs one write per connection where it would have shared
+	// writes with the pushes behind it. Default: with a Broker,
+	// GOMAXPROCS − 1 (at least 1), leaving one P to the network; without
+	// one, Writers.
+	WritersAtOnce int
 	// DisableHijack keeps every SSE stream on its handler goroutine instead of
 	// taking HTTP/1.1 connections over (use it when a middleware must see the
 	// response body). HTTP/2 streams always stay on their handler. Default: false.
@@ -300,6 +310,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"BufferSize", &c.BufferSize, 100},
 		{"QueueSize", &c.QueueSize, 512},
 		{"Writers", &c.Writers, 4 * runtime.GOMAXPROCS(0)},
+		{"WritersAtOnce", &c.WritersAtOnce, writersAtOnce(c.Broker != nil)},
 		{"WSMaxConnsPerUser", &c.WSMaxConnsPerUser, 16},
 		{"WSMaxConnsPerTenant", &c.WSMaxConnsPerTenant, 10000},
 		{"WSSendQueue", &c.WSSendQueue, 4096},
@@ -314,6 +325,9 @@ func (c Config) withDefaults() (Config, error) {
 		if *n.v == 0 {
 			*n.v = n.def
 		}
+	}
+	if c.WritersAtOnce == 0 || c.WritersAtOnce > c.Writers {
+		c.WritersAtOnce = c.Writers
 	}
 	if _, err := newOriginPolicy(c.CSRFTrustedOrigins); err != nil {
 		return c, err
@@ -392,4 +406,13 @@ func (c *Config) claimDefaults() error {
 		}
 	}
 	return nil
+}
+
+// writersAtOnce is the default of Config.WritersAtOnce: one P left to the
+// network on a node of many (0: Writers, no limit).
+func writersAtOnce(broker bool) int {
+	if !broker {
+		return 0
+	}
+	return max(1, runtime.GOMAXPROCS(0)-1)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,14 +40,21 @@ func dialStalled(t *testing.T, addr, req string) net.Conn {
 // than there are writers) must not delay delivery to a subscriber that
 // reads: the writer pool starts extra workers while every worker is blocked
 // in a write. WriteTimeout is far longer than the test, so without them the
-// reader would wait for it.
+// reader would wait for it. The same with one writer writing at a time
+// (WritersAtOnce): a worker blocked in a write no longer counts against it.
 func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
+	for _, atOnce := range []int{0, 1} {
+		t.Run(fmt.Sprintf("atOnce=%d", atOnce), func(t *testing.T) { testStalledPeers(t, atOnce) })
+	}
+}
+
+func testStalledPeers(t *testing.T, atOnce int) {
 	const stalled = 4
 	pad := strings.Repeat("x", 64<<10)
 	const events = 300 // ~19 MiB to each peer: far more than its socket buffers
 
 	t.Run("sse", func(t *testing.T) {
-		rt, srv := newTestServer(t, Config{Writers: 2, QueueSize: 1000, WriteTimeout: 10 * time.Minute})
+		rt, srv := newTestServer(t, Config{Writers: 2, WritersAtOnce: atOnce, QueueSize: 1000, WriteTimeout: 10 * time.Minute})
 		tok := userToken(t, "u1")
 		addr := srv.Listener.Addr().String()
 		for range stalled {
@@ -76,7 +84,7 @@ func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
 	})
 
 	t.Run("websocket", func(t *testing.T) {
-		rt, srv := newTestServer(t, Config{Writers: 2, WSSendQueue: 1000, WriteTimeout: 10 * time.Minute})
+		rt, srv := newTestServer(t, Config{Writers: 2, WritersAtOnce: atOnce, WSSendQueue: 1000, WriteTimeout: 10 * time.Minute})
 		tok := userToken(t, "u1")
 		addr := srv.Listener.Addr().String()
 		for range stalled {
@@ -102,4 +110,31 @@ func TestStalledPeersDoNotHoldUpOthers(t *testing.T) {
 			t.Fatalf("connections: %d, want the stalled ones still open", n)
 		}
 	})
+}
+
+// TestWritersAtOnceDefault: a node with a Broker leaves one P to the
+// network (at least one writer writes); a single node lets every writer
+// write; an explicit limit above Writers is Writers.
+func TestWritersAtOnceDefault(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want int
+	}{
+		{"single node", Config{JWTSecret: testSecret}, 4 * procs},
+		{"with a broker", Config{JWTSecret: testSecret, Broker: NewMemoryBroker(MemoryBufferConfig{}).Node()}, max(1, procs-1)},
+		{"explicit", Config{JWTSecret: testSecret, Writers: 8, WritersAtOnce: 3}, 3},
+		{"above Writers", Config{JWTSecret: testSecret, Writers: 2, WritersAtOnce: 5}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.cfg.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.WritersAtOnce != tc.want {
+				t.Errorf("WritersAtOnce %d, want %d", c.WritersAtOnce, tc.want)
+			}
+		})
+	}
 }

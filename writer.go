@@ -21,8 +21,14 @@ import (
 // worker that has been on its job for more than stallAfter (blocked in a
 // write), at most maxExtraWriters in all. An extra worker retires once it
 // finds nothing to do while n others are able to write.
+//
+// At most atOnce workers write at one time (Config.WritersAtOnce): a worker
+// holding a job for less than stallAfter counts, one blocked for longer
+// does not, so that a stalled peer never holds the others up for more
+// than stallAfter.
 type writerPool struct {
-	n int // core workers
+	n      int // core workers
+	atOnce int // workers writing at once, at most
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -55,8 +61,8 @@ const (
 	maxExtraWriters = 1024
 )
 
-func newWriterPool(n int) *writerPool {
-	w := &writerPool{n: n, stop: make(chan struct{}), epoch: time.Now()}
+func newWriterPool(n, atOnce int) *writerPool {
+	w := &writerPool{n: n, atOnce: min(max(atOnce, 1), n), stop: make(chan struct{}), epoch: time.Now()}
 	w.cond.L = &w.mu
 	w.wg.Add(n + 1)
 	for range n {
@@ -90,7 +96,10 @@ func (w *writerPool) supervise() {
 			w.mu.Unlock()
 			return
 		}
-		wake := w.extra > 0 && w.idle > 0
+		// Idle workers are woken while extra workers exist (those not
+		// needed retire) and, under a limit, while jobs wait (a worker
+		// stalled since the last check no longer counts against it).
+		wake := w.idle > 0 && (w.extra > 0 || (w.atOnce < w.n && len(w.ready) > w.head))
 		if len(w.ready) > w.head && w.idle == 0 && w.extra < maxExtraWriters {
 			if k := min(w.n-w.ableLocked(nil), maxExtraWriters-w.extra); k > 0 {
 				w.extra += k
@@ -117,6 +126,19 @@ func (w *writerPool) ableLocked(self *workerSlot) int {
 	n := 0
 	for _, b := range w.busy {
 		if since := b.since.Load(); b != self && (since == 0 || since > cutoff) {
+			n++
+		}
+	}
+	return n
+}
+
+// writingLocked counts the workers holding a job for less than stallAfter:
+// those that count against atOnce.
+func (w *writerPool) writingLocked() int {
+	cutoff := w.now() - int64(stallAfter)
+	n := 0
+	for _, b := range w.busy {
+		if since := b.since.Load(); since != 0 && since > cutoff {
 			n++
 		}
 	}
@@ -154,11 +176,20 @@ func (w *writerPool) add(c *conn) {
 	w.mu.Lock()
 	w.roomLocked(1)
 	w.ready = append(w.ready, c)
-	wake := w.idle > 0
+	wake := w.wakeableLocked() > 0
 	w.mu.Unlock()
 	if wake {
 		w.cond.Signal()
 	}
+}
+
+// wakeableLocked is the number of waiting workers worth waking: no more
+// than atOnce allows to write.
+func (w *writerPool) wakeableLocked() int {
+	if w.idle == 0 || w.atOnce >= w.n {
+		return w.idle
+	}
+	return min(w.idle, max(0, w.atOnce-w.writingLocked()))
 }
 
 // addMany schedules conns with one lock.
@@ -169,7 +200,7 @@ func (w *writerPool) addMany(list []*conn) {
 	w.mu.Lock()
 	w.roomLocked(len(list))
 	w.ready = append(w.ready, list...)
-	n := min(len(list), w.idle)
+	n := min(len(list), w.wakeableLocked())
 	w.mu.Unlock()
 	if n >= 2 {
 		w.cond.Broadcast()
@@ -185,7 +216,7 @@ func (w *writerPool) addMany(list []*conn) {
 func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.head == len(w.ready) {
+	for w.head == len(w.ready) || (w.atOnce < w.n && w.writingLocked() >= w.atOnce) {
 		if t.jobs > 0 {
 			w.mu.Unlock()
 			t.flush(&w.meter)
@@ -203,6 +234,8 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 		w.cond.Wait()
 		w.idle--
 	}
+	// Writing from now on, for the count of those after it (writingLocked).
+	slot.since.Store(w.now())
 	s := w.ready[w.head]
 	w.ready[w.head] = nil
 	w.head++
