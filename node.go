@@ -111,7 +111,7 @@ type nodeMsg struct {
 	// connections that will ack (only when acks are awaited)
 	N          int         `json:"n,omitempty"`
 	Distinct   int         `json:"d,omitempty"`
-	UserHashes []byte      `json:"uh,omitempty"`
+	UserHashes []byte      `json:"-"` // after the JSON (encodeMsg)
 	Ackers     []string    `json:"ackers,omitempty"`
 	HTTPAckers []httpAcker `json:"httpAckers,omitempty"` // connections acking by POST {base}/acks
 	// ack (Conn empty: by POST {base}/acks, the User's), httpack (the
@@ -119,6 +119,31 @@ type nodeMsg struct {
 	Conn   string          `json:"conn,omitempty"`
 	User   string          `json:"user,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// encodeMsg encodes m for a Broker: its JSON, then, when it has user
+// hashes, a NUL byte and the hashes as they are (JSON never holds a NUL
+// byte: the origin of a count reads its JSON without decoding the hashes,
+// and needs them only when several nodes reached users).
+func encodeMsg(m *nodeMsg) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil || len(m.UserHashes) == 0 {
+		return b, err
+	}
+	b = append(b, 0)
+	return append(b, m.UserHashes...), nil
+}
+
+// decodeMsg decodes what encodeMsg encoded into m; m keeps a part of b.
+func decodeMsg(b []byte, m *nodeMsg) error {
+	head, tail, _ := bytes.Cut(b, []byte{0})
+	if err := json.Unmarshal(head, m); err != nil {
+		return err
+	}
+	if len(tail) > 0 {
+		m.UserHashes = tail
+	}
+	return nil
 }
 
 // httpAcker is a connection that acks over HTTP, and its user.
@@ -239,7 +264,7 @@ func (n *node) publish(ctx context.Context, topic string, m *nodeMsg) (int, erro
 		k, err = lm.publishLocal(topic, m)
 	} else {
 		var b []byte
-		if b, err = json.Marshal(m); err != nil {
+		if b, err = encodeMsg(m); err != nil {
 			return 0, err
 		}
 		k, err = n.b.Publish(ctx, topic, b)
@@ -308,7 +333,7 @@ func (n *node) sendReplies(ctx context.Context, rs []nodeReply) {
 		msgs := make([][]byte, len(rs))
 		for i, r := range rs {
 			topics[i] = topicNode(r.origin)
-			if msgs[i], err = json.Marshal(r.m); err != nil {
+			if msgs[i], err = encodeMsg(r.m); err != nil {
 				break
 			}
 		}
@@ -400,7 +425,7 @@ func (h nodeHandle) Message(topic string, msg []byte) {
 	var m nodeMsg
 	seq, body, err := cutPosition(msg)
 	if err == nil {
-		err = json.Unmarshal(body, &m)
+		err = decodeMsg(body, &m)
 	}
 	if err != nil {
 		h.n.p.log.Warn("realtime: undecodable broker message", "topic", topic, "err", err)

@@ -224,7 +224,7 @@ const notifyFanout = 16
 func (ps *pushes) send(ctx context.Context, buffered *Event, topics []string, m *nodeMsg) (int, error) {
 	p := ps.p
 	if pu, ok := p.broker.(Pusher); ok && p.cfg.Buffer == Buffer(p.broker) {
-		msg, err := json.Marshal(m)
+		msg, err := encodeMsg(m)
 		if err != nil {
 			return 0, err
 		}
