@@ -55,6 +55,14 @@
 // versions of this package published no epoch: the nodes of one app, and
 // of one Prefix, must all run this format).
 //
+// A push (realtime.Pusher, Plugin.Notify) is one round trip: a channel
+// push's event is appended to the channel's stream by the append script,
+// which then publishes the push's message on each topic, preceded by the
+// event's entry id and a newline (the receiving broker turns the id into
+// its position); a push without a channel is one pipeline of PUBLISH.
+// Nodes answer pushes (their delivery counts) in batches, one pipeline each
+// (Pusher.PublishEach).
+//
 // # Order, duplicates, gaps
 //
 // Append (and AppendRecord, which appends to the record's and the

@@ -84,6 +84,7 @@ var settings = []setting{
 	durationSetting("RT_RETRY", func(c *realtime.Config) *time.Duration { return &c.Retry }),
 	durationSetting("RT_WRITE_TIMEOUT", func(c *realtime.Config) *time.Duration { return &c.WriteTimeout }),
 	intSetting("RT_WRITERS", func(c *realtime.Config) *int { return &c.Writers }),
+	intSetting("RT_WRITERS_AT_ONCE", func(c *realtime.Config) *int { return &c.WritersAtOnce }),
 	{"RT_DISABLE_HIJACK", func(c *realtime.Config, v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

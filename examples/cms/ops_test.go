@@ -18,7 +18,7 @@ func TestLoadOpsEnv(t *testing.T) {
 		"ADMIN_ADDR": "127.0.0.1:9191", "ADMIN_PPROF": "true", "METRICS_TENANTS": "5", "LOG_LEVEL": "debug",
 		"RT_QUEUE_SIZE": "64", "RT_BUFFER_SIZE": "50", "RT_BUFFER_MAX_AGE": "10m", "RT_BUFFER_MEMORY": "1048576",
 		"RT_HEARTBEAT": "15s", "RT_WS_SEND_QUEUE": "32", "RT_WS_MAX_CONNS_PER_USER": "4", "RT_DISABLE_HIJACK": "true",
-		"RT_WRITERS": "3", "RT_WS_PING_INTERVAL": "10s", "RT_WS_PONG_WAIT": "30s",
+		"RT_WRITERS": "3", "RT_WRITERS_AT_ONCE": "2", "RT_WS_PING_INTERVAL": "10s", "RT_WS_PONG_WAIT": "30s",
 	}
 	cfg, err := loadEnv(func(k string) string { return env[k] })
 	if err != nil {
@@ -31,7 +31,7 @@ func TestLoadOpsEnv(t *testing.T) {
 	cfg.app.Tune(&rc)
 	if rc.QueueSize != 64 || rc.BufferSize != 50 || rc.BufferMaxAge != 10*time.Minute || rc.BufferMemory != 1<<20 ||
 		rc.Heartbeat != 15*time.Second || rc.WSSendQueue != 32 || rc.WSMaxConnsPerUser != 4 || !rc.DisableHijack ||
-		rc.Writers != 3 || rc.WSPingInterval != 10*time.Second || rc.WSPongWait != 30*time.Second {
+		rc.Writers != 3 || rc.WritersAtOnce != 2 || rc.WSPingInterval != 10*time.Second || rc.WSPongWait != 30*time.Second {
 		t.Errorf("tuned config %+v", rc)
 	}
 
