@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -332,19 +331,36 @@ func userHash(u string) uint64 {
 	return h
 }
 
-// userSet sorts hashes and returns how many distinct ones there are and
-// their encoding (8 bytes each, little-endian); hashes is reused.
+// userSet returns how many distinct hashes there are and their encoding
+// (8 bytes each, little-endian, in order of first appearance): one pass
+// through an open-addressing set, no sort (a node's count is on the path
+// of the push's answer).
 func userSet(hashes []uint64) (int, []byte) {
 	if len(hashes) == 0 {
 		return 0, nil
 	}
-	slices.Sort(hashes)
-	hashes = slices.Compact(hashes)
-	b := make([]byte, 8*len(hashes))
-	for i, h := range hashes {
-		binary.LittleEndian.PutUint64(b[8*i:], h)
+	size := 1
+	for size < 2*len(hashes) {
+		size <<= 1
 	}
-	return len(hashes), b
+	table := make([]uint64, size) // 0: empty (a hash of 0 is stored as 1)
+	b := make([]byte, 0, 8*len(hashes))
+	n := 0
+	for _, h := range hashes {
+		h = max(h, 1)
+		for i := h & uint64(size-1); ; i = (i + 1) & uint64(size-1) {
+			if table[i] == h {
+				break
+			}
+			if table[i] == 0 {
+				table[i] = h
+				b = binary.LittleEndian.AppendUint64(b, h)
+				n++
+				break
+			}
+		}
+	}
+	return n, b
 }
 
 // counted records a node's delivery count of one of this node's pushes.
