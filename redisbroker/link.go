@@ -845,7 +845,10 @@ func (b *Broker) PublishEach(ctx context.Context, topics []string, msgs [][]byte
 // publishEach publishes msgs[i] on channels[i] in one pipeline and returns
 // the receivers in all.
 func (b *Broker) publishEach(ctx context.Context, channels []string, msgs [][]byte) (int, error) {
-	if len(channels) == 1 {
+	switch len(channels) {
+	case 0:
+		return 0, nil
+	case 1:
 		n, err := b.client.Publish(ctx, channels[0], msgs[0]).Result()
 		if err != nil {
 			return 0, unavailable("publish", err)

@@ -32,6 +32,9 @@ func TestPush(t *testing.T) {
 		}
 	}
 	// Without an event: the message as is, on each topic.
+	if _, nodes, err := a.Push(bctx, realtime.StreamKey{}, nil, nil, []byte("x")); nodes != 0 || err != nil {
+		t.Fatalf("Push to no topic: %d nodes, %v", nodes, err)
+	}
 	seq, nodes, err := a.Push(bctx, realtime.StreamKey{}, nil, []string{"t1", "t2", "t3"}, []byte(`{"m":1}`))
 	if err != nil || seq != 0 || nodes != 2 {
 		t.Fatalf("Push without event: seq %d nodes %d err %v, want 0 2 nil", seq, nodes, err)
