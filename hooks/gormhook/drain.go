@@ -135,7 +135,7 @@ func (h *Hook) drainRows(ctx context.Context, rows []outboxRow) (done, held []in
 		slices.SortStableFunc(g, func(a, b *outboxRow) int { return cmp.Compare(a.Version, b.Version) })
 	record:
 		for i, r := range g {
-			out := h.publishRow(ctx, r, false)
+			out := h.publishRow(ctx, nil, r, false)
 			if out == refused {
 				out = h.refusedRow(ctx, r)
 			}
@@ -177,21 +177,20 @@ func (h *Hook) refusedRow(ctx context.Context, r *outboxRow) outcome {
 	if now.Sub(*r.RefusedAt) < h.outbox.cfg.GapAfter {
 		return refused
 	}
-	var earlier int64
-	err := h.outboxSession(ctx, nil).Where("ref = ? AND version < ?", r.Ref, r.Version).Count(&earlier).Error
+	earlier, err := h.earlierWaiting(ctx, nil, r, time.Time{})
 	if err != nil {
 		h.dbFailed("look for earlier versions in the outbox", err)
 		return refused
 	}
-	if earlier > 0 {
+	if earlier {
 		return refused
 	}
 	// An earlier version published (and its row deleted) since the first
 	// try needs no gap.
-	if out := h.publishRow(ctx, r, false); out != refused {
+	if out := h.publishRow(ctx, nil, r, false); out != refused {
 		return out
 	}
 	h.log.Warn("gormhook: publishing a record version whose predecessors can never be published; subscribers resync",
 		"collection", r.Collection, "id", r.RecordID, "version", r.Version, "tenant", r.Tenant)
-	return h.publishRow(ctx, r, true)
+	return h.publishRow(ctx, nil, r, true)
 }

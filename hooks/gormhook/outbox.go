@@ -281,7 +281,7 @@ func (h *Hook) published(err error, op string, attrs ...any) {
 	attrs = append(attrs, "op", op, "err", err)
 	switch out {
 	case refused:
-		h.log.Debug("gormhook: publish refused as out of order; kept in the outbox", attrs...)
+		h.log.Debug("gormhook: publish refused (out of order, or an earlier version still in the outbox); kept in the outbox", attrs...)
 	case down:
 		if o.pubDown.CompareAndSwap(false, true) {
 			h.log.Warn("gormhook: publisher unavailable; events stay in the outbox until it is back", "err", err)
