@@ -173,7 +173,10 @@
 //
 // The drainer, a goroutine started by db.Use and stopped by Close, wakes
 // every Interval (default 1s) and claims up to Batch rows older than Grace
-// (default 2s: younger rows are left to the process that committed them).
+// (default 2s: younger rows are left to the process that committed them),
+// with the younger rows of their records (rows their committers left
+// because of that backlog: they follow it at once rather than a Grace
+// later, while the database already has them).
 // A claim is one UPDATE setting claimed_by and claimed_at on the rows not
 // claimed within ClaimTTL (default 10s); the database re-checks that per
 // row under its write lock, so two drainers do not both work on a row, and

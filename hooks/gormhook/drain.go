@@ -25,10 +25,10 @@ func (h *Hook) drainLoop(ctx context.Context) {
 	}
 }
 
-// drain claims and publishes one batch of rows older than Grace. It reports
-// whether the batch was full and published at least in part, without an
-// outage. While the
-// publisher is down it claims one row, as a probe.
+// drain claims and publishes one batch of rows older than Grace, with the
+// younger rows of their records. It reports whether the batch was full and
+// published at least in part, without an outage. While the publisher is
+// down it claims one row, as a probe.
 func (h *Hook) drain(ctx context.Context) (more bool) {
 	o := h.outbox
 	defer func() {
@@ -56,6 +56,31 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 	if len(cand) == 0 {
 		h.dbOK()
 		return false
+	}
+	full := len(cand) == limit
+	if limit > 1 {
+		// A record's younger rows follow its older ones in this drain:
+		// they were refused by their committers, which gave up on them
+		// because of that backlog (notBacklogged), and would otherwise
+		// wait for Grace while subscribers resuming from a version the
+		// database has do not find it in the broker. A row still being
+		// published by its committer is published twice at worst: the
+		// publisher drops the duplicate.
+		var refs []string
+		err := h.outboxSession(ctx, nil).Where("id IN ? AND ref <> ''", cand).Distinct("ref").Pluck("ref", &refs).Error
+		if err == nil && len(refs) > 0 {
+			var younger []int64
+			err = h.outboxSession(ctx, nil).
+				Where("ref IN ? AND id NOT IN ? AND (claimed_at IS NULL OR claimed_at < ?)", refs, cand, expired).
+				Order("id").Limit(limit).Pluck("id", &younger).Error
+			cand = append(cand, younger...)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				h.dbFailed("read the outbox", err)
+			}
+			return false
+		}
 	}
 	// Claim: one UPDATE whose WHERE is re-checked per row under the row's
 	// write lock (PostgreSQL, MySQL) or the database lock (SQLite), so two
@@ -107,7 +132,7 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 	}
 	// Another batch at once only after progress: a full batch refused
 	// (waiting for versions another process holds) waits for the next tick.
-	return ok && len(cand) == limit && len(done) > 0
+	return ok && full && len(done) > 0
 }
 
 // drainRows publishes claimed rows: each record's rows in version order,

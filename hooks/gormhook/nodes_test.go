@@ -638,3 +638,36 @@ func TestLastVersionForgotten(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainTakesYoungerRowsOfABacklog: a record's rows younger than Grace
+// (refused at their commits because an older version waits) are drained
+// with its older rows, not a Grace later.
+func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+		a := newNodes(t, tdb, m, 1, noDrain)[0]
+		sub := a.subscribe(t, "1")
+		p := Post{Title: "counter"}
+		mustNoErr(t, a.db.Create(&p).Error) // version 1
+		a.tap.before = func(p realtime.Publication) error {
+			if p.Version == 2 {
+				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+			}
+			return nil
+		}
+		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays
+		mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
+		mustNoErr(t, bump(a.db, p.ID)) // version 3: refused, left
+		if rows := outboxRows(t, a.db); rows != 2 {
+			t.Fatalf("%d outbox rows, want versions 2 and 3", rows)
+		}
+		drainer := newNodes(t, tdb, m, 1, gormhook.OutboxConfig{Interval: 10 * time.Millisecond, Grace: time.Hour})[0]
+		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
+		if ok, _ := drainer.tap.accepted(); fmt.Sprint(ok) != "[2 3]" {
+			t.Fatalf("the drainer published %v, want [2 3]", ok)
+		}
+		stored := getJSON(t, a.db, p.ID)
+		waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
+		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
+	})
+}

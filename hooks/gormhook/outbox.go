@@ -41,7 +41,8 @@ type OutboxConfig struct {
 	Interval time.Duration
 	// Grace is the age under which a row is left to the process that
 	// committed it (it publishes the row right after its commit and deletes
-	// it); older rows are drained by whichever process claims them. Keep it
+	// it); older rows are drained by whichever process claims them, with
+	// the younger rows of their records (those wait behind them). Keep it
 	// above the time a commit takes to publish and the clock skew between
 	// the app's instances. Default 2s.
 	Grace time.Duration
