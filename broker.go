@@ -54,12 +54,15 @@ type Broker interface {
 	// record's versions, in the same step: a version at or below the last
 	// one appended for the record is a duplicate (dup true, nothing
 	// appended or delivered); a version beyond the next one (last + 1) is
-	// refused with an error wrapping ErrOutOfOrder, unless gap is set (the
-	// versions in between can never be published: the event is appended
-	// and subscribers see the jump). When the record's last version is
-	// unknown (never appended, or forgotten by the engine) any version is
-	// appended. Events without a version are always appended.
-	AppendRecord(ctx context.Context, ev *Event, gap bool) (dup bool, err error)
+	// refused with an error wrapping ErrOutOfOrder, unless mode is
+	// AppendGap (the versions in between can never be published: the event
+	// is appended and subscribers see the jump). When the record's last
+	// version is unknown (never appended, or forgotten by the engine) any
+	// version is appended, but for mode AppendIfLastKnown: a version above
+	// 1 is then refused with an error wrapping ErrLastUnknown (nothing
+	// appended or delivered). Events without a version are always appended,
+	// whatever the mode.
+	AppendRecord(ctx context.Context, ev *Event, mode AppendMode) (dup bool, err error)
 	// Start begins delivering to n; the plugin calls it once, in New.
 	Start(n Node) error
 	// Watch makes the node receive key's events through Node.Deliver. It
@@ -98,6 +101,39 @@ type Pusher interface {
 	// PublishEach publishes msgs[i] on topics[i] for every i, in one round
 	// trip, and returns the first error.
 	PublishEach(ctx context.Context, topics []string, msgs [][]byte) error
+}
+
+// AppendMode is how Broker.AppendRecord applies the version rule to a
+// versioned event (ev.Version > 0) beyond the duplicates, which it always
+// drops.
+type AppendMode uint8
+
+const (
+	// AppendInOrder appends the record's next version (last + 1), or any
+	// version when the last is unknown; a later one is refused
+	// (ErrOutOfOrder).
+	AppendInOrder AppendMode = iota
+	// AppendGap appends a version beyond the next one too: the versions in
+	// between can never be published (Publication.Gap).
+	AppendGap
+	// AppendIfLastKnown is AppendInOrder, but a version above 1 whose
+	// record's last version is unknown is refused (ErrLastUnknown) instead
+	// of appended: its predecessor may still be waiting to be published
+	// (Publication.RequireLast).
+	AppendIfLastKnown
+)
+
+// String returns the mode's name.
+func (m AppendMode) String() string {
+	switch m {
+	case AppendInOrder:
+		return "in-order"
+	case AppendGap:
+		return "gap"
+	case AppendIfLastKnown:
+		return "if-last-known"
+	}
+	return fmt.Sprintf("AppendMode(%d)", uint8(m))
 }
 
 // Node receives what a Broker carries. The plugin is the Node of its

@@ -186,7 +186,10 @@ func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 // appendRecord appends a record event to its record's and its
 // collection's streams in one step, applying the version rule of
 // Broker.AppendRecord (versionRule) on the record's stream.
-func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bool, err error) {
+func (b *MemoryBuffer) appendRecord(ev *Event, mode AppendMode) (seqs [2]uint64, dup bool, err error) {
+	if err := mode.check(); err != nil {
+		return seqs, false, err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if ev.Version > 0 {
@@ -194,7 +197,7 @@ func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bo
 		if s := b.streams[ev.Ref]; s != nil {
 			last = s.version
 		}
-		if dup, err := versionRule(last, ev.Version, gap); dup || err != nil {
+		if dup, err := versionRule(last, ev.Version, mode); dup || err != nil {
 			return seqs, dup, err
 		}
 	}
@@ -211,17 +214,28 @@ func (b *MemoryBuffer) appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bo
 // versionRule is the order of a record's versions (Broker.AppendRecord):
 // with last the record's last version appended (0: unknown), v is a
 // duplicate when at or below it, and out of order when beyond last + 1
-// unless gap allows the jump.
-func versionRule(last, v uint64, gap bool) (dup bool, err error) {
+// unless mode is AppendGap; with last unknown, v is taken unless mode is
+// AppendIfLastKnown and v is above 1.
+func versionRule(last, v uint64, mode AppendMode) (dup bool, err error) {
 	switch {
+	case last == 0 && mode == AppendIfLastKnown && v > 1:
+		return false, fmt.Errorf("%w: version %d", ErrLastUnknown, v)
 	case last == 0:
 		return false, nil
 	case v <= last:
 		return true, nil
-	case v > last+1 && !gap:
+	case v > last+1 && mode != AppendGap:
 		return false, fmt.Errorf("%w: version %d after %d", ErrOutOfOrder, v, last)
 	}
 	return false, nil
+}
+
+// check reports a mode that is none of the AppendMode constants.
+func (m AppendMode) check() error {
+	if m > AppendIfLastKnown {
+		return fmt.Errorf("%w: unknown append mode %d", ErrBadRequest, uint8(m))
+	}
+	return nil
 }
 
 // trim drops entries over the count and age bounds.

@@ -112,12 +112,15 @@
 // duplicates, and never misses one without a resync frame first. Events
 // carry the record's version when the publisher knows it
 // (Publication.Version, Versioner; the GORM hook assigns versions in the
-// write's transaction): the broker drops a duplicate or older version, and
-// a subscriber that would see a version skipped resumes from the last one
-// it got, as a reconnecting client would (the events it missed from the
-// buffer, or resync and the stored record). A RecordLoader that returns a
-// VersionedRecord keeps subscribers from ever going back behind a
-// snapshot.
+// write's transaction): the broker drops a duplicate or older version,
+// refuses one published before the version it follows (ErrOutOfOrder),
+// and with Publication.RequireLast one whose record's last version it has
+// forgotten (ErrLastUnknown: its predecessor may still be waiting to be
+// published); a subscriber that would see a version skipped resumes from
+// the last one it got, as a reconnecting client would (the events it
+// missed from the buffer, or resync and the stored record). A RecordLoader
+// that returns a VersionedRecord keeps subscribers from ever going back
+// behind a snapshot.
 //
 // # Scaling
 //

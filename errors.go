@@ -28,6 +28,13 @@ var (
 	// it follows (Publication.Version): nothing was published; publish it
 	// again once the earlier versions are, or with Publication.Gap.
 	ErrOutOfOrder = errors.New("realtime: version out of order")
+	// ErrLastUnknown reports a record version published with
+	// Publication.RequireLast while the engine does not know the record's
+	// last version (never published, or forgotten: an engine restarted
+	// empty, an expired or invalidated buffer): nothing was published. The
+	// publisher makes sure the versions before it are published (none
+	// still waiting to be) and publishes it again without RequireLast.
+	ErrLastUnknown = errors.New("realtime: record's last version unknown")
 	// ErrTooManyConnections reports a connection refused by a connection
 	// cap: a WebSocket over the per-user or per-tenant cap, or any stream,
 	// long poll or WebSocket over Config.MaxConnsPerIP (429

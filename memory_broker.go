@@ -59,7 +59,7 @@ func newLocalBroker(buf Buffer) Broker { return newMemoryBroker(buf, nil).Node()
 // recordAppender is a Buffer's own AppendRecord (MemoryBuffer's): both
 // streams and the version rule in one step.
 type recordAppender interface {
-	appendRecord(ev *Event, gap bool) (seqs [2]uint64, dup bool, err error)
+	appendRecord(ev *Event, mode AppendMode) (seqs [2]uint64, dup bool, err error)
 }
 
 // Node returns a new node handle: the Broker of one plugin.
@@ -218,9 +218,12 @@ func (n *memoryNode) Append(ctx context.Context, key StreamKey, ev *Event) (uint
 }
 
 // AppendRecord implements Broker.
-func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, gap bool) (bool, error) {
+func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, mode AppendMode) (bool, error) {
 	m := n.m
 	if err := m.unavailable("append"); err != nil {
+		return false, err
+	}
+	if err := mode.check(); err != nil {
 		return false, err
 	}
 	coll := ev.Ref.collectionKey()
@@ -230,10 +233,15 @@ func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, gap bool) (boo
 	if m.rec != nil {
 		var dup bool
 		var err error
-		if seqs, dup, err = m.rec.appendRecord(ev, gap); err != nil || dup {
+		if seqs, dup, err = m.rec.appendRecord(ev, mode); err != nil || dup {
 			return dup, err
 		}
 	} else {
+		// A Buffer of the app's keeps no versions: the last one is never
+		// known.
+		if _, err := versionRule(0, ev.Version, mode); err != nil {
+			return false, err
+		}
 		for i, k := range [2]StreamKey{ev.Ref, coll} {
 			seq, err := m.buf.Append(ctx, k, ev)
 			if err != nil {

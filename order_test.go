@@ -89,7 +89,7 @@ func (e *orderEnv) publish(t *testing.T, id string, v uint64) *Event {
 	t.Helper()
 	e.put(id, v)
 	ev := e.event(t, id, v)
-	if err := e.rt.publish(context.Background(), ev, false); err != nil {
+	if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
 		t.Fatal(err)
 	}
 	return ev
@@ -101,7 +101,7 @@ func (e *orderEnv) lose(t *testing.T, id string, v uint64) *Event {
 	t.Helper()
 	e.put(id, v)
 	ev := e.event(t, id, v)
-	if _, _, err := e.m.rec.appendRecord(ev, false); err != nil {
+	if _, _, err := e.m.rec.appendRecord(ev, AppendInOrder); err != nil {
 		t.Fatal(err)
 	}
 	return ev
@@ -288,7 +288,7 @@ func TestOrderSnapshotResumesByPrevETag(t *testing.T) {
 				if withPrev {
 					ev.PrevETag = e.event(t, "1", v-1).ETag
 				}
-				if err := e.rt.publish(context.Background(), ev, false); err != nil {
+				if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
 					t.Fatal(err)
 				}
 				evs = append(evs, ev)
@@ -313,6 +313,50 @@ func TestPublishPrevETagValidated(t *testing.T) {
 		if _, err := rt.Publish(context.Background(), pub); !errors.Is(err, ErrBadRequest) {
 			t.Fatalf("Publish(%+v) = %v, want ErrBadRequest", pub, err)
 		}
+	}
+}
+
+// TestPublishRequireLast: with RequireLast, a version above 1 of a record
+// whose last version the engine does not know is not published
+// (ErrLastUnknown, not an outage); the same publication without it is.
+// RequireLast needs a version and excludes Gap.
+func TestPublishRequireLast(t *testing.T) {
+	rt, _ := newTestServer(t, Config{})
+	ctx := context.Background()
+	pub := func(id string, v uint64, requireLast bool) Publication {
+		return Publication{Collection: "posts", ID: id, Event: EventChanged,
+			Data: json.RawMessage(fmt.Sprintf(`{"id":%q,"v":%d}`, id, v)), Version: v, RequireLast: requireLast}
+	}
+	for _, tc := range []struct {
+		name string
+		pub  Publication
+		want error // nil: published
+	}{
+		{"unknown last", pub("1", 3, true), ErrLastUnknown},
+		{"unknown last, without RequireLast", pub("1", 3, false), nil},
+		{"known last", pub("1", 4, true), nil},
+		{"known last, ahead", pub("1", 6, true), ErrOutOfOrder},
+		{"version 1", pub("2", 1, true), nil},
+		{"no version", pub("3", 0, true), ErrBadRequest},
+		{"with gap", func() Publication { p := pub("3", 2, true); p.Gap = true; return p }(), ErrBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := rt.Stats().Published.Events
+			_, err := rt.Publish(ctx, tc.pub)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("Publish = %v, want %v", err, tc.want)
+			}
+			if errors.Is(err, ErrUnavailable) {
+				t.Fatalf("Publish = %v: not an outage", err)
+			}
+			want := uint64(0)
+			if err == nil {
+				want = 1
+			}
+			if published := rt.Stats().Published.Events - before; published != want {
+				t.Fatalf("%d events published, want %d", published, want)
+			}
+		})
 	}
 }
 

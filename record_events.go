@@ -45,6 +45,18 @@ type Publication struct {
 	// after them anyway, and every subscriber of the record gets resync and
 	// the current record before it. Default: false.
 	Gap bool
+	// RequireLast, with Version above 1, publishes only if the engine
+	// knows the record's last version. When it does not (never published,
+	// or forgotten: an engine restarted empty, a buffer expired or
+	// invalidated), Publish publishes nothing and fails with an error
+	// wrapping ErrLastUnknown, instead of taking this version as the first
+	// (which would make a predecessor published later a duplicate, and its
+	// subscribers see a jump): the publisher checks that the versions
+	// before this one are published (none still waiting to be) and
+	// publishes it again without RequireLast. Version 1 follows no version
+	// and is published as usual. It cannot be combined with Gap
+	// (ErrBadRequest). The GORM hook sets it. Default: false.
+	RequireLast bool
 	// PrevETag is the ETag of the record's version Version - 1 (for
 	// version 1: of the record deleted before it, if any), when the
 	// publisher knows it; it requires Version. A subscriber that got that
@@ -62,7 +74,14 @@ func (p *Plugin) Publish(ctx context.Context, pub Publication) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
 	}
-	if err := p.publish(ctx, ev, pub.Gap); err != nil {
+	mode := AppendInOrder
+	switch {
+	case pub.Gap:
+		mode = AppendGap
+	case pub.RequireLast:
+		mode = AppendIfLastKnown
+	}
+	if err := p.publish(ctx, ev, mode); err != nil {
 		return "", fmt.Errorf("realtime: publish %s/%s: %w", pub.Collection, pub.ID, err)
 	}
 	return ev.ETag, nil
@@ -128,6 +147,14 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 	if pub.Gap && ev.Version == 0 {
 		return nil, badRequest("gap needs a version")
 	}
+	if pub.RequireLast {
+		if ev.Version == 0 {
+			return nil, badRequest("requireLast needs a version")
+		}
+		if pub.Gap {
+			return nil, badRequest("requireLast and gap exclude each other")
+		}
+	}
 	if pub.PrevETag != "" {
 		if ev.Version == 0 {
 			return nil, badRequest("prevETag needs a version")
@@ -186,13 +213,13 @@ func (p *Plugin) newEvent(ctx context.Context, pub Publication) (*Event, error) 
 // publish hands ev to the broker, which appends it to the record's and the
 // collection's streams and brings it back to every node watching them,
 // this one included (node.go: Deliver).
-func (p *Plugin) publish(ctx context.Context, ev *Event, gap bool) error {
+func (p *Plugin) publish(ctx context.Context, ev *Event, mode AppendMode) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	dup, err := p.broker.AppendRecord(ctx, ev, gap)
+	dup, err := p.broker.AppendRecord(ctx, ev, mode)
 	if err != nil {
-		if errors.Is(err, ErrOutOfOrder) {
+		if errors.Is(err, ErrOutOfOrder) || errors.Is(err, ErrLastUnknown) {
 			return fmt.Errorf("broker: %w", err)
 		}
 		return fmt.Errorf("broker: %w: %w", ErrUnavailable, err)

@@ -27,9 +27,9 @@
 // realtime.PresenceStore; they use real time (TTLs of a fraction of a
 // second, awaited), never cfg.Now.
 //
-// Versions/* check AppendRecord's version rule (realtime.Broker); they
-// expect Invalidate to forget a record's last version, as MemoryBuffer
-// does. Versions/Concurrent is randomized: a failure gives its seed, and
+// Versions/* check AppendRecord's version rule (realtime.Broker), in each
+// realtime.AppendMode; they expect Invalidate to forget a record's last
+// version, as MemoryBuffer does. Versions/Concurrent is randomized: a failure gives its seed, and
 // BROKERTEST_SEED=<seed> (SeedEnv) runs it again with that seed.
 //
 // The suite never asserts timing: every wait ends when what is awaited

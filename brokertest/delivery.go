@@ -350,7 +350,7 @@ func testAppendRecord(t *testing.T, newNodes factory) {
 				br := []realtime.Broker{n.a, n.b}[w%2]
 				for i := range per {
 					ev := event(rec, fmt.Sprintf("w%d-%03d", w, i), time.Now())
-					if _, err := br.AppendRecord(t.Context(), ev, false); err != nil {
+					if _, err := br.AppendRecord(t.Context(), ev, realtime.AppendInOrder); err != nil {
 						t.Errorf("AppendRecord: %v", err)
 						return
 					}

@@ -34,21 +34,22 @@ type versioned struct {
 	br realtime.Broker
 }
 
-// appended publishes ev (gap as given) and fails t unless it was appended.
-func (p versioned) appended(ev *realtime.Event, gap bool) {
+// appended publishes ev with mode and fails t unless it was appended.
+func (p versioned) appended(ev *realtime.Event, mode realtime.AppendMode) {
 	p.t.Helper()
-	dup, err := p.br.AppendRecord(p.t.Context(), ev, gap)
+	dup, err := p.br.AppendRecord(p.t.Context(), ev, mode)
 	if err != nil || dup {
-		p.t.Fatalf("AppendRecord %s version %d gap=%v: dup=%v, %v; want appended", ev.ETag, ev.Version, gap, dup, err)
+		p.t.Fatalf("AppendRecord %s version %d mode %v: dup=%v, %v; want appended", ev.ETag, ev.Version, mode, dup, err)
 	}
 }
 
-// duplicate publishes ev and fails t unless it was reported a duplicate.
-func (p versioned) duplicate(ev *realtime.Event, gap bool) {
+// duplicate publishes ev with mode and fails t unless it was reported a
+// duplicate.
+func (p versioned) duplicate(ev *realtime.Event, mode realtime.AppendMode) {
 	p.t.Helper()
-	dup, err := p.br.AppendRecord(p.t.Context(), ev, gap)
+	dup, err := p.br.AppendRecord(p.t.Context(), ev, mode)
 	if err != nil || !dup {
-		p.t.Fatalf("AppendRecord %s version %d gap=%v: dup=%v, %v; want a duplicate", ev.ETag, ev.Version, gap, dup, err)
+		p.t.Fatalf("AppendRecord %s version %d mode %v: dup=%v, %v; want a duplicate", ev.ETag, ev.Version, mode, dup, err)
 	}
 }
 
@@ -56,9 +57,20 @@ func (p versioned) duplicate(ev *realtime.Event, gap bool) {
 // of order (and not as an outage).
 func (p versioned) ahead(ev *realtime.Event) {
 	p.t.Helper()
-	dup, err := p.br.AppendRecord(p.t.Context(), ev, false)
+	dup, err := p.br.AppendRecord(p.t.Context(), ev, realtime.AppendInOrder)
 	if !errors.Is(err, realtime.ErrOutOfOrder) || errors.Is(err, realtime.ErrUnavailable) || dup {
 		p.t.Fatalf("AppendRecord %s version %d: dup=%v, %v; want an error wrapping ErrOutOfOrder (not ErrUnavailable)", ev.ETag, ev.Version, dup, err)
+	}
+}
+
+// lastUnknown publishes ev with AppendIfLastKnown and fails t unless it
+// was refused with an error wrapping ErrLastUnknown (and neither
+// ErrOutOfOrder nor ErrUnavailable).
+func (p versioned) lastUnknown(ev *realtime.Event) {
+	p.t.Helper()
+	dup, err := p.br.AppendRecord(p.t.Context(), ev, realtime.AppendIfLastKnown)
+	if !errors.Is(err, realtime.ErrLastUnknown) || errors.Is(err, realtime.ErrOutOfOrder) || errors.Is(err, realtime.ErrUnavailable) || dup {
+		p.t.Fatalf("AppendRecord %s version %d if-last-known: dup=%v, %v; want an error wrapping ErrLastUnknown (not ErrOutOfOrder nor ErrUnavailable)", ev.ETag, ev.Version, dup, err)
 	}
 }
 
@@ -82,7 +94,7 @@ func heads(t *testing.T, br realtime.Broker, keys ...realtime.StreamKey) []uint6
 func wantDelivered(t *testing.T, r *Recorder, via realtime.Broker, rec realtime.StreamKey, next uint64, appended ...*realtime.Event) {
 	t.Helper()
 	sentinel := versionEvent(rec, next, fmt.Sprint("sentinel-", next))
-	versioned{t, via}.appended(sentinel, false)
+	versioned{t, via}.appended(sentinel, realtime.AppendInOrder)
 	appended = append(appended, sentinel)
 	for _, key := range []realtime.StreamKey{rec, collKey(rec)} {
 		var want []*realtime.Event
@@ -128,8 +140,9 @@ func sameVersions(got []realtime.Entry, want []*realtime.Event) string {
 
 // testVersions checks AppendRecord's version rule (realtime.Broker): per
 // record, a version at or below the last one appended is a duplicate, one
-// beyond the next is refused unless gap is set, an unknown record takes
-// any, and events without a version are always appended.
+// beyond the next is refused unless the mode is AppendGap, an unknown
+// record takes any but a version above 1 with AppendIfLastKnown, and
+// events without a version are always appended.
 func testVersions(t *testing.T, newNodes factory) {
 	cfg := realtime.MemoryBufferConfig{Size: 1000}
 
@@ -146,13 +159,13 @@ func testVersions(t *testing.T, newNodes factory) {
 	t.Run("DuplicateAndStaleDropped", func(t *testing.T) {
 		n, rec, a, b := setup(t)
 		v1, v2 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two")
-		a.appended(v1, false)
-		b.appended(v2, false)
+		a.appended(v1, realtime.AppendInOrder)
+		b.appended(v2, realtime.AppendInOrder)
 		before := heads(t, n.b, rec, collKey(rec))
-		a.duplicate(v2, false)                               // the same event again
-		b.duplicate(versionEvent(rec, 2, "two-bis"), false)  // another event at the same version
-		a.duplicate(versionEvent(rec, 1, "stale"), false)    // an older version
-		b.duplicate(versionEvent(rec, 1, "stale-gap"), true) // gap allows jumps, not going back
+		a.duplicate(v2, realtime.AppendInOrder)                              // the same event again
+		b.duplicate(versionEvent(rec, 2, "two-bis"), realtime.AppendInOrder) // another event at the same version
+		a.duplicate(versionEvent(rec, 1, "stale"), realtime.AppendInOrder)   // an older version
+		b.duplicate(versionEvent(rec, 1, "stale-gap"), realtime.AppendGap)   // gap allows jumps, not going back
 		if after := heads(t, n.a, rec, collKey(rec)); after[0] != before[0] || after[1] != before[1] {
 			t.Fatalf("heads (record, collection) moved from %v to %v: a duplicate was stored", before, after)
 		}
@@ -163,7 +176,7 @@ func testVersions(t *testing.T, newNodes factory) {
 	t.Run("AheadRefused", func(t *testing.T) {
 		n, rec, a, b := setup(t)
 		v1 := versionEvent(rec, 1, "one")
-		a.appended(v1, false)
+		a.appended(v1, realtime.AppendInOrder)
 		before := heads(t, n.a, rec, collKey(rec))
 		b.ahead(versionEvent(rec, 3, "three-early"))
 		a.ahead(versionEvent(rec, 1000, "far"))
@@ -172,39 +185,87 @@ func testVersions(t *testing.T, newNodes factory) {
 		}
 		// Once the version it follows is in, it is taken.
 		v2, v3 := versionEvent(rec, 2, "two"), versionEvent(rec, 3, "three")
-		b.appended(v2, false)
-		a.appended(v3, false)
+		b.appended(v2, realtime.AppendInOrder)
+		a.appended(v3, realtime.AppendInOrder)
 		wantDelivered(t, n.ra, n.b, rec, 4, v1, v2, v3)
 	})
 
 	t.Run("GapAppendsTheJump", func(t *testing.T) {
 		n, rec, a, b := setup(t)
 		v1, v4, v5 := versionEvent(rec, 1, "one"), versionEvent(rec, 4, "four"), versionEvent(rec, 5, "five")
-		a.appended(v1, false)
-		b.appended(v4, true) // 2 and 3 will never be published
-		a.appended(v5, false)
-		b.duplicate(versionEvent(rec, 3, "three-late"), true)
-		a.duplicate(versionEvent(rec, 4, "four-again"), true)
+		a.appended(v1, realtime.AppendInOrder)
+		b.appended(v4, realtime.AppendGap) // 2 and 3 will never be published
+		a.appended(v5, realtime.AppendInOrder)
+		b.duplicate(versionEvent(rec, 3, "three-late"), realtime.AppendGap)
+		a.duplicate(versionEvent(rec, 4, "four-again"), realtime.AppendGap)
 		b.ahead(versionEvent(rec, 7, "seven")) // gap is per call
 		v6 := versionEvent(rec, 6, "six")
-		b.appended(v6, true) // gap with no jump: the next one
+		b.appended(v6, realtime.AppendGap) // gap with no jump: the next one
 		wantDelivered(t, n.ra, n.a, rec, 7, v1, v4, v5, v6)
 	})
 
 	t.Run("UnknownRecordTakesAnyVersion", func(t *testing.T) {
 		n, rec, a, b := setup(t)
 		v7, v8 := versionEvent(rec, 7, "seven"), versionEvent(rec, 8, "eight")
-		a.appended(v7, false) // never appended before: taken
-		b.appended(v8, false)
-		a.duplicate(versionEvent(rec, 7, "seven-again"), false)
+		a.appended(v7, realtime.AppendInOrder) // never appended before: taken
+		b.appended(v8, realtime.AppendInOrder)
+		a.duplicate(versionEvent(rec, 7, "seven-again"), realtime.AppendInOrder)
 		// Versions are per record: another record of the collection starts anew.
 		other := recKey("v2")
 		o3, o4 := versionEvent(other, 3, "other-three"), versionEvent(other, 4, "other-four")
-		b.appended(o3, false)
-		b.appended(o4, false)
-		a.duplicate(versionEvent(other, 3, "other-three-again"), false)
+		b.appended(o3, realtime.AppendInOrder)
+		b.appended(o4, realtime.AppendInOrder)
+		a.duplicate(versionEvent(other, 3, "other-three-again"), realtime.AppendInOrder)
 		a.ahead(versionEvent(rec, 10, "ten"))
 		wantDelivered(t, n.ra, n.b, rec, 9, v7, v8, o3, o4)
+	})
+
+	t.Run("IfLastKnown", func(t *testing.T) {
+		// AppendIfLastKnown refuses a version above 1 of a record whose
+		// last version is unknown (its predecessor may be published
+		// later), and is AppendInOrder otherwise.
+		n, rec, a, b := setup(t)
+		before := heads(t, n.a, rec, collKey(rec))
+		a.lastUnknown(versionEvent(rec, 3, "three-unknown")) // never appended
+		b.lastUnknown(versionEvent(rec, 2, "two-unknown"))
+		if after := heads(t, n.b, rec, collKey(rec)); after[0] != before[0] || after[1] != before[1] {
+			t.Fatalf("heads (record, collection) moved from %v to %v: a refused version was stored", before, after)
+		}
+		v1, v2 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two")
+		a.appended(v1, realtime.AppendIfLastKnown) // version 1 follows none
+		b.appended(v2, realtime.AppendIfLastKnown) // the last is known: in order
+		a.duplicate(versionEvent(rec, 2, "two-again"), realtime.AppendIfLastKnown)
+		a.duplicate(versionEvent(rec, 1, "one-again"), realtime.AppendIfLastKnown)
+		if dup, err := b.br.AppendRecord(t.Context(), versionEvent(rec, 4, "four-early"), realtime.AppendIfLastKnown); !errors.Is(err, realtime.ErrOutOfOrder) || dup {
+			t.Fatalf("AppendRecord version 4 after 2, if-last-known: dup=%v, %v; want an error wrapping ErrOutOfOrder", dup, err)
+		}
+		u := versionEvent(rec, 0, "plain")
+		a.appended(u, realtime.AppendIfLastKnown) // without a version: always appended
+		// Another record of the collection, its last unknown: refused
+		// until published without the mode.
+		other := recKey("v2")
+		b.lastUnknown(versionEvent(other, 5, "other-five-unknown"))
+		o5, o6 := versionEvent(other, 5, "other-five"), versionEvent(other, 6, "other-six")
+		b.appended(o5, realtime.AppendInOrder)
+		a.appended(o6, realtime.AppendIfLastKnown)
+		wantDelivered(t, n.ra, n.b, rec, 3, v1, v2, u, o5, o6)
+	})
+
+	t.Run("IfLastKnownForgotten", func(t *testing.T) {
+		// A last version forgotten (Invalidate) is unknown again.
+		n, rec, a, b := setup(t)
+		v1, v2 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two")
+		a.appended(v1, realtime.AppendIfLastKnown)
+		b.appended(v2, realtime.AppendIfLastKnown)
+		n.ra.WaitDeliveries(t, rec, 2)
+		if err := n.b.Invalidate(t.Context(), rec.Tenant, rec.Collection); err != nil {
+			t.Fatalf("Invalidate: %v", err)
+		}
+		a.lastUnknown(versionEvent(rec, 4, "four-unknown"))
+		v3, v4 := versionEvent(rec, 3, "three"), versionEvent(rec, 4, "four")
+		b.appended(v3, realtime.AppendInOrder) // the publisher checked: taken as the first known
+		a.appended(v4, realtime.AppendIfLastKnown)
+		wantDelivered(t, n.ra, n.b, rec, 5, v1, v2, v3, v4)
 	})
 
 	t.Run("LargeVersions", func(t *testing.T) {
@@ -213,30 +274,30 @@ func testVersions(t *testing.T, newNodes factory) {
 		n, rec, a, b := setup(t)
 		const big = uint64(1) << 53
 		e0, e1 := versionEvent(rec, big, "big"), versionEvent(rec, big+1, "big+1")
-		a.appended(e0, false) // unknown record: taken
-		b.appended(e1, false)
-		a.duplicate(versionEvent(rec, big+1, "big+1-again"), false)
+		a.appended(e0, realtime.AppendInOrder) // unknown record: taken
+		b.appended(e1, realtime.AppendInOrder)
+		a.duplicate(versionEvent(rec, big+1, "big+1-again"), realtime.AppendInOrder)
 		b.ahead(versionEvent(rec, big+3, "big+3"))
 		top := recKey("v-top")
 		m1, m := versionEvent(top, math.MaxUint64-1, "max-1"), versionEvent(top, math.MaxUint64, "max")
-		a.appended(m1, false)
-		b.appended(m, false)
-		a.duplicate(versionEvent(top, math.MaxUint64, "max-again"), false)
-		b.duplicate(versionEvent(top, math.MaxUint64, "max-gap"), true)
+		a.appended(m1, realtime.AppendInOrder)
+		b.appended(m, realtime.AppendInOrder)
+		a.duplicate(versionEvent(top, math.MaxUint64, "max-again"), realtime.AppendInOrder)
+		b.duplicate(versionEvent(top, math.MaxUint64, "max-gap"), realtime.AppendGap)
 		wantDelivered(t, n.ra, n.b, rec, big+2, e0, e1, m1, m)
 	})
 
 	t.Run("WithoutVersionUnaffected", func(t *testing.T) {
 		n, rec, a, b := setup(t)
 		v1, v2 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two")
-		a.appended(v1, false)
-		b.appended(v2, false)
+		a.appended(v1, realtime.AppendInOrder)
+		b.appended(v2, realtime.AppendInOrder)
 		// Version 0: always appended, twice the same event included, and
 		// the record's last version stays 2.
 		u1, u2 := versionEvent(rec, 0, "plain"), versionEvent(rec, 0, "plain")
-		a.appended(u1, false)
-		b.appended(u2, false)
-		a.duplicate(versionEvent(rec, 2, "two-again"), false)
+		a.appended(u1, realtime.AppendInOrder)
+		b.appended(u2, realtime.AppendInOrder)
+		a.duplicate(versionEvent(rec, 2, "two-again"), realtime.AppendInOrder)
 		b.ahead(versionEvent(rec, 4, "four"))
 		wantDelivered(t, n.ra, n.a, rec, 3, v1, v2, u1, u2)
 	})
@@ -247,14 +308,14 @@ func testVersions(t *testing.T, newNodes factory) {
 		// next, and the streams flow on without a Gap.
 		n, rec, a, b := setup(t)
 		v1, v2, v5 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two"), versionEvent(rec, 5, "five")
-		a.appended(v1, false)
-		b.appended(v2, false)
+		a.appended(v1, realtime.AppendInOrder)
+		b.appended(v2, realtime.AppendInOrder)
 		n.ra.WaitDeliveries(t, rec, 2)
 		if err := n.b.Invalidate(t.Context(), rec.Tenant, rec.Collection); err != nil {
 			t.Fatalf("Invalidate: %v", err)
 		}
-		a.appended(v5, false)
-		b.duplicate(versionEvent(rec, 5, "five-again"), false)
+		a.appended(v5, realtime.AppendInOrder)
+		b.duplicate(versionEvent(rec, 5, "five-again"), realtime.AppendInOrder)
 		wantDelivered(t, n.ra, n.b, rec, 6, v1, v2, v5)
 	})
 
@@ -264,7 +325,7 @@ func testVersions(t *testing.T, newNodes factory) {
 		n, rec, a, _ := setup(t)
 		v1, v2, v3 := versionEvent(rec, 1, "one"), versionEvent(rec, 2, "two"), versionEvent(rec, 3, "three")
 		for _, ev := range []*realtime.Event{v1, v2, v3} {
-			a.appended(ev, false)
+			a.appended(ev, realtime.AppendInOrder)
 		}
 		if lk := since(t, n.b, rec, v1.ETag); lk.Status != realtime.LookupFound || lk.Version != 1 {
 			t.Fatalf("Since(version 1) = %v, version %d; want found, version 1", lk.Status, lk.Version)
@@ -283,7 +344,7 @@ func testVersions(t *testing.T, newNodes factory) {
 		v4, v5, v6 := versionEvent(rec, 4, "four"), versionEvent(rec, 5, "five"), versionEvent(rec, 6, "six")
 		v4.PrevETag, v5.PrevETag, v6.PrevETag = `"three"`, v4.ETag, v5.ETag
 		for _, ev := range []*realtime.Event{v4, v5, v6} {
-			a.appended(ev, false)
+			a.appended(ev, realtime.AppendInOrder)
 		}
 		for _, br := range []realtime.Broker{n.a, n.b} {
 			lk := since(t, br, rec, `"three"`)
@@ -362,7 +423,7 @@ func testVersionsConcurrent(t *testing.T, newNodes factory) {
 		evs[v] = versionEvent(rec, uint64(v), fmt.Sprint("c", v))
 	}
 	var appended [versions + 1]atomic.Int32
-	versioned{t, n.a}.appended(evs[1], false)
+	versioned{t, n.a}.appended(evs[1], realtime.AppendInOrder)
 	appended[1].Add(1)
 	errs := make(chan error, workers)
 	deadline := time.Now().Add(WaitTimeout)
@@ -373,7 +434,7 @@ func testVersionsConcurrent(t *testing.T, newNodes factory) {
 			for len(q) > 0 {
 				var retry []uint64
 				for _, v := range q {
-					dup, err := br.AppendRecord(t.Context(), evs[v], false)
+					dup, err := br.AppendRecord(t.Context(), evs[v], realtime.AppendInOrder)
 					switch {
 					case errors.Is(err, realtime.ErrOutOfOrder):
 						retry = append(retry, v)
@@ -406,7 +467,7 @@ func testVersionsConcurrent(t *testing.T, newNodes factory) {
 		}
 	}
 	// The sentinel, next version: every delivery before it is checked.
-	versioned{t, n.b}.appended(evs[versions+1], false)
+	versioned{t, n.b}.appended(evs[versions+1], realtime.AppendInOrder)
 	for name, r := range map[string]*Recorder{"a": n.ra, "b": n.rb} {
 		for _, key := range keys {
 			var got []realtime.Entry

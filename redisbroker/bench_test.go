@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/ginrealtime/realtime"
 )
 
 // BenchmarkAppendDeliver: one broker appends, another (its own client)
@@ -52,7 +54,7 @@ func BenchmarkAppendRecordDeliver(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		ev := bufEvent(key, fmt.Sprint("e", i), time.Now())
 		ev.Version = uint64(i + 1)
-		if dup, err := pub.AppendRecord(bctx, ev, false); err != nil || dup {
+		if dup, err := pub.AppendRecord(bctx, ev, realtime.AppendInOrder); err != nil || dup {
 			b.Fatal(dup, err)
 		}
 	}

@@ -104,7 +104,7 @@ func randomID() string {
 // the script (go-redis retries a command whose connection broke) carries the
 // same dedupe id and returns the entry written by the first run.
 func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtime.Event) (uint64, error) {
-	seqs, _, err := b.appendOnce(ctx, []realtime.StreamKey{key}, ev, randomID(), false, false)
+	seqs, _, err := b.appendOnce(ctx, []realtime.StreamKey{key}, ev, randomID(), false, realtime.AppendInOrder)
 	if err != nil {
 		return 0, err
 	}
@@ -117,13 +117,21 @@ func (b *Broker) Append(ctx context.Context, key realtime.StreamKey, ev *realtim
 // same script applies the version rule against the record's last version
 // (its version key): a duplicate returns dup true, a version beyond the
 // next one an error wrapping ErrOutOfOrder (and realtime.ErrOutOfOrder)
-// unless gap is set; nothing is appended or published then.
-func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event, gap bool) (bool, error) {
+// unless mode is realtime.AppendGap, and with mode
+// realtime.AppendIfLastKnown a version above 1 without a version key an
+// error wrapping ErrLastUnknown (and realtime.ErrLastUnknown); nothing is
+// appended or published then.
+func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event, mode realtime.AppendMode) (bool, error) {
 	if ev == nil {
 		return false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
+	switch mode {
+	case realtime.AppendInOrder, realtime.AppendGap, realtime.AppendIfLastKnown:
+	default:
+		return false, fmt.Errorf("redisbroker: append: %w: unknown append mode %d", realtime.ErrBadRequest, uint8(mode))
+	}
 	coll := realtime.StreamKey{Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection}
-	_, dup, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID(), true, gap)
+	_, dup, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID(), true, mode)
 	return dup, err
 }
 
@@ -133,15 +141,16 @@ const (
 	appendRetried = 1 // appended by an earlier run with the same dedupe id
 	appendDup     = 2 // a version at or below the record's last: nothing done
 	appendAhead   = 3 // a version beyond the next one: nothing done
+	appendUnknown = 4 // the record's last version unknown (mode if-last-known): nothing done
 )
 
 // appendOnce appends ev to streams (of one collection) with the dedupe id
 // given (tests call it twice with one id, as a retry would). With record
 // set, streams[0] is ev.Ref's stream and the version rule applies (ev.Version,
-// gap): it returns dup true for a duplicate version. The dedupe id (its
+// mode): it returns dup true for a duplicate version. The dedupe id (its
 // first 8 hex digits) also seeds the epoch of a stream that has none.
-func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record, gap bool) ([]uint64, bool, error) {
-	seqs, dup, _, err := b.appendRun(ctx, streams, ev, dedupe, record, gap, nil)
+func (b *Broker) appendOnce(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record bool, mode realtime.AppendMode) ([]uint64, bool, error) {
+	seqs, dup, _, err := b.appendRun(ctx, streams, ev, dedupe, record, mode, nil)
 	return seqs, dup, err
 }
 
@@ -154,7 +163,7 @@ type pushArgs struct {
 
 // appendRun is appendOnce that, with push, also publishes push's message
 // (appendScript) and returns its receivers.
-func (b *Broker) appendRun(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record, gap bool, push *pushArgs) ([]uint64, bool, int, error) {
+func (b *Broker) appendRun(ctx context.Context, streams []realtime.StreamKey, ev *realtime.Event, dedupe string, record bool, mode realtime.AppendMode, push *pushArgs) ([]uint64, bool, int, error) {
 	if ev == nil {
 		return nil, false, 0, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
@@ -170,19 +179,22 @@ func (b *Broker) appendRun(ctx context.Context, streams []realtime.StreamKey, ev
 		ks[n+i] = epochKey(ks[i])
 	}
 	ks = append(ks, b.keys.index(first.Tenant, first.Collection), b.keys.dedupe(first, dedupe))
-	version, below, allowGap := "0", "0", "0"
+	version, below, modeArg := "0", "0", "0"
 	if record {
 		ks = append(ks, b.keys.version(first))
 		if ev.Version > 0 {
 			version = strconv.FormatUint(ev.Version, 10)
 			below = strconv.FormatUint(ev.Version-1, 10)
 		}
-		if gap {
-			allowGap = "1"
+		switch mode {
+		case realtime.AppendGap:
+			modeArg = "1"
+		case realtime.AppendIfLastKnown:
+			modeArg = "2"
 		}
 	}
 	args := []any{n, b.cfg.Size, b.cfg.StreamTTL.Milliseconds(), ev.ETag, data, int64(dedupeTTL / time.Second),
-		epochSeed(dedupe), version, below, allowGap}
+		epochSeed(dedupe), version, below, modeArg}
 	if push != nil {
 		args = append(args, push.msg)
 		for _, c := range push.channels {
@@ -206,6 +218,8 @@ func (b *Broker) appendRun(ctx context.Context, streams []realtime.StreamKey, ev
 		return nil, true, 0, nil
 	case appendAhead:
 		return nil, false, 0, fmt.Errorf("%w: append %s/%s: version %d after %s", ErrOutOfOrder, first.Collection, first.ID, ev.Version, last)
+	case appendUnknown:
+		return nil, false, 0, fmt.Errorf("%w: append %s/%s: version %d", ErrLastUnknown, first.Collection, first.ID, ev.Version)
 	case appendDone, appendRetried:
 	default:
 		return nil, false, 0, fmt.Errorf("%w: append answered status %d", ErrCorrupt, status)

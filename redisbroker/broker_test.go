@@ -98,11 +98,11 @@ func TestAppendDedupe(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := bufEvent(key, "once", time.Now())
-	s1, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, false)
+	s1, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, realtime.AppendInOrder)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, false)
+	s2, _, err := a.appendOnce(bctx, []realtime.StreamKey{key}, ev, "same-id", false, realtime.AppendInOrder)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestAppendRecord(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			ev := bufEvent(key, fmt.Sprint("v", i), time.Now())
-			if _, err := a.AppendRecord(bctx, ev, false); err != nil {
+			if _, err := a.AppendRecord(bctx, ev, realtime.AppendInOrder); err != nil {
 				t.Error(err)
 			}
 		})
@@ -385,5 +385,90 @@ func TestStopEndsCalls(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // a call would be a bug; none is awaited
 	if len(r.of(key)) != calls || calls != 0 {
 		t.Fatalf("%d deliveries after Stop", len(r.of(key)))
+	}
+}
+
+// TestAppendRecordIfLastKnown: with realtime.AppendIfLastKnown, a version
+// above 1 of a record without a version key (never appended, or the key
+// lost: Redis restarted empty, expired) is refused with ErrLastUnknown
+// (status 4): nothing is stored or published and the dedupe key is not
+// set, so the same call may be made again. With the key there, or for
+// version 1, the mode appends as usual.
+func TestAppendRecordIfLastKnown(t *testing.T) {
+	c := newClient(t)
+	a := newBroker(t, c, Config{Prefix: testPrefix(t, c)})
+	ra := startBroker(t, a)
+	rec := recKey("unknown")
+	streams := []realtime.StreamKey{rec, collOf(rec)}
+	for _, k := range streams {
+		if err := a.Watch(bctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vk := a.keys.version(rec)
+	event := func(v uint64) *realtime.Event {
+		ev := bufEvent(rec, fmt.Sprint("v", v), time.Now())
+		ev.Version = v
+		return ev
+	}
+	wantUnknown := func(what string, dup bool, err error) {
+		t.Helper()
+		if !errors.Is(err, ErrLastUnknown) || !errors.Is(err, realtime.ErrLastUnknown) || isUnavailable(err) || errors.Is(err, realtime.ErrOutOfOrder) || dup {
+			t.Fatalf("%s: dup=%v, %v; want ErrLastUnknown", what, dup, err)
+		}
+	}
+
+	// Never appended: refused, nothing written, and the dedupe id is free.
+	v3 := event(3)
+	_, dup, err := a.appendOnce(bctx, streams, v3, "unknown-id", true, realtime.AppendIfLastKnown)
+	wantUnknown("version 3 of a record never appended", dup, err)
+	for _, k := range []string{a.keys.stream(rec), a.keys.stream(collOf(rec)), vk, a.keys.dedupe(rec, "unknown-id")} {
+		if n, err := c.Exists(bctx, k).Result(); err != nil || n != 0 {
+			t.Fatalf("%s after a refusal: exists=%d %v", k, n, err)
+		}
+	}
+	v1, v2 := event(1), event(2)
+	if dup, err := a.AppendRecord(bctx, v1, realtime.AppendIfLastKnown); err != nil || dup {
+		t.Fatalf("version 1: dup=%v %v; want appended", dup, err)
+	}
+	if dup, err := a.AppendRecord(bctx, v2, realtime.AppendIfLastKnown); err != nil || dup {
+		t.Fatalf("version 2 after 1: dup=%v %v; want appended", dup, err)
+	}
+
+	// The version key lost (as by a Redis restarted empty): unknown again,
+	// until a version is appended without the mode; the refused call's
+	// dedupe id appends then (no dedupe key was set).
+	if err := c.Del(bctx, vk).Err(); err != nil {
+		t.Fatal(err)
+	}
+	dup, err = a.AppendRecord(bctx, v3, realtime.AppendIfLastKnown)
+	wantUnknown("version 3 once the version key is lost", dup, err)
+	if _, dup, err := a.appendOnce(bctx, streams, v3, "unknown-id", true, realtime.AppendInOrder); err != nil || dup {
+		t.Fatalf("version 3 in order, the refused call's dedupe id: dup=%v %v; want appended", dup, err)
+	}
+	v4 := event(4)
+	if dup, err := a.AppendRecord(bctx, v4, realtime.AppendIfLastKnown); err != nil || dup {
+		t.Fatalf("version 4 after 3: dup=%v %v; want appended", dup, err)
+	}
+	if dup, err := a.AppendRecord(bctx, event(3), realtime.AppendIfLastKnown); err != nil || !dup {
+		t.Fatalf("version 3 again: dup=%v %v; want a duplicate", dup, err)
+	}
+	if got, err := c.Get(bctx, vk).Result(); err != nil || got != "4" {
+		t.Fatalf("version key %q %v, want 4", got, err)
+	}
+	want := []*realtime.Event{v1, v2, v3, v4}
+	for _, k := range streams {
+		got := ra.waitDeliveries(t, k, len(want))
+		if len(got) != len(want) {
+			t.Fatalf("%v: %d deliveries, want %d", k, len(got), len(want))
+		}
+		for i, e := range got {
+			if e.Event.ETag != want[i].ETag || e.Event.Version != want[i].Version {
+				t.Fatalf("%v: delivery %d is %s@v%d, want %s@v%d", k, i, e.Event.ETag, e.Event.Version, want[i].ETag, want[i].Version)
+			}
+		}
+	}
+	if n, _ := c.XLen(bctx, a.keys.stream(rec)).Result(); n != int64(len(want)) {
+		t.Fatalf("%d entries stored, want %d", n, len(want))
 	}
 }

@@ -83,9 +83,12 @@
 // event is a duplicate (dup true, nothing written or published); beyond
 // the next one (last + 1), it is refused with an error wrapping
 // ErrOutOfOrder and realtime.ErrOutOfOrder (not ErrUnavailable), unless
-// gap is set; with no version key (never appended, expired, Redis
-// restarted empty, Invalidate) any version is appended. Appending sets the
-// version key. An event without a version is always appended and leaves
+// the mode is realtime.AppendGap; with no version key (never appended,
+// expired, Redis restarted empty, Invalidate) any version is appended,
+// but with realtime.AppendIfLastKnown a version above 1 is refused with
+// an error wrapping ErrLastUnknown and realtime.ErrLastUnknown (nothing
+// written, the dedupe key not set: the call may be made again). Appending
+// sets the version key. An event without a version is always appended and leaves
 // the version key as it is (its expiry refreshed). This is
 // realtime.MemoryBuffer's rule, applied in the same step as the append.
 //

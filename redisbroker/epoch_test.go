@@ -370,7 +370,7 @@ func TestEpochInvalidateNoFalseGap(t *testing.T) {
 	publish := func(tag string) {
 		t.Helper()
 		ev := bufEvent(rec, tag, time.Now())
-		if dup, err := b.AppendRecord(bctx, ev, false); err != nil || dup {
+		if dup, err := b.AppendRecord(bctx, ev, realtime.AppendInOrder); err != nil || dup {
 			t.Fatalf("AppendRecord %s: %v %v", tag, dup, err)
 		}
 		want = append(want, ev)
@@ -413,7 +413,7 @@ func TestVersionKeys(t *testing.T) {
 	rec := recKey("keys")
 	ev := bufEvent(rec, "v7", time.Now())
 	ev.Version = 7
-	if dup, err := a.AppendRecord(bctx, ev, false); err != nil || dup {
+	if dup, err := a.AppendRecord(bctx, ev, realtime.AppendInOrder); err != nil || dup {
 		t.Fatalf("AppendRecord: %v %v", dup, err)
 	}
 	vk := a.keys.version(rec)
@@ -462,15 +462,15 @@ func TestAppendRecordRetry(t *testing.T) {
 	ev := bufEvent(rec, "v1", time.Now())
 	ev.Version = 1
 	streams := []realtime.StreamKey{rec, collOf(rec)}
-	s1, dup1, err1 := a.appendOnce(bctx, streams, ev, "retry-id", true, false)
-	s2, dup2, err2 := a.appendOnce(bctx, streams, ev, "retry-id", true, false)
+	s1, dup1, err1 := a.appendOnce(bctx, streams, ev, "retry-id", true, realtime.AppendInOrder)
+	s2, dup2, err2 := a.appendOnce(bctx, streams, ev, "retry-id", true, realtime.AppendInOrder)
 	if err1 != nil || err2 != nil || dup1 || dup2 || fmt.Sprint(s1) != fmt.Sprint(s2) {
 		t.Fatalf("first run %v %v %v, retry %v %v %v", s1, dup1, err1, s2, dup2, err2)
 	}
 	if n, _ := c.XLen(bctx, a.keys.stream(rec)).Result(); n != 1 {
 		t.Fatalf("%d entries stored, want 1", n)
 	}
-	if dup, err := a.AppendRecord(bctx, ev, false); err != nil || !dup {
+	if dup, err := a.AppendRecord(bctx, ev, realtime.AppendInOrder); err != nil || !dup {
 		t.Fatalf("publishing version 1 again: dup=%v %v", dup, err)
 	}
 }

@@ -21,6 +21,11 @@ var (
 	// it follows (AppendRecord without gap): nothing was appended; it is
 	// not an outage.
 	ErrOutOfOrder = fmt.Errorf("redisbroker: version out of order: %w", realtime.ErrOutOfOrder)
+	// ErrLastUnknown reports a record version above 1 appended with
+	// realtime.AppendIfLastKnown while the record has no version key
+	// (never appended, expired, Redis restarted empty, Invalidate):
+	// nothing was appended; it is not an outage.
+	ErrLastUnknown = fmt.Errorf("redisbroker: record's last version unknown: %w", realtime.ErrLastUnknown)
 	// ErrCorrupt reports an entry in Redis this package cannot read (written
 	// by something else under the same prefix).
 	ErrCorrupt = fmt.Errorf("redisbroker: corrupt entry: %w", realtime.ErrBadRequest)

@@ -814,7 +814,7 @@ func (b *Broker) Push(ctx context.Context, key realtime.StreamKey, ev *realtime.
 		channels[i] = b.keys.topic(t)
 	}
 	if ev != nil {
-		seqs, _, nodes, err := b.appendRun(ctx, []realtime.StreamKey{key}, ev, randomID(), false, false,
+		seqs, _, nodes, err := b.appendRun(ctx, []realtime.StreamKey{key}, ev, randomID(), false, realtime.AppendInOrder,
 			&pushArgs{msg: msg, channels: channels})
 		if err != nil {
 			return 0, 0, err

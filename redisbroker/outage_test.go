@@ -67,7 +67,7 @@ func TestOutageCut(t *testing.T) {
 	if _, err := a.Append(bctx, caught, bufEvent(caught, "refused", time.Now())); !isUnavailable(err) {
 		t.Fatalf("Append during the cut: %v", err)
 	}
-	if _, err := a.AppendRecord(bctx, bufEvent(caught, "refused", time.Now()), false); !isUnavailable(err) {
+	if _, err := a.AppendRecord(bctx, bufEvent(caught, "refused", time.Now()), realtime.AppendInOrder); !isUnavailable(err) {
 		t.Fatalf("AppendRecord during the cut: %v", err)
 	}
 	if _, err := a.Publish(bctx, "topic", []byte("refused")); !isUnavailable(err) {

@@ -72,17 +72,21 @@ end
 //	ARGV[1] n, ARGV[2] Size, ARGV[3] StreamTTL in ms, ARGV[4] etag,
 //	ARGV[5] event, ARGV[6] dedupe TTL in s, ARGV[7] the seed of the epoch
 //	of a stream that has none (epochFunc), ARGV[8] the event's version
-//	("0": none), ARGV[9] the version minus one, ARGV[10] "1" when a jump
-//	of versions is allowed, ARGV[11] (a push: Broker.Push) a message
-//	published, once the event is appended, on each channel ARGV[12..],
-//	preceded by the id of the event's entry in KEYS[1] and a newline
+//	("0": none), ARGV[9] the version minus one, ARGV[10] the mode: "1"
+//	when a jump of versions is allowed (realtime.AppendGap), "2" when a
+//	version above 1 needs the record's last version known
+//	(realtime.AppendIfLastKnown), else "0", ARGV[11] (a push:
+//	Broker.Push) a message published, once the event is appended, on each
+//	channel ARGV[12..], preceded by the id of the event's entry in KEYS[1]
+//	and a newline
 //
 // It returns {status, the record's last version ("" when unknown or not
 // read), entry id of each stream..., (a push) the number of receivers of
 // its message summed over its channels}; status is 0 (appended), 1 (appended
 // already by a run with this dedupe key), 2 (a duplicate version: nothing
-// done, no ids) or 3 (a version beyond the next one: nothing done, no
-// ids). Versions are compared as decimal strings (they may exceed what a
+// done, no ids), 3 (a version beyond the next one: nothing done, no ids)
+// or 4 (mode "2", a version above 1 and no version key: nothing done, no
+// ids, the dedupe key not set). Versions are compared as decimal strings (they may exceed what a
 // Lua number holds exactly). The message published on a stream's channel
 // (its key's name) is "<epoch>\n<id>\n<prev>\n<event>", prev being the id
 // of the stream's previous event (empty for the first).
@@ -120,6 +124,8 @@ if versioned then
   if last then
     if vcmp(v, last) <= 0 then return {2, last} end
     if ARGV[10] ~= '1' and vcmp(ARGV[9], last) > 0 then return {3, last} end
+  elseif ARGV[10] == '2' and v ~= '1' then
+    return {4, ''}
   end
 end
 -- one expiry for every key written: an epoch never outlives its stream

@@ -149,7 +149,19 @@
 // longer than Grace (a backlog the drainer publishes first). A row that
 // cannot be published now (the publisher down, refused, failed) stays for
 // the drainer; while the publisher reports itself down (Health) the commit
-// does not even try. A COMMIT that fails with an unknown outcome (a
+// does not even try.
+//
+// A version above 1 is published with realtime.Publication.RequireLast:
+// when the publisher's engine does not know the record's last version (it
+// restarted empty, or forgot the record), it would take any version as the
+// first, and an earlier version still in the outbox, published later,
+// would be dropped as a duplicate (the record's subscribers would see a
+// jump and resync). So on realtime.ErrLastUnknown the row is refused while
+// an earlier version of its record is in the outbox (retried, or left to
+// the drainer, like a row refused as out of order), and published again
+// without RequireLast when none is: versions are taken under the record's
+// version row lock, in commit order, so the versions before a committed
+// one are committed too, and none in the outbox means all were published. A COMMIT that fails with an unknown outcome (a
 // connection lost) publishes nothing: if it did commit, the drainer
 // publishes its rows.
 //
@@ -161,7 +173,10 @@
 //
 // The drainer, a goroutine started by db.Use and stopped by Close, wakes
 // every Interval (default 1s) and claims up to Batch rows older than Grace
-// (default 2s: younger rows are left to the process that committed them).
+// (default 2s: younger rows are left to the process that committed them),
+// with the younger rows of their records (rows their committers left
+// because of that backlog: they follow it at once rather than a Grace
+// later, while the database already has them).
 // A claim is one UPDATE setting claimed_by and claimed_at on the rows not
 // claimed within ClaimTTL (default 10s); the database re-checks that per
 // row under its write lock, so two drainers do not both work on a row, and

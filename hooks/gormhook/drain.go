@@ -25,10 +25,10 @@ func (h *Hook) drainLoop(ctx context.Context) {
 	}
 }
 
-// drain claims and publishes one batch of rows older than Grace. It reports
-// whether the batch was full and published at least in part, without an
-// outage. While the
-// publisher is down it claims one row, as a probe.
+// drain claims and publishes one batch of rows older than Grace, with the
+// younger rows of their records. It reports whether the batch was full and
+// published at least in part, without an outage. While the publisher is
+// down it claims one row, as a probe.
 func (h *Hook) drain(ctx context.Context) (more bool) {
 	o := h.outbox
 	defer func() {
@@ -56,6 +56,31 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 	if len(cand) == 0 {
 		h.dbOK()
 		return false
+	}
+	full := len(cand) == limit
+	if limit > 1 {
+		// A record's younger rows follow its older ones in this drain:
+		// they were refused by their committers, which gave up on them
+		// because of that backlog (notBacklogged), and would otherwise
+		// wait for Grace while subscribers resuming from a version the
+		// database has do not find it in the broker. A row still being
+		// published by its committer is published twice at worst: the
+		// publisher drops the duplicate.
+		var refs []string
+		err := h.outboxSession(ctx, nil).Where("id IN ? AND ref <> ''", cand).Distinct("ref").Pluck("ref", &refs).Error
+		if err == nil && len(refs) > 0 {
+			var younger []int64
+			err = h.outboxSession(ctx, nil).
+				Where("ref IN ? AND id NOT IN ? AND (claimed_at IS NULL OR claimed_at < ?)", refs, cand, expired).
+				Order("id").Limit(limit).Pluck("id", &younger).Error
+			cand = append(cand, younger...)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				h.dbFailed("read the outbox", err)
+			}
+			return false
+		}
 	}
 	// Claim: one UPDATE whose WHERE is re-checked per row under the row's
 	// write lock (PostgreSQL, MySQL) or the database lock (SQLite), so two
@@ -107,7 +132,7 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 	}
 	// Another batch at once only after progress: a full batch refused
 	// (waiting for versions another process holds) waits for the next tick.
-	return ok && len(cand) == limit && len(done) > 0
+	return ok && full && len(done) > 0
 }
 
 // drainRows publishes claimed rows: each record's rows in version order,
@@ -135,7 +160,7 @@ func (h *Hook) drainRows(ctx context.Context, rows []outboxRow) (done, held []in
 		slices.SortStableFunc(g, func(a, b *outboxRow) int { return cmp.Compare(a.Version, b.Version) })
 	record:
 		for i, r := range g {
-			out := h.publishRow(ctx, r, false)
+			out := h.publishRow(ctx, nil, r, false)
 			if out == refused {
 				out = h.refusedRow(ctx, r)
 			}
@@ -177,21 +202,20 @@ func (h *Hook) refusedRow(ctx context.Context, r *outboxRow) outcome {
 	if now.Sub(*r.RefusedAt) < h.outbox.cfg.GapAfter {
 		return refused
 	}
-	var earlier int64
-	err := h.outboxSession(ctx, nil).Where("ref = ? AND version < ?", r.Ref, r.Version).Count(&earlier).Error
+	earlier, err := h.earlierWaiting(ctx, nil, r, time.Time{})
 	if err != nil {
 		h.dbFailed("look for earlier versions in the outbox", err)
 		return refused
 	}
-	if earlier > 0 {
+	if earlier {
 		return refused
 	}
 	// An earlier version published (and its row deleted) since the first
 	// try needs no gap.
-	if out := h.publishRow(ctx, r, false); out != refused {
+	if out := h.publishRow(ctx, nil, r, false); out != refused {
 		return out
 	}
 	h.log.Warn("gormhook: publishing a record version whose predecessors can never be published; subscribers resync",
 		"collection", r.Collection, "id", r.RecordID, "version", r.Version, "tenant", r.Tenant)
-	return h.publishRow(ctx, r, true)
+	return h.publishRow(ctx, nil, r, true)
 }

@@ -568,3 +568,106 @@ func TestGapFallback(t *testing.T) {
 		checkEveryVersion(t, "subscriber", sub, 7, 9, getJSON(t, n.db, p.ID))
 	})
 }
+
+// TestLastVersionForgotten: the engine forgets the record's last version
+// (here its buffer is invalidated behind the plugins' backs, as a Redis
+// restarted empty or an expired version key does) while version 2 waits in
+// the outbox (its publish failed). Version 3, committed by another node,
+// is not published at its commit (the engine would take it as the first
+// and drop version 2 as a duplicate: its subscribers would see 1 → 3 and
+// resync): it waits, and the drainer publishes 2 then 3. A version with
+// no earlier one waiting is published at its commit even so.
+func TestLastVersionForgotten(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+		nodes := newNodes(t, tdb, m, 2, noDrain)
+		a, b := nodes[0], nodes[1]
+		subA, subB := a.subscribe(t, "1"), b.subscribe(t, "1")
+		p := Post{Title: "counter"}
+		mustNoErr(t, a.db.Create(&p).Error) // version 1
+		forget := func() {
+			t.Helper()
+			mustNoErr(t, m.Node().Invalidate(context.Background(), realtime.DefaultTenant, "posts"))
+		}
+
+		a.tap.before = func(p realtime.Publication) error {
+			if p.Version == 2 {
+				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+			}
+			return nil
+		}
+		mustNoErr(t, bump(a.db, p.ID)) // version 2: its publish fails, its row stays
+		forget()
+		mustNoErr(t, bump(b.db, p.ID)) // version 3: must wait for 2
+		if rows := outboxRows(t, a.db); rows != 2 {
+			t.Fatalf("%d outbox rows, want versions 2 and 3", rows)
+		}
+		b.tap.mu.Lock()
+		for _, c := range b.tap.calls {
+			if c.Version == 3 && !errors.Is(c.Err, realtime.ErrLastUnknown) {
+				t.Errorf("node B's publish of version 3 at its commit: %v; want ErrLastUnknown", c.Err)
+			}
+		}
+		b.tap.mu.Unlock()
+
+		drainer := newNodes(t, tdb, m, 1, gormhook.OutboxConfig{Interval: 10 * time.Millisecond, Grace: 20 * time.Millisecond})[0]
+		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
+		ok, _ := drainer.tap.accepted()
+		if fmt.Sprint(ok) != "[2 3]" {
+			t.Fatalf("the drainer published %v, want [2 3]", ok)
+		}
+
+		forget()
+		mustNoErr(t, bump(b.db, p.ID)) // version 4: version 3 is published
+		if rows := outboxRows(t, b.db); rows != 0 {
+			t.Fatalf("%d outbox rows after version 4's commit, want 0", rows)
+		}
+		for _, n := range []*node{a, b, drainer} {
+			n.tap.mu.Lock()
+			for _, c := range n.tap.calls {
+				if c.Gap {
+					t.Errorf("publish %+v with Gap", c)
+				}
+			}
+			n.tap.mu.Unlock()
+		}
+		stored := getJSON(t, a.db, p.ID)
+		for name, sub := range map[string]*sseClient{"A": subA, "B": subB} {
+			waitFor(t, "subscriber "+name+" to get version 4", func() bool { return sub.lastData() == stored })
+			checkEveryVersion(t, "subscriber "+name, sub, 7, 10, stored)
+		}
+	})
+}
+
+// TestDrainTakesYoungerRowsOfABacklog: a record's rows younger than Grace
+// (refused at their commits because an older version waits) are drained
+// with its older rows, not a Grace later.
+func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+		a := newNodes(t, tdb, m, 1, noDrain)[0]
+		sub := a.subscribe(t, "1")
+		p := Post{Title: "counter"}
+		mustNoErr(t, a.db.Create(&p).Error) // version 1
+		a.tap.before = func(p realtime.Publication) error {
+			if p.Version == 2 {
+				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+			}
+			return nil
+		}
+		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays
+		mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
+		mustNoErr(t, bump(a.db, p.ID)) // version 3: refused, left
+		if rows := outboxRows(t, a.db); rows != 2 {
+			t.Fatalf("%d outbox rows, want versions 2 and 3", rows)
+		}
+		drainer := newNodes(t, tdb, m, 1, gormhook.OutboxConfig{Interval: 10 * time.Millisecond, Grace: time.Hour})[0]
+		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
+		if ok, _ := drainer.tap.accepted(); fmt.Sprint(ok) != "[2 3]" {
+			t.Fatalf("the drainer published %v, want [2 3]", ok)
+		}
+		stored := getJSON(t, a.db, p.ID)
+		waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
+		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
+	})
+}

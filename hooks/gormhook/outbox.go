@@ -41,7 +41,8 @@ type OutboxConfig struct {
 	Interval time.Duration
 	// Grace is the age under which a row is left to the process that
 	// committed it (it publishes the row right after its commit and deletes
-	// it); older rows are drained by whichever process claims them. Keep it
+	// it); older rows are drained by whichever process claims them, with
+	// the younger rows of their records (those wait behind them). Keep it
 	// above the time a commit takes to publish and the clock skew between
 	// the app's instances. Default 2s.
 	Grace time.Duration
@@ -281,7 +282,7 @@ func (h *Hook) published(err error, op string, attrs ...any) {
 	attrs = append(attrs, "op", op, "err", err)
 	switch out {
 	case refused:
-		h.log.Debug("gormhook: publish refused as out of order; kept in the outbox", attrs...)
+		h.log.Debug("gormhook: publish refused (out of order, or an earlier version still in the outbox); kept in the outbox", attrs...)
 	case down:
 		if o.pubDown.CompareAndSwap(false, true) {
 			h.log.Warn("gormhook: publisher unavailable; events stay in the outbox until it is back", "err", err)

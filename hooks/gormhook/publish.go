@@ -17,37 +17,72 @@ type outcome int
 const (
 	published outcome = iota + 1 // published, or a duplicate the publisher dropped: delete the row
 	dropped                      // can never be published (the publisher refuses it as bad): delete the row
-	refused                      // out of order: an earlier version is not published yet; keep the row
+	refused                      // an earlier version is not published yet; keep the row
 	down                         // the publisher is unreachable: keep the row, stop publishing
 	failed                       // another failure: keep the row, retry later
 )
 
 // publishRow publishes one outbox row exactly as it was committed: its
-// event, version, ETag and data; a resync row resyncs its collection.
-func (h *Hook) publishRow(ctx context.Context, r *outboxRow, gap bool) outcome {
+// event, version, ETag and data; a resync row resyncs its collection. pool
+// is the connection pool of the outbox reads (nil: the hook's database).
+//
+// A version above 1 is published with RequireLast (unless with gap): if
+// the publisher does not know the record's last version (its engine
+// restarted empty, or forgot the record), taking this version as the first
+// would make an earlier version still waiting in the outbox a duplicate,
+// dropped, and the record's subscribers would see a jump. The row is then
+// refused while an earlier version of its record is in the outbox (the
+// drainer publishes them in version order), and published without
+// RequireLast when none is: versions are taken under the record's version
+// row lock and committed in that order, so every version before a
+// committed one is committed too, and none in the outbox means all were
+// published (their rows are deleted only after).
+func (h *Hook) publishRow(ctx context.Context, pool gorm.ConnPool, r *outboxRow, gap bool) outcome {
 	ctx = realtime.WithTenant(ctx, r.Tenant)
-	var err error
 	if r.Event == eventResync {
-		err = h.pub.Resync(ctx, r.Collection)
+		err := h.pub.Resync(ctx, r.Collection)
 		h.published(err, "resync", "collection", r.Collection, "tenant", r.Tenant)
-	} else {
-		pub := realtime.Publication{Tenant: r.Tenant, Collection: r.Collection, ID: r.RecordID,
-			Event: r.Event, ETag: r.ETag, Version: r.Version, PrevETag: r.PrevETag, Gap: gap}
-		if r.Data != "" {
-			pub.Data = json.RawMessage(r.Data)
-		}
-		_, err = h.pub.Publish(ctx, pub)
-		h.published(err, "publish", "collection", r.Collection, "id", r.RecordID, "event", r.Event,
-			"version", r.Version, "tenant", r.Tenant, "gap", gap)
+		return classify(err)
 	}
+	pub := realtime.Publication{Tenant: r.Tenant, Collection: r.Collection, ID: r.RecordID,
+		Event: r.Event, ETag: r.ETag, Version: r.Version, PrevETag: r.PrevETag, Gap: gap,
+		RequireLast: !gap && r.Version > 1}
+	if r.Data != "" {
+		pub.Data = json.RawMessage(r.Data)
+	}
+	_, err := h.pub.Publish(ctx, pub)
+	if errors.Is(err, realtime.ErrLastUnknown) {
+		switch waiting, qerr := h.earlierWaiting(ctx, pool, r, time.Time{}); {
+		case qerr != nil:
+			h.dbFailed("look for earlier versions in the outbox", qerr)
+		case !waiting:
+			pub.RequireLast = false
+			_, err = h.pub.Publish(ctx, pub)
+		}
+	}
+	h.published(err, "publish", "collection", r.Collection, "id", r.RecordID, "event", r.Event,
+		"version", r.Version, "tenant", r.Tenant, "gap", gap)
 	return classify(err)
+}
+
+// earlierWaiting reports whether an earlier version of r's record is in
+// the outbox (committed and not yet published, or published and its row
+// not deleted yet), with a non-zero before: created before it.
+func (h *Hook) earlierWaiting(ctx context.Context, pool gorm.ConnPool, r *outboxRow, before time.Time) (bool, error) {
+	q := h.outboxSession(ctx, pool).Where("ref = ? AND version < ?", r.Ref, r.Version)
+	if !before.IsZero() {
+		q = q.Where("created_at < ?", before)
+	}
+	var n int64
+	err := q.Limit(1).Count(&n).Error
+	return n > 0, err
 }
 
 func classify(err error) outcome {
 	switch {
 	case err == nil:
 		return published
-	case errors.Is(err, realtime.ErrOutOfOrder):
+	case errors.Is(err, realtime.ErrOutOfOrder), errors.Is(err, realtime.ErrLastUnknown):
 		return refused
 	case outage(err):
 		return down
@@ -86,7 +121,7 @@ func (h *Hook) publishCommitted(ctx context.Context, pool gorm.ConnPool, rows []
 	var later []*outboxRow
 publish:
 	for i := range rows {
-		switch h.publishRow(ctx, &rows[i], false) {
+		switch h.publishRow(ctx, pool, &rows[i], false) {
 		case published, dropped:
 			done = append(done, rows[i].ID)
 		case refused:
@@ -103,7 +138,7 @@ publish:
 		time.Sleep(pause)
 		still := later[:0]
 		for _, r := range later {
-			switch h.publishRow(ctx, r, false) {
+			switch h.publishRow(ctx, pool, r, false) {
 			case published, dropped:
 				done = append(done, r.ID)
 			case refused:
@@ -127,10 +162,7 @@ func (h *Hook) notBacklogged(ctx context.Context, pool gorm.ConnPool, rows []*ou
 	old := time.Now().UTC().Add(-h.outbox.cfg.Grace)
 	keep := rows[:0]
 	for _, r := range rows {
-		var n int64
-		err := h.outboxSession(ctx, pool).Where("ref = ? AND version < ? AND created_at < ?", r.Ref, r.Version, old).
-			Limit(1).Count(&n).Error
-		if err == nil && n == 0 {
+		if backlog, err := h.earlierWaiting(ctx, pool, r, old); err == nil && !backlog {
 			keep = append(keep, r)
 		}
 	}
