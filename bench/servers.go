@@ -183,6 +183,7 @@ func serverMain(args []string) error {
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	cln, err := net.Listen("tcp", *ctl)
 	if err != nil {
 		return err
