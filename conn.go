@@ -27,8 +27,11 @@ import (
 type conn struct {
 	t    transport
 	pool *writerPool
-	max  int           // queue bound
-	wake chan struct{} // non-nil: drained by its handler goroutine, woken here
+	max  int // queue bound
+	// pressed: the queue is more than half full, counted by the pool
+	// (writerPool.press), until it is taken or dropped.
+	pressed bool
+	wake    chan struct{} // non-nil: drained by its handler goroutine, woken here
 	// solo: the conn carries one stream (an SSE stream, a long poll), so it
 	// counts as one subscriber (Plugin.Subscribers).
 	solo bool
@@ -144,7 +147,19 @@ func (c *conn) appendLocked(o out, bounded bool) bool {
 		c.queue, c.spare = c.spare, nil
 	}
 	c.queue = append(c.queue, o)
+	if bounded && !c.pressed && 2*len(c.queue) > c.max && c.pool != nil {
+		c.pressed = true
+		c.pool.press(1)
+	}
 	return c.scheduleLocked()
+}
+
+// unpressLocked is called when c's queue is taken or dropped.
+func (c *conn) unpressLocked() {
+	if c.pressed {
+		c.pressed = false
+		c.pool.press(-1)
+	}
 }
 
 // scheduleLocked marks c scheduled; true when it was not and c is ready
@@ -254,6 +269,7 @@ func (c *conn) sealLocked() bool {
 	c.sealed = true
 	clear(c.queue)
 	c.queue = c.queue[:0]
+	c.unpressLocked()
 	return c.endLocked()
 }
 
@@ -273,6 +289,7 @@ func (c *conn) closeLocked(cause error) {
 	c.cause = cause
 	clear(c.queue)
 	c.queue = nil
+	c.unpressLocked()
 	if c.done != nil {
 		close(c.done)
 	}

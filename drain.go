@@ -13,6 +13,7 @@ func (c *conn) take() ([]out, connState, bool) {
 	defer c.mu.Unlock()
 	q, sig := c.queue, c.signal
 	c.queue, c.spare, c.signal = c.spare, nil, false
+	c.unpressLocked()
 	return q, c.state, sig
 }
 

@@ -138,3 +138,70 @@ func TestWritersAtOnceDefault(t *testing.T) {
 		})
 	}
 }
+
+// TestWritersAtOnceLimit: with one worker writing, a second may not start
+// under a limit of one; it may while a connection's queue is more than
+// half full, and once the writer has been blocked for stallAfter.
+func TestWritersAtOnceLimit(t *testing.T) {
+	w := newWriterPool(2, 1)
+	defer w.close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.limitedLocked() {
+		t.Fatal("limited with no worker writing")
+	}
+	w.busy[0].since.Store(w.now())
+	if !w.limitedLocked() {
+		t.Fatal("a second worker may write beside the first under a limit of one")
+	}
+	w.press(1)
+	if w.limitedLocked() {
+		t.Error("still limited while a queue is more than half full")
+	}
+	w.press(-1)
+	if !w.limitedLocked() {
+		t.Error("not limited once the queue was taken")
+	}
+	w.busy[0].since.Store(w.now() - int64(stallAfter) - 1)
+	if w.limitedLocked() {
+		t.Error("a worker blocked for stallAfter still counts against the limit")
+	}
+	w.busy[0].since.Store(0)
+}
+
+// TestConnPressure: a conn whose queue passes half its bound presses its
+// pool once, until the queue is taken or dropped.
+func TestConnPressure(t *testing.T) {
+	w := newWriterPool(1, 1)
+	defer w.close()
+	c := newConn(nopTransport{}, w, 4, true)
+	c.ready = true
+	ev := &Event{Type: "x"}
+	c.mu.Lock()
+	for i := range 3 {
+		c.pushLocked(out{ev: ev})
+		if want := int64(min(max(i-1, 0), 1)); w.pressed.Load() != want {
+			t.Fatalf("after %d frames of 4: pressed %d, want %d", i+1, w.pressed.Load(), want)
+		}
+	}
+	c.mu.Unlock()
+	c.take()
+	if w.pressed.Load() != 0 {
+		t.Fatalf("after take: pressed %d", w.pressed.Load())
+	}
+	c.mu.Lock()
+	for range 3 {
+		c.pushLocked(out{ev: ev})
+	}
+	c.closeLocked(nil)
+	c.mu.Unlock()
+	if w.pressed.Load() != 0 {
+		t.Fatalf("after close: pressed %d", w.pressed.Load())
+	}
+}
+
+type nopTransport struct{}
+
+func (nopTransport) write(*conn, []out, bool, bool) error { return nil }
+func (nopTransport) overflow(c *conn)                     { c.closeLocked(nil) }
+func (nopTransport) closed(*conn)                         {}

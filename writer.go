@@ -25,10 +25,13 @@ import (
 // At most atOnce workers write at one time (Config.WritersAtOnce): a worker
 // holding a job for less than stallAfter counts, one blocked for longer
 // does not, so that a stalled peer never holds the others up for more
-// than stallAfter.
+// than stallAfter. The limit is lifted while a connection's queue is more
+// than half full (pressed): rather the network read late than a
+// subscriber dropped for a full queue.
 type writerPool struct {
-	n      int // core workers
-	atOnce int // workers writing at once, at most
+	n       int // core workers
+	atOnce  int // workers writing at once, at most
+	pressed atomic.Int64
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -132,6 +135,19 @@ func (w *writerPool) ableLocked(self *workerSlot) int {
 	return n
 }
 
+// press counts a conn whose queue became more than half full (d = 1) or
+// was emptied (d = -1); the first wakes the workers waiting for the limit.
+func (w *writerPool) press(d int64) {
+	if w.pressed.Add(d) == 1 && d > 0 && w.atOnce < w.n {
+		w.cond.Broadcast()
+	}
+}
+
+// limitedLocked tells whether the atOnce limit stops another worker now.
+func (w *writerPool) limitedLocked() bool {
+	return w.atOnce < w.n && w.pressed.Load() == 0 && w.writingLocked() >= w.atOnce
+}
+
 // writingLocked counts the workers holding a job for less than stallAfter:
 // those that count against atOnce.
 func (w *writerPool) writingLocked() int {
@@ -186,7 +202,7 @@ func (w *writerPool) add(c *conn) {
 // wakeableLocked is the number of waiting workers worth waking: no more
 // than atOnce allows to write.
 func (w *writerPool) wakeableLocked() int {
-	if w.idle == 0 || w.atOnce >= w.n {
+	if w.idle == 0 || w.atOnce >= w.n || w.pressed.Load() > 0 {
 		return w.idle
 	}
 	return min(w.idle, max(0, w.atOnce-w.writingLocked()))
@@ -216,7 +232,7 @@ func (w *writerPool) addMany(list []*conn) {
 func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.head == len(w.ready) || (w.atOnce < w.n && w.writingLocked() >= w.atOnce) {
+	for w.head == len(w.ready) || w.limitedLocked() {
 		if t.jobs > 0 {
 			w.mu.Unlock()
 			t.flush(&w.meter)
