@@ -134,7 +134,12 @@
 // publishing fails with ErrUnavailable (503), and subscribers that may have
 // missed events are resumed or resynced once it is back. The GORM hook's
 // outbox keeps the events of writes committed meanwhile and publishes them,
-// in order, once it is back.
+// in order, once it is back: a version whose record's last the engine has
+// forgotten (Redis restarted empty) waits for its predecessors still in the
+// outbox (Publication.RequireLast). A push costs its publisher one round
+// trip to a Broker that is a Pusher; every node answers with counts. So
+// that a busy node reads its engine at once, at most Config.WritersAtOnce
+// writers write at one time (with a Broker, one P is left to the network).
 //
 // # Observability
 //

@@ -1,7 +1,6 @@
 package redisbroker
 
 import (
-	"context"
 	"fmt"
 	"net/http/httptest"
 	"strings"
@@ -35,21 +34,7 @@ func BenchmarkNotifyAcrossNodes(b *testing.B) {
 func benchNotifyAcrossNodes(b *testing.B, subs int) {
 	secret := []byte("bench-secret-bench-secret-bench!")
 	prefix := testPrefix(b, newClient(b))
-	node := func() (*realtime.Plugin, *httptest.Server) {
-		br := newBroker(b, newClient(b), Config{Prefix: prefix})
-		p, err := realtime.New(realtime.Config{JWTSecret: secret, Broker: br, Logger: quietLogger})
-		if err != nil {
-			b.Fatal(err)
-		}
-		r := gin.New()
-		p.Register(r.Group("/api"))
-		srv := httptest.NewServer(r)
-		b.Cleanup(func() {
-			srv.Close()
-			_ = p.Close(context.Background())
-		})
-		return p, srv
-	}
+	node := func() (*realtime.Plugin, *httptest.Server) { return pluginNode(b, secret, prefix) }
 	a, _ := node()
 	_, srvB := node()
 

@@ -79,18 +79,7 @@ func TestPushCountsAcrossNodes(t *testing.T) {
 	secret := []byte("push-test-secret-push-test-secret")
 	prefix := testPrefix(t, newClient(t))
 	node := func() (*realtime.Plugin, string) {
-		br := newBroker(t, newClient(t), Config{Prefix: prefix})
-		p, err := realtime.New(realtime.Config{JWTSecret: secret, Broker: br, Logger: quietLogger})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := gin.New()
-		p.Register(r.Group("/api"))
-		srv := httptest.NewServer(r)
-		t.Cleanup(func() {
-			srv.Close()
-			_ = p.Close(context.Background())
-		})
+		p, srv := pluginNode(t, secret, prefix)
 		return p, "ws" + strings.TrimPrefix(srv.URL, "http") + "/api/ws?token="
 	}
 	a, urlA := node()
@@ -173,6 +162,24 @@ func TestPushCountsAcrossNodes(t *testing.T) {
 	if res.Delivered != 3 || res.Users != 2 || len(res.Acks) != 2 || res.TimedOut != 1 {
 		t.Fatalf("awaited acks: %+v, want 3 delivered, 2 users, 2 acks, 1 timed out", res)
 	}
+}
+
+// pluginNode starts a plugin on a broker of prefix, served under /api,
+// both closed when t ends.
+func pluginNode(t testing.TB, secret []byte, prefix string) (*realtime.Plugin, *httptest.Server) {
+	br := newBroker(t, newClient(t), Config{Prefix: prefix})
+	p, err := realtime.New(realtime.Config{JWTSecret: secret, Broker: br, Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := gin.New()
+	p.Register(r.Group("/api"))
+	srv := httptest.NewServer(r)
+	t.Cleanup(func() {
+		srv.Close()
+		_ = p.Close(context.Background())
+	})
+	return p, srv
 }
 
 // readUntil reads c's frames until one contains want, and returns it.
