@@ -123,6 +123,15 @@ const (
 	AppendIfLastKnown
 )
 
+// Validate reports a mode that is none of the constants above (an error
+// wrapping ErrBadRequest): a Broker refuses it.
+func (m AppendMode) Validate() error {
+	if m > AppendIfLastKnown {
+		return fmt.Errorf("%w: unknown append mode %d", ErrBadRequest, uint8(m))
+	}
+	return nil
+}
+
 // String returns the mode's name.
 func (m AppendMode) String() string {
 	switch m {

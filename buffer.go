@@ -187,9 +187,6 @@ func (b *MemoryBuffer) appendLocked(key StreamKey, ev *Event) *memStream {
 // collection's streams in one step, applying the version rule of
 // Broker.AppendRecord (versionRule) on the record's stream.
 func (b *MemoryBuffer) appendRecord(ev *Event, mode AppendMode) (seqs [2]uint64, dup bool, err error) {
-	if err := mode.check(); err != nil {
-		return seqs, false, err
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if ev.Version > 0 {
@@ -228,14 +225,6 @@ func versionRule(last, v uint64, mode AppendMode) (dup bool, err error) {
 		return false, fmt.Errorf("%w: version %d after %d", ErrOutOfOrder, v, last)
 	}
 	return false, nil
-}
-
-// check reports a mode that is none of the AppendMode constants.
-func (m AppendMode) check() error {
-	if m > AppendIfLastKnown {
-		return fmt.Errorf("%w: unknown append mode %d", ErrBadRequest, uint8(m))
-	}
-	return nil
 }
 
 // trim drops entries over the count and age bounds.

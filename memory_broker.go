@@ -223,7 +223,7 @@ func (n *memoryNode) AppendRecord(ctx context.Context, ev *Event, mode AppendMod
 	if err := m.unavailable("append"); err != nil {
 		return false, err
 	}
-	if err := mode.check(); err != nil {
+	if err := mode.Validate(); err != nil {
 		return false, err
 	}
 	coll := ev.Ref.collectionKey()

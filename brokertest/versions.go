@@ -268,6 +268,21 @@ func testVersions(t *testing.T, newNodes factory) {
 		wantDelivered(t, n.ra, n.b, rec, 5, v1, v2, v3, v4)
 	})
 
+	t.Run("UnknownModeRefused", func(t *testing.T) {
+		// A mode that is none of the constants is a bad request: nothing
+		// appended, the record's order untouched.
+		n, rec, a, _ := setup(t)
+		v1 := versionEvent(rec, 1, "one")
+		for _, ev := range []*realtime.Event{v1, versionEvent(rec, 0, "plain")} {
+			dup, err := n.a.AppendRecord(t.Context(), ev, realtime.AppendIfLastKnown+1)
+			if !errors.Is(err, realtime.ErrBadRequest) || errors.Is(err, realtime.ErrUnavailable) || dup {
+				t.Fatalf("AppendRecord with mode %d: dup=%v, %v; want an error wrapping ErrBadRequest", realtime.AppendIfLastKnown+1, dup, err)
+			}
+		}
+		a.appended(v1, realtime.AppendInOrder)
+		wantDelivered(t, n.ra, n.b, rec, 2, v1)
+	})
+
 	t.Run("LargeVersions", func(t *testing.T) {
 		// Versions beyond 2^53 (where a float64 loses units) and up to the
 		// largest uint64 compare exactly.

@@ -125,10 +125,8 @@ func (b *Broker) AppendRecord(ctx context.Context, ev *realtime.Event, mode real
 	if ev == nil {
 		return false, fmt.Errorf("redisbroker: append: %w: nil event", realtime.ErrBadRequest)
 	}
-	switch mode {
-	case realtime.AppendInOrder, realtime.AppendGap, realtime.AppendIfLastKnown:
-	default:
-		return false, fmt.Errorf("redisbroker: append: %w: unknown append mode %d", realtime.ErrBadRequest, uint8(mode))
+	if err := mode.Validate(); err != nil {
+		return false, fmt.Errorf("redisbroker: append: %w", err)
 	}
 	coll := realtime.StreamKey{Tenant: ev.Ref.Tenant, Collection: ev.Ref.Collection}
 	_, dup, err := b.appendOnce(ctx, []realtime.StreamKey{ev.Ref, coll}, ev, randomID(), true, mode)
