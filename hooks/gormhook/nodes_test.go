@@ -376,6 +376,19 @@ func TestOutage(t *testing.T) {
 	})
 }
 
+// firstPublishes drops from versions those already published before: the
+// duplicates a broker drops.
+func firstPublishes(versions []uint64) []uint64 {
+	var out []uint64
+	var top uint64
+	for _, v := range versions {
+		if v > top {
+			out, top = append(out, v), v
+		}
+	}
+	return out
+}
+
 // TestDuplicateAcrossDrainers: a process that published its commit's
 // events and died before deleting their rows leaves rows another process
 // drains: the versions are published again and the broker drops them, so
@@ -560,9 +573,12 @@ func TestGapFallback(t *testing.T) {
 			}
 		}
 		n.tap.mu.Unlock()
+		// Grace is short here: the drainer may claim version 1's row
+		// before its committer deleted it, and publish it again (the
+		// broker drops it; the subscriber check below sees each once).
 		ok, _ := n.tap.accepted()
-		if fmt.Sprint(ok) != "[1 2 3]" {
-			t.Fatalf("published %v, want [1 2 3]", ok)
+		if fmt.Sprint(firstPublishes(ok)) != "[1 2 3]" {
+			t.Fatalf("published %v, want [1 2 3] (repeats aside)", ok)
 		}
 		waitFor(t, "three frames", func() bool { return len(sub.got()) == 3 })
 		checkEveryVersion(t, "subscriber", sub, 7, 9, getJSON(t, n.db, p.ID))
