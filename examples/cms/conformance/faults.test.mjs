@@ -22,6 +22,8 @@
 //                   skipped, except on CI; none: no run)
 //   FAULT_KINDS     which faults, comma-separated (default kill,redis,stop,drop)
 //   FAULT_REPORT    a file to write each run's counts and violations to (JSON)
+//   FAULT_LOGS      a directory to copy each instance's log to (<db>-<i>.log;
+//                   LOG_LEVEL=debug makes them say more)
 //   TEST_POSTGRES_URL, TEST_MYSQL_URL  where databases are created (defaults:
 //                   the servers .ci/run starts)
 //
@@ -30,6 +32,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import path from "node:path";
 import WebSocket from "ws";
 import { EventSource } from "eventsource";
 import { buildExample, createDatabase, databaseSkip, needs, sleep, startExample, startRedis, token } from "./harness.mjs";
@@ -349,6 +352,10 @@ async function runFaults(kind) {
       const errors = ex.log().split("\n").filter((l) => /level=ERROR|panic/.test(l));
       stats.logErrors += errors.length;
       if (errors.length) log(`instance ${i} logged ${errors.length} errors, e.g.\n  ${errors.slice(0, 3).map((l) => l.slice(0, 300)).join("\n  ")}`);
+      if (process.env.FAULT_LOGS) {
+        fs.mkdirSync(process.env.FAULT_LOGS, { recursive: true });
+        fs.writeFileSync(path.join(process.env.FAULT_LOGS, `${kind}-${i}.log`), ex.log());
+      }
     }
     for (const s of subs) {
       if (s.probe && !s.probeRefused) s.refusals.push({ t: now(), post: s.probe, what: `the other tenant's post ${s.probe} was not refused` });
