@@ -526,6 +526,7 @@ func TestNewConfigValidation(t *testing.T) {
 		{"negative JWTLeeway", Config{JWTSecret: sec, JWTLeeway: -time.Second}},
 		{"negative BufferMaxAge", Config{JWTSecret: sec, BufferMaxAge: -time.Second}},
 		{"negative Retry", Config{JWTSecret: sec, Retry: -time.Second}},
+		{"negative ResumeWait", Config{JWTSecret: sec, ResumeWait: -time.Second}},
 		{"negative Heartbeat", Config{JWTSecret: sec, Heartbeat: -time.Second}},
 		{"negative WriteTimeout", Config{JWTSecret: sec, WriteTimeout: -time.Second}},
 		{"negative PollTimeout", Config{JWTSecret: sec, PollTimeout: -time.Second}},

@@ -135,6 +135,16 @@ type Config struct {
 	// recently active records are evicted first. Default: 64 MiB.
 	BufferMemory int64
 
+	// ResumeWait is how long a WebSocket's record subscription that the
+	// Broker told it may have missed events (its link to the engine was
+	// down) waits for the versions after its own to be published, when the
+	// stored record is ahead of it and the buffer does not hold them yet:
+	// the GORM hook's outbox publishes the writes committed during an
+	// outage once the engine is back, within its Grace and Interval. They
+	// then reach the subscriber as events; if they have not by then, it
+	// gets resync and the stored record. Default: 3s.
+	ResumeWait time.Duration
+
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
 	Retry time.Duration
 	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
@@ -283,6 +293,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"JWTLeeway", &c.JWTLeeway, 5 * time.Second},
 		{"BufferMaxAge", &c.BufferMaxAge, time.Hour},
 		{"Retry", &c.Retry, 2 * time.Second},
+		{"ResumeWait", &c.ResumeWait, 3 * time.Second},
 		{"Heartbeat", &c.Heartbeat, 30 * time.Second},
 		{"WriteTimeout", &c.WriteTimeout, 10 * time.Second},
 		{"PollTimeout", &c.PollTimeout, 25 * time.Second},

@@ -132,7 +132,10 @@
 // path: a publish goes to the broker, which orders it and brings it back to
 // every node watching its streams. While the engine is unreachable,
 // publishing fails with ErrUnavailable (503), and subscribers that may have
-// missed events are resumed or resynced once it is back. The GORM hook's
+// missed events are resumed or resynced once it is back (a WebSocket's
+// record whose stored version is ahead of it while the missed versions are
+// not buffered yet first waits up to Config.ResumeWait for them to be
+// published: an outbox publishes them once the engine is back). The GORM hook's
 // outbox keeps the events of writes committed meanwhile and publishes them,
 // in order, once it is back: a version whose record's last the engine has
 // forgotten (Redis restarted empty) waits for its predecessors still in the

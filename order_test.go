@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -55,12 +56,18 @@ func (s *versionedStore) Load(ctx context.Context, ref Ref) (any, error) {
 	return VersionedRecord{Record: rec, Version: s.versions[ref]}, nil
 }
 
+// newOrderEnv's subscriptions wait a minute after a gap (ResumeWait): a
+// test that does not expect a wait times out reading if one happens.
 func newOrderEnv(t *testing.T) *orderEnv {
+	return newOrderEnvWaiting(t, time.Minute)
+}
+
+func newOrderEnvWaiting(t *testing.T, wait time.Duration) *orderEnv {
 	t.Helper()
 	e := &orderEnv{m: NewMemoryBroker(MemoryBufferConfig{}), tok: userToken(t, "u1")}
 	e.store = &versionedStore{recordStore: *newRecordStore(), versions: map[Ref]uint64{}}
 	e.tap = &tapBroker{Broker: e.m.Node()}
-	e.rt, e.srv = newTestServer(t, Config{Broker: e.tap, Loader: e.store.Load})
+	e.rt, e.srv = newTestServer(t, Config{Broker: e.tap, Loader: e.store.Load, ResumeWait: wait})
 	return e
 }
 
@@ -230,6 +237,69 @@ func TestOrderGapHoldsLaterEvents(t *testing.T) {
 		return // the stored record was already version 3: nothing more
 	}
 	expectVersion(t, c, EventChanged, v3)
+}
+
+// TestOrderGapWaitsForTheOutbox: after the broker's gap report (its link
+// was down), a WebSocket's record whose resume point is not buffered
+// while the stored record is ahead (writes committed during the outage,
+// their events still in an outbox) waits for those versions: they come as
+// events, in order, with no resync. Regression: the fault run's resyncs
+// at a link's return, a moment before the outbox drained.
+func TestOrderGapWaitsForTheOutbox(t *testing.T) {
+	e := newOrderEnv(t) // waits up to a minute: the versions come first
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2) // committed during the outage
+	e.put("1", 3)
+	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+	v2 := e.event(t, "1", 2) // then the outbox publishes them
+	v3 := e.event(t, "1", 3)
+	for _, ev := range []*Event{v2, v3} {
+		if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectVersion(t, c, EventChanged, v2)
+	expectVersion(t, c, EventChanged, v3)
+	v4 := e.publish(t, "1", 4)
+	expectVersion(t, c, EventChanged, v4)
+}
+
+// TestOrderGapWaitEndsInResync: when the versions a record waits for
+// after a gap are not published within ResumeWait (lost with the engine),
+// it gets resync and the stored record, then what follows.
+func TestOrderGapWaitEndsInResync(t *testing.T) {
+	e := newOrderEnvWaiting(t, 50*time.Millisecond)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2) // its event lost for good
+	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+	if f := expectRec(t, c, EventResync, "1"); f.Reason != reasonBufferMiss {
+		t.Fatalf("%s", f.raw)
+	}
+	if f := expectRec(t, c, EventSnapshot, "1"); string(f.Data) != `{"id":"1","v":2}` {
+		t.Fatalf("after the resync: %s, want the stored version 2", f.raw)
+	}
+	v3 := e.publish(t, "1", 3)
+	expectVersion(t, c, EventChanged, v3)
+}
+
+// TestOrderGapWaitThenJump: a record waiting after a gap that gets a
+// version beyond the next one resumes at once (the versions before it
+// were published before it: not buffered, they are lost), resync first.
+func TestOrderGapWaitThenJump(t *testing.T) {
+	e := newOrderEnv(t)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2)
+	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+	v3 := e.publish(t, "1", 3)
+	expectRec(t, c, EventResync, "1")
+	if f := expectRec(t, c, EventSnapshot, "1"); f.ETag != v3.ETag {
+		t.Fatalf("after the resync: %s, want the stored version 3", f.raw)
+	}
+	v4 := e.publish(t, "1", 4)
+	expectVersion(t, c, EventChanged, v4)
 }
 
 // TestOrderVersionedSnapshotNeverGoesBack: a subscriber whose snapshot is

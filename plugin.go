@@ -92,7 +92,7 @@ func New(cfg Config) (*Plugin, error) {
 		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
 		async: p.node.async, stats: p.stats,
 	}
-	p.streams.resumer = newResumer(ctx, c.Writers)
+	p.streams.resumer = newResumer(ctx, c.Writers, c.ResumeWait)
 	p.streams.resumer.rs = p.streams
 	p.ws = newWSServer(p)
 	p.bg.Add(1)

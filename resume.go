@@ -10,7 +10,14 @@ import (
 // firstFrames decides what a subscriber of key receives before live
 // events (§3), whether it subscribes, reconnects from its Last-Event-ID or
 // resumes in place after a gap: the same rules, once.
-func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string) (start, error) {
+//
+// wait, when not 0, is the version a resuming subscription holds (a
+// WebSocket's record after the broker's gap report, resumeFrom): when
+// lastID is not buffered and the stored record is ahead of it, the
+// versions in between may still be on their way (an outbox publishing
+// once the engine is back): the start then carries no frames and waits
+// for them (start.await) rather than resync.
+func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *Identity, lastID string, wait uint64) (start, error) {
 	if key.ID == "" {
 		return rs.firstCollectionFrames(ctx, key, ident, lastID)
 	}
@@ -53,6 +60,9 @@ func (rs *recordStreams) firstFrames(ctx context.Context, key StreamKey, ident *
 	}
 	if cur.ev.ETag == lastID {
 		return start{skip: lastID, version: cur.version}, nil // up to date with the stored record
+	}
+	if wait > 0 && cur.version > wait {
+		return start{version: wait, await: cur.version}, nil
 	}
 	return rs.fromSnapshot(ctx, key, cur, []item{{ev: resyncEvent}})
 }

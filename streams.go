@@ -35,7 +35,7 @@ type recordStreams struct {
 func (rs *recordStreams) subscribe(ctx context.Context, s *subscription, lastID string) (start, error) {
 	rs.watch(ctx, s) // before the first frames are read: no gap
 	rs.hub.attach(s)
-	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID)
+	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID, 0)
 	if err != nil {
 		rs.detach(s)
 		return start{}, err
@@ -92,7 +92,7 @@ func (rs *recordStreams) gap(key StreamKey) {
 	rs.hub.each(key, func(s *subscription) {
 		n++
 		if key.ID != "" {
-			s.resume(resyncEvent)
+			s.resumeAfterGap()
 			return
 		}
 		if s.offer(item{ev: resyncEvent, sub: s}) {
@@ -130,21 +130,91 @@ func (rs *recordStreams) resyncCollection(tenant, collection string) {
 // (subscription.resumeLocked) off the goroutine that found the gap: the
 // Loader and the buffer may block. At most workers run at once; the queue
 // holds each waiting subscription once and is bounded by the number of
-// subscriptions. Close waits for the workers.
+// subscriptions. It also ends the waits of resumes that wait for the
+// versions they missed (await): one goroutine, while any wait is under
+// way; the waits are bounded by the number of subscriptions. Close waits
+// for the workers and that goroutine.
 type resumer struct {
 	rs      *recordStreams
 	ctx     context.Context
 	workers int
+	wait    time.Duration // Config.ResumeWait
 
 	mu      sync.Mutex
 	queue   []*subscription
 	running int
 	closed  bool
 	wg      sync.WaitGroup
+	waits   []resumeWait // oldest first: their deadlines are in order
+	timing  bool         // the goroutine that ends the waits runs
+	stop    chan struct{}
 }
 
-func newResumer(ctx context.Context, workers int) *resumer {
-	return &resumer{ctx: ctx, workers: workers}
+// resumeWait is a subscription waiting until a deadline to have reached
+// a version by live events.
+type resumeWait struct {
+	s       *subscription
+	version uint64
+	until   time.Time
+}
+
+func newResumer(ctx context.Context, workers int, wait time.Duration) *resumer {
+	return &resumer{ctx: ctx, workers: workers, wait: wait, stop: make(chan struct{})}
+}
+
+// await makes s wait up to the resumer's wait for version (start.await):
+// then, unless live events brought it there, it resumes again.
+func (r *resumer) await(s *subscription, version uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.waits = append(r.waits, resumeWait{s: s, version: version, until: time.Now().Add(r.wait)})
+	if !r.timing {
+		r.timing = true
+		r.wg.Add(1)
+		go r.endWaits()
+	}
+}
+
+// endWaits ends each wait at its deadline, until none is left.
+func (r *resumer) endWaits() {
+	defer r.wg.Done()
+	t := time.NewTimer(r.wait)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		now := time.Now()
+		var due []resumeWait
+		for len(r.waits) > 0 && !r.waits[0].until.After(now) {
+			due = append(due, r.waits[0])
+			r.waits[0] = resumeWait{}
+			r.waits = r.waits[1:]
+		}
+		if len(r.waits) == 0 && len(due) == 0 || r.closed {
+			r.timing = false
+			r.mu.Unlock()
+			return
+		}
+		var next time.Duration
+		if len(r.waits) > 0 {
+			next = r.waits[0].until.Sub(now)
+		}
+		r.mu.Unlock()
+		for _, w := range due {
+			w.s.waited(w.version)
+		}
+		if next == 0 {
+			continue // nothing left: the loop ends, unless a wait came meanwhile
+		}
+		t.Reset(next)
+		select {
+		case <-t.C:
+		case <-r.stop:
+			return
+		}
+	}
 }
 
 // add queues s's resume (s holds; c.mu may be held: add takes only its own
@@ -185,7 +255,9 @@ func (r *resumer) close() {
 	r.mu.Lock()
 	r.closed = true
 	r.queue = nil
+	r.waits = nil
 	r.mu.Unlock()
+	close(r.stop)
 	r.wg.Wait()
 }
 
@@ -194,21 +266,26 @@ func (r *resumer) close() {
 // resume's reason) and the stored record, then the live events held
 // meanwhile.
 func (rs *recordStreams) resumeNow(ctx context.Context, s *subscription) {
-	lastID, why, ok := s.lastSent()
+	rp, ok := s.lastSent()
 	if !ok {
 		return
 	}
+	lastID, why := rp.lastETag, rp.why
 	if lastID == "" || why == bulkResync {
 		// A bulk write changed records without events: what the
 		// subscriber has may be stale even at the buffer's head.
-		lastID = noResumePoint
+		lastID, rp.wait = noResumePoint, 0
 	}
-	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID)
+	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID, rp.wait)
 	if err != nil {
 		rs.log.Debug("realtime: resume refused", "tenant", s.key.Tenant, "collection", s.key.Collection, "id", s.key.ID, "err", err)
 		s.release(start{first: []item{{ev: why, sub: s}, {ev: errorEventOf(err), sub: s}}})
 		s.drop(s)
 		return
+	}
+	if startsWithResync(st) {
+		rs.log.Debug("realtime: resume point not buffered: subscription resyncs", "tenant", s.key.Tenant,
+			"collection", s.key.Collection, "id", s.key.ID, "version", st.version)
 	}
 	for i, o := range st.first {
 		if o.ev == resyncEvent {
@@ -219,6 +296,9 @@ func (rs *recordStreams) resumeNow(ctx context.Context, s *subscription) {
 		st.first[i].sub = s
 	}
 	s.release(st)
+	if st.await > 0 {
+		rs.resumer.await(s, st.await)
+	}
 }
 
 // noResumePoint is a resume point no buffer holds (not a valid ETag): a

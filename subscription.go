@@ -57,6 +57,14 @@ type subscription struct {
 	skipETag string // a snapshot of unknown position just queued: drop a live event of the same version
 	gone     bool   // detached: nothing more is queued for it
 	resuming *Event // the resync frame of a resume under way (its reason)
+	// afterGap: the resume under way follows the broker's gap report (not a
+	// version jump, after which nothing more is coming): it may wait for
+	// the versions it missed (Config.ResumeWait).
+	afterGap bool
+	// awaiting is the stored version a waiting subscription must reach by
+	// live events before its wait ends (0: not waiting); while it waits, a
+	// resume does not wait again.
+	awaiting uint64
 }
 
 func newSubscription(rs *recordStreams, key StreamKey, ident *Identity, c *conn, solo bool) *subscription {
@@ -115,6 +123,8 @@ func (s *subscription) admitLocked(o item) bool {
 			// Versions were missed: resume from the last one sent (the
 			// resume reads this one back from the buffer, or its successor).
 			s.streams.stats.resync(resyncVersionJump, 1)
+			s.streams.log.Debug("realtime: version jump: subscription resumes", "tenant", s.key.Tenant,
+				"collection", s.key.Collection, "id", s.key.ID, "sent", s.version, "got", ev.Version)
 			s.resumeLocked(resyncEvent)
 			return false
 		}
@@ -144,6 +154,9 @@ type start struct {
 	base    uint64
 	skip    string
 	version uint64
+	// await, on a resume, is the stored version the subscription waits to
+	// reach by live events (resumer.await) rather than resync now.
+	await uint64
 }
 
 // release queues st's first frames, then the live events held meanwhile
@@ -160,7 +173,11 @@ func (s *subscription) release(st start) {
 
 func (s *subscription) releaseLocked(st start) bool {
 	c := s.c
-	s.holding, s.resuming = false, nil
+	s.holding, s.resuming, s.afterGap = false, nil, false
+	if st.await > 0 {
+		// No frames: s goes on from where it stood.
+		s.awaiting, st.base = st.await, s.lastSeq
+	}
 	held := s.held
 	s.held = nil
 	if s.gone {
@@ -239,18 +256,57 @@ func (s *subscription) resume(why *Event) {
 	s.c.mu.Unlock()
 }
 
-// lastSent returns where a resume starts: the ETag of the last record
-// event queued and the reason of the resync it may get.
-func (s *subscription) lastSent() (lastETag string, why *Event, ok bool) {
+// resumeAfterGap is resume for the broker's gap report: a WebSocket's
+// record may then wait for the versions it missed (resumeFrom.wait).
+func (s *subscription) resumeAfterGap() {
+	s.c.mu.Lock()
+	if !s.gone && !s.holding {
+		s.afterGap = true
+	}
+	s.resumeLocked(resyncEvent)
+	s.c.mu.Unlock()
+}
+
+// resumeFrom is where a resume starts: the ETag of the last record event
+// queued (lastETag), the reason of the resync it may get (why), and, when
+// it may wait for the versions after its own (wait: a resume after the
+// broker's gap report, no wait under way), the version it holds.
+type resumeFrom struct {
+	lastETag string
+	why      *Event
+	wait     uint64
+}
+
+// lastSent returns where s's resume under way starts (ok: s resumes).
+func (s *subscription) lastSent() (resumeFrom, bool) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	if s.gone || !s.holding {
-		return "", nil, false
+		return resumeFrom{}, false
 	}
-	if s.last == nil {
-		return "", s.resuming, true
+	rp := resumeFrom{why: s.resuming}
+	if s.last != nil {
+		rp.lastETag = s.last.ETag
 	}
-	return s.last.ETag, s.resuming, true
+	if s.afterGap && s.awaiting == 0 {
+		rp.wait = s.version
+	}
+	return rp, true
+}
+
+// waited ends s's wait for version (resumer.await): when live events have
+// not brought s to it, s resumes, without waiting again: the events it
+// missed, or resync and the stored record.
+func (s *subscription) waited(version uint64) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.gone || s.awaiting != version {
+		return // ended, or another wait since
+	}
+	s.awaiting = 0
+	if s.version < version && !s.holding {
+		s.resumeLocked(resyncEvent)
+	}
 }
 
 // end marks s detached: nothing more is queued for it.

@@ -82,6 +82,7 @@ var settings = []setting{
 	intSetting("RT_WS_SEND_QUEUE", func(c *realtime.Config) *int { return &c.WSSendQueue }),
 	durationSetting("RT_HEARTBEAT", func(c *realtime.Config) *time.Duration { return &c.Heartbeat }),
 	durationSetting("RT_RETRY", func(c *realtime.Config) *time.Duration { return &c.Retry }),
+	durationSetting("RT_RESUME_WAIT", func(c *realtime.Config) *time.Duration { return &c.ResumeWait }),
 	durationSetting("RT_WRITE_TIMEOUT", func(c *realtime.Config) *time.Duration { return &c.WriteTimeout }),
 	intSetting("RT_WRITERS", func(c *realtime.Config) *int { return &c.Writers }),
 	intSetting("RT_WRITERS_AT_ONCE", func(c *realtime.Config) *int { return &c.WritersAtOnce }),
