@@ -24,7 +24,10 @@ import (
 //     Then the subscription resumes from the last ETag it sent, as a
 //     reconnecting client would (resume): it holds its live events, reads
 //     what it missed from the buffer, or gets resync and the stored
-//     record, before any later event.
+//     record, before any later event. After a gap only, when the buffer
+//     does not hold what follows its version yet and the stored record is
+//     ahead, it first waits up to Config.ResumeWait for those versions as
+//     live events (the rules above apply to them; a jump ends the wait).
 //   - Access. Its record events are checked against its identity before
 //     each is written (checkFrames).
 //
