@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -422,8 +423,10 @@ func TestDuplicateAcrossDrainers(t *testing.T) {
 		}
 		okA, _ := a.tap.accepted()
 		okB, _ := b.tap.accepted()
-		if fmt.Sprint(okA) != "[1 2 3]" || fmt.Sprint(okB) != "[2 3]" {
-			t.Fatalf("A published %v, B %v; want [1 2 3] and the duplicates [2 3]", okA, okB)
+		// B may also drain version 1's row, when A deleted it more than
+		// Grace after its commit (a loaded machine): one more duplicate.
+		if fmt.Sprint(okA) != "[1 2 3]" || !slices.Contains(okB, 2) || !slices.Contains(okB, 3) {
+			t.Fatalf("A published %v, B %v; want [1 2 3] and the duplicates 2 and 3", okA, okB)
 		}
 	})
 }
