@@ -29,15 +29,6 @@ func (o *orchestrator) rows() []row {
 	idle := func(f func(r *repResult) float64) func(r *repResult) (float64, bool) {
 		return func(r *repResult) (float64, bool) { return f(r), r.idleOK }
 	}
-	step := func(sel func(r *repResult) stepResult, f func(s stepResult) (float64, bool)) func(r *repResult) (float64, bool) {
-		return func(r *repResult) (float64, bool) {
-			s := sel(r)
-			if !s.ran {
-				return 0, false
-			}
-			return f(s)
-		}
-	}
 	rate := func(s stepResult) (float64, bool) { return s.rate / 1e6, s.events > 0 }
 	cpu := func(s stepResult) (float64, bool) { return s.cpuPerDelivery(), s.events > 0 }
 	p50 := func(s stepResult) (float64, bool) { return ms(s.p50), s.events > 0 }
@@ -115,6 +106,18 @@ func (o *orchestrator) rows() []row {
 		)
 	}
 	return rs
+}
+
+// step reads a row's value from the step sel selects: f of it, none when
+// the step did not run.
+func step(sel func(r *repResult) stepResult, f func(s stepResult) (float64, bool)) func(r *repResult) (float64, bool) {
+	return func(r *repResult) (float64, bool) {
+		s := sel(r)
+		if !s.ran {
+			return 0, false
+		}
+		return f(s)
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -40,15 +40,6 @@ func redactURL(u string) string {
 // twoNodeRows are the rows of the two-node tables.
 func (o *orchestrator) twoNodeRows() []row {
 	cfg := o.cfg
-	step := func(sel func(r *repResult) stepResult, f func(s stepResult) (float64, bool)) func(r *repResult) (float64, bool) {
-		return func(r *repResult) (float64, bool) {
-			s := sel(r)
-			if !s.ran {
-				return 0, false
-			}
-			return f(s)
-		}
-	}
 	seq := func(r *repResult) stepResult { return r.seq }
 	dr := func(r *repResult) stepResult { return r.drained }
 	lat := func(r *repResult) stepResult { return r.lat }
