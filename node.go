@@ -44,6 +44,11 @@ type node struct {
 	overflow    sync.WaitGroup
 	opsMu       sync.Mutex // guards opsOff and the sends on ops
 	opsOff      bool       // stop has begun: calls are no longer made
+	// opsCtx is the parent of every queued call's context (each bounded
+	// by 5 s): cut when stop's context ends, so that the calls
+	// still queued end at once and stop still waits for them.
+	opsCtx    context.Context
+	opsCancel context.CancelFunc
 
 	healthMu sync.Mutex
 	health   error
@@ -182,6 +187,7 @@ func newNode(p *Plugin, b Broker) *node {
 	n := &node{p: p, b: b, id: uuid.NewString(),
 		ops: make(chan func(context.Context), nodeOpsQueue), opsDone: make(chan struct{}),
 		replies: make(chan nodeReply, nodeOpsQueue), repliesDone: make(chan struct{})}
+	n.opsCtx, n.opsCancel = context.WithCancel(context.Background())
 	n.ps, _ = b.(PresenceStore)
 	return n
 }
@@ -205,20 +211,29 @@ func (n *node) start() error {
 	return nil
 }
 
-// stop ends the node: queued operations run, then the broker stops.
+// stop ends the node: queued operations run (once ctx ends, with their
+// contexts cut: they fail at once rather than outlive Close), then the
+// broker stops.
 func (n *node) stop(ctx context.Context) error {
 	n.opsMu.Lock()
 	n.opsOff = true
 	close(n.ops)
 	close(n.replies)
 	n.opsMu.Unlock()
-	for _, done := range []chan struct{}{n.repliesDone, n.opsDone} {
-		select {
-		case <-done:
-		case <-ctx.Done():
-		}
+	stopped := make(chan struct{})
+	go func() {
+		<-n.repliesDone
+		<-n.opsDone
+		n.overflow.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		n.opsCancel() // what is left fails at once: an engine call, not a local one
+		<-stopped
 	}
-	n.overflow.Wait() // each bounded by its own 5 s context
+	n.opsCancel()
 	if err := n.b.Stop(ctx); err != nil {
 		return fmt.Errorf("realtime: broker stop: %w", err)
 	}
@@ -228,7 +243,7 @@ func (n *node) stop(ctx context.Context) error {
 func (n *node) runOps() {
 	defer close(n.opsDone)
 	for op := range n.ops {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(n.opsCtx, 5*time.Second)
 		op(ctx)
 		cancel()
 	}
@@ -249,7 +264,7 @@ func (n *node) async(op func(context.Context)) {
 		n.overflow.Add(1)
 		go func() {
 			defer n.overflow.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(n.opsCtx, 5*time.Second)
 			defer cancel()
 			op(ctx)
 		}()
@@ -317,7 +332,7 @@ func (n *node) runReplies() {
 				break fill
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(n.opsCtx, 5*time.Second)
 		n.sendReplies(ctx, batch)
 		cancel()
 		clear(batch)
