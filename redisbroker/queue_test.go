@@ -435,7 +435,10 @@ func TestQueueTwoConsumersShareTheWork(t *testing.T) {
 	t.Logf("split: %d / %d", f1.delivered(), f2.delivered())
 }
 
-// Redis unreachable for a while: the queue backs off and resumes.
+// Redis unreachable for a while: the queue backs off and resumes. Delivery
+// is at least once: a cut that loses the XACK of "before" has it delivered
+// again (so the count of deliveries is no test: that "during" came, and
+// nothing is left pending, are).
 func TestQueueSurvivesAnOutage(t *testing.T) {
 	direct := newClient(t)
 	px := newProxy(t, redisOptions(t).Addr)
@@ -449,7 +452,7 @@ func TestQueueSurvivesAnOutage(t *testing.T) {
 	enqueue(t, direct, cfg.Stream, `{"type":"notify","event":"during"}`)
 	time.Sleep(200 * time.Millisecond)
 	px.restore()
-	eventually(t, "during, once Redis is back", func() bool { return f.delivered() == 2 })
+	eventually(t, "during, once Redis is back", func() bool { return f.callsOf("during") > 0 })
 	settled(t, direct, cfg)
 }
 
