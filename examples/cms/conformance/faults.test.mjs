@@ -7,8 +7,10 @@
 // 4 records each), every one going through a TCP proxy per instance and
 // moving to a random instance whenever it is cut. Meanwhile faults drawn
 // from a seeded PRNG: an instance SIGKILLed and restarted, the redis-server
-// SIGKILLed for 2–5 s and restarted empty, an instance SIGSTOPped for 1–2 s,
-// client connections dropped. Then a quiet period, a last write to every
+// SIGKILLed for 2–5 s and restarted empty, the redis-server SIGSTOPped for
+// 1–3 s (a stall: commands time out, then run late), an instance SIGSTOPped
+// for 1–2 s, an instance stopped with SIGTERM (a deploy: it closes its
+// clients and drains) and started again, client connections dropped. Then a quiet period, a last write to every
 // post, time to settle, and the checker (faultcheck.mjs): per record and
 // subscriber, versions strictly increasing, no duplicate, no jump without a
 // resync first, no frame of another tenant, every ETag the one its write
@@ -20,7 +22,8 @@
 //   FAULT_DBS       which databases, comma-separated (default
 //                   sqlite,postgres,mysql; a server that does not answer is
 //                   skipped, except on CI; none: no run)
-//   FAULT_KINDS     which faults, comma-separated (default kill,redis,stop,drop)
+//   FAULT_KINDS     which faults, comma-separated (default
+//                   kill,redis,redisstop,stop,term,drop)
 //   FAULT_REPORT    a file to write each run's counts and violations to (JSON)
 //   FAULT_LOGS      a directory to copy each instance's log to (<db>-<i>.log;
 //                   LOG_LEVEL=debug makes them say more)
@@ -43,7 +46,7 @@ const seed = process.env.FAULT_SEED ? Number(process.env.FAULT_SEED) >>> 0 : cry
 const faultMs = Math.round(Number(process.env.FAULT_DURATION || 20) * 1000);
 const dbKinds = (process.env.FAULT_DBS || "sqlite,postgres,mysql").split(",").map((s) => s.trim()).filter((s) => s && s !== "none");
 for (const k of dbKinds) if (!["sqlite", "postgres", "mysql"].includes(k)) throw new Error(`FAULT_DBS: unknown database ${k} (sqlite, postgres, mysql, or none)`);
-const allFaults = ["kill", "redis", "stop", "drop"];
+const allFaults = ["kill", "redis", "redisstop", "stop", "term", "drop"];
 const faultKinds = (process.env.FAULT_KINDS || allFaults.join(",")).split(",").map((s) => s.trim()).filter(Boolean);
 for (const k of faultKinds) if (!allFaults.includes(k)) throw new Error(`FAULT_KINDS: unknown fault ${k} (${allFaults.join(", ")})`);
 
@@ -274,6 +277,29 @@ async function runFaults(kind) {
           log(`fault ${n}: redis-server restarted (empty)`);
           break;
         }
+        case "redisstop": {
+          if (redisBusy) return stats.skippedFaults++;
+          redisBusy = true;
+          faults.push(f);
+          redis.signal("SIGSTOP");
+          const down = 1000 + length * 2000;
+          log(`fault ${n}: redis-server SIGSTOPped for ${(down / 1000).toFixed(1)} s`);
+          await sleep(down);
+          redis.signal("SIGCONT");
+          redisBusy = false;
+          break;
+        }
+        case "term":
+          if (st.busy || healthy() < 2) return stats.skippedFaults++;
+          st.busy = st.killed = true;
+          faults.push(f);
+          await insts[target].stop();
+          log(`fault ${n}: instance ${target} stopped (SIGTERM)`);
+          await sleep(300 + length * 1500);
+          await restart(target);
+          st.busy = st.killed = false;
+          log(`fault ${n}: instance ${target} restarted`);
+          break;
         case "stop": {
           if (st.busy || healthy() < 2) return stats.skippedFaults++;
           st.busy = st.stopped = true;
@@ -299,7 +325,7 @@ async function runFaults(kind) {
       f.end = now();
       stats.faults[kind] = (stats.faults[kind] ?? 0) + 1;
     };
-    const weights = [["kill", 3], ["redis", 1.2], ["stop", 2], ["drop", 3]].filter(([k]) => faultKinds.includes(k));
+    const weights = [["kill", 3], ["redis", 1.2], ["redisstop", 1], ["stop", 2], ["term", 1.5], ["drop", 3]].filter(([k]) => faultKinds.includes(k));
     const totalWeight = weights.reduce((s, [, w]) => s + w, 0);
     const faultsEnd = now() + faultMs;
     const running = new Set();

@@ -168,6 +168,8 @@ export async function startRedis() {
     },
     /** running reports whether the process is alive. */
     running: () => !!proc && proc.exitCode === null && proc.signalCode === null,
+    /** signal sends sig (SIGSTOP, SIGCONT) to the process. */
+    signal: (sig) => r.running() && proc.kill(sig),
   };
   await r.start();
   return r;
