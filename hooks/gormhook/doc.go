@@ -176,7 +176,9 @@
 // (default 2s: younger rows are left to the process that committed them),
 // with the younger rows of their records (rows their committers left
 // because of that backlog: they follow it at once rather than a Grace
-// later, while the database already has them).
+// later, while the database already has them), and, once a record's rows
+// are published, the rows of that record committed during the drain (their
+// committers saw the backlog and left them to it).
 // A claim is one UPDATE setting claimed_by and claimed_at on the rows not
 // claimed within ClaimTTL (default 10s); the database re-checks that per
 // row under its write lock, so two drainers do not both work on a row, and

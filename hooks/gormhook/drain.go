@@ -82,20 +82,63 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 			return false
 		}
 	}
+	done, ok := h.claimAndPublish(ctx, cand, now, expired)
+	progress := len(done) > 0
+	// Rows of the records just published, committed during this drain by
+	// processes that left them to it (their record had a backlog:
+	// notBacklogged), follow at once: the next drains would leave them for
+	// Grace, and the record's later commits, refused behind them, with
+	// them, while subscribers resuming from a version the database has do
+	// not find it in the broker. The published rows are deleted before the
+	// look, so a commit that saw them (and left its row) is seen by it.
+	for round := 0; ok && len(done) > 0 && round < followRounds; round++ {
+		refs := make([]string, 0, len(done))
+		for _, r := range done {
+			if r.Ref != "" && r.Event != eventResync && !slices.Contains(refs, r.Ref) {
+				refs = append(refs, r.Ref)
+			}
+		}
+		if len(refs) == 0 {
+			break
+		}
+		var next []int64
+		err := h.outboxSession(ctx, nil).
+			Where("ref IN ? AND (claimed_at IS NULL OR claimed_at < ?)", refs, expired).
+			Order("id").Limit(limit).Pluck("id", &next).Error
+		if err != nil || len(next) == 0 {
+			break
+		}
+		done, ok = h.claimAndPublish(ctx, next, now, expired)
+	}
+	// Another batch at once only after progress: a full batch refused
+	// (waiting for versions another process holds) waits for the next tick.
+	return ok && full && progress
+}
+
+// followRounds bounds the rounds of a drain that follow the rows committed
+// during it (drain).
+const followRounds = 4
+
+// claimAndPublish claims the rows cand (those not claimed by another
+// process), publishes them (drainRows), deletes those done with and gives
+// the others back. It returns the rows published or dropped, and false
+// when the database or the publisher failed.
+func (h *Hook) claimAndPublish(ctx context.Context, cand []int64, now, expired time.Time) (published []outboxRow, ok bool) {
+	o := h.outbox
 	// Claim: one UPDATE whose WHERE is re-checked per row under the row's
 	// write lock (PostgreSQL, MySQL) or the database lock (SQLite), so two
-	// processes never both claim a row. The token is unique to this drain.
+	// processes never both claim a row. The token is unique to this claim.
 	// Claims only spare work: two processes publishing one row publish it
 	// once (the publisher drops a version it has).
 	token := fmt.Sprintf("%s#%d", o.owner, o.drains.Add(1))
-	err = h.outboxSession(ctx, nil).
+	err := h.outboxSession(ctx, nil).
 		Where("id IN ? AND (claimed_at IS NULL OR claimed_at < ?)", cand, expired).
 		Updates(map[string]any{"claimed_by": token, "claimed_at": now}).Error
 	if err != nil {
 		if ctx.Err() == nil {
 			h.dbFailed("claim outbox rows", err)
 		}
-		return false
+		return nil, false
 	}
 	var rows []outboxRow
 	err = h.outboxSession(ctx, nil).Where("id IN ? AND claimed_by = ?", cand, token).Order("id").Find(&rows).Error
@@ -103,11 +146,11 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 		if ctx.Err() == nil {
 			h.dbFailed("read claimed outbox rows", err)
 		}
-		return false // the claims expire
+		return nil, false // the claims expire
 	}
 	h.dbOK()
 	if len(rows) == 0 {
-		return false // all taken by another process
+		return nil, true // all taken by another process
 	}
 	done, held, ok := h.drainRows(ctx, rows)
 	bg := context.WithoutCancel(ctx)
@@ -117,7 +160,15 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 	// is tried again once its claim expires, without holding up the other
 	// records.
 	keep := make(map[int64]bool, len(done)+len(held))
-	for _, id := range append(done, held...) {
+	for _, id := range done {
+		keep[id] = true
+	}
+	for _, r := range rows {
+		if keep[r.ID] {
+			published = append(published, r)
+		}
+	}
+	for _, id := range held {
 		keep[id] = true
 	}
 	rest := make([]int64, 0, len(rows))
@@ -130,9 +181,7 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 		_ = h.outboxSession(bg, nil).Where("id IN ? AND claimed_by = ?", rest, token).
 			Updates(map[string]any{"claimed_by": "", "claimed_at": nil}).Error
 	}
-	// Another batch at once only after progress: a full batch refused
-	// (waiting for versions another process holds) waits for the next tick.
-	return ok && full && len(done) > 0
+	return published, ok
 }
 
 // drainRows publishes claimed rows: each record's rows in version order,

@@ -690,3 +690,47 @@ func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
 		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
 	})
 }
+
+// TestDrainFollowsCommitsDuringIt: a commit made while a drainer publishes
+// its record's backlog leaves its row to that drainer (the backlog is
+// older than Grace), and the drainer publishes it in the same drain, not a
+// Grace later: subscribers resuming from that version find it in the
+// broker, and the record's later commits are not refused behind it.
+func TestDrainFollowsCommitsDuringIt(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+		a := newNodes(t, tdb, m, 1, noDrain)[0]
+		sub := a.subscribe(t, "1")
+		p := Post{Title: "counter"}
+		mustNoErr(t, a.db.Create(&p).Error) // version 1
+		a.tap.before = func(p realtime.Publication) error {
+			if p.Version == 2 {
+				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+			}
+			return nil
+		}
+		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays: a backlog
+		mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
+		a.tap.before = nil
+
+		// The drainer's Grace is an hour: only the follow-up publishes
+		// version 3, committed while the drainer publishes version 2.
+		drainer := newNodes(t, tdb, m, 1, gormhook.OutboxConfig{Interval: 10 * time.Millisecond, Grace: time.Hour})[0]
+		var once sync.Once
+		committed := make(chan error, 1)
+		drainer.tap.before = func(pub realtime.Publication) error {
+			if pub.Version == 2 {
+				once.Do(func() { committed <- bump(a.db, p.ID) }) // version 3: refused, left
+			}
+			return nil
+		}
+		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
+		mustNoErr(t, <-committed)
+		if ok, _ := drainer.tap.accepted(); fmt.Sprint(firstPublishes(ok)) != "[2 3]" {
+			t.Fatalf("the drainer published %v, want [2 3]", ok)
+		}
+		stored := getJSON(t, a.db, p.ID)
+		waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
+		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
+	})
+}
