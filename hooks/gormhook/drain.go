@@ -82,7 +82,7 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 			return false
 		}
 	}
-	done, ok := h.claimAndPublish(ctx, cand, now, expired)
+	done, ok := h.claimAndPublish(ctx, cand)
 	progress := len(done) > 0
 	// Rows of the records just published, committed during this drain by
 	// processes that left them to it (their record had a backlog:
@@ -103,12 +103,12 @@ func (h *Hook) drain(ctx context.Context) (more bool) {
 		}
 		var next []int64
 		err := h.outboxSession(ctx, nil).
-			Where("ref IN ? AND (claimed_at IS NULL OR claimed_at < ?)", refs, expired).
+			Where("ref IN ? AND (claimed_at IS NULL OR claimed_at < ?)", refs, time.Now().UTC().Add(-o.cfg.ClaimTTL)).
 			Order("id").Limit(limit).Pluck("id", &next).Error
 		if err != nil || len(next) == 0 {
 			break
 		}
-		done, ok = h.claimAndPublish(ctx, next, now, expired)
+		done, ok = h.claimAndPublish(ctx, next)
 	}
 	// Another batch at once only after progress: a full batch refused
 	// (waiting for versions another process holds) waits for the next tick.
@@ -123,8 +123,10 @@ const followRounds = 4
 // process), publishes them (drainRows), deletes those done with and gives
 // the others back. It returns the rows published or dropped, and false
 // when the database or the publisher failed.
-func (h *Hook) claimAndPublish(ctx context.Context, cand []int64, now, expired time.Time) (published []outboxRow, ok bool) {
+func (h *Hook) claimAndPublish(ctx context.Context, cand []int64) (published []outboxRow, ok bool) {
 	o := h.outbox
+	now := time.Now().UTC()
+	expired := now.Add(-o.cfg.ClaimTTL)
 	// Claim: one UPDATE whose WHERE is re-checked per row under the row's
 	// write lock (PostgreSQL, MySQL) or the database lock (SQLite), so two
 	// processes never both claim a row. The token is unique to this claim.
