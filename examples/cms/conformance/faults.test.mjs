@@ -8,7 +8,7 @@
 // moving to a random instance whenever it is cut. Meanwhile faults drawn
 // from a seeded PRNG: an instance SIGKILLed and restarted, the redis-server
 // SIGKILLed for 2–5 s and restarted empty, the redis-server SIGSTOPped for
-// 1–3 s (a stall: commands time out, then run late), an instance SIGSTOPped
+// 1–5 s (a stall: commands time out, then run late), an instance SIGSTOPped
 // for 1–2 s, an instance stopped with SIGTERM (a deploy: it closes its
 // clients and drains) and started again, client connections dropped. Then a quiet period, a last write to every
 // post, time to settle, and the checker (faultcheck.mjs): per record and
@@ -282,7 +282,7 @@ async function runFaults(kind) {
           redisBusy = true;
           faults.push(f);
           redis.signal("SIGSTOP");
-          const down = 1000 + length * 2000;
+          const down = 1000 + length * 4000; // beyond the broker's probe timeout (3 s) at times
           log(`fault ${n}: redis-server SIGSTOPped for ${(down / 1000).toFixed(1)} s`);
           await sleep(down);
           redis.signal("SIGCONT");
