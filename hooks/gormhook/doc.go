@@ -180,7 +180,7 @@
 // are published, the rows of that record committed during the drain (their
 // committers saw the backlog and left them to it).
 // A claim is one UPDATE setting claimed_by and claimed_at on the rows not
-// claimed within ClaimTTL (default 10s); the database re-checks that per
+// claimed within ClaimTTL (default 5s); the database re-checks that per
 // row under its write lock, so two drainers do not both work on a row, and
 // the claims of a process that dies expire. Claims only spare work: a row
 // published twice (a process that published and died before deleting it,

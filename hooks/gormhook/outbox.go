@@ -23,7 +23,7 @@ const (
 	DefaultOutboxInterval = time.Second
 	DefaultOutboxGrace    = 2 * time.Second
 	DefaultOutboxBatch    = 500
-	DefaultOutboxClaimTTL = 10 * time.Second
+	DefaultOutboxClaimTTL = 5 * time.Second
 	DefaultOutboxGapAfter = 10 * time.Second
 )
 
@@ -50,7 +50,8 @@ type OutboxConfig struct {
 	Batch int
 	// ClaimTTL is how long a claim keeps other processes off a row: a
 	// process that dies while draining leaves claims that expire after it.
-	// Keep it above the time a batch takes to publish. Default 10s.
+	// Keep it above the time a batch takes to publish (a few milliseconds
+	// per row). Default 5s.
 	ClaimTTL time.Duration
 	// GapAfter is how long a row must have been refused as out of order
 	// (the version before it was never published) before the drainer,
