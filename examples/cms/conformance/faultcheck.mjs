@@ -7,7 +7,10 @@
 // A version is the post's counter: every write of the suite adds 1 to it
 // in its transaction, so the counters of one post are its versions, 0, 1,
 // 2, … in commit order, and each write's answer says which version it
-// committed and that version's ETag.
+// committed and that version's ETag. A post the suite deleted (stored says
+// deleted) ends its stream: one deleted frame (again only after a resync),
+// nothing after it, every deleted frame of it with one ETag; a deleted
+// frame of any other post is a violation.
 
 /**
  * A frame as a subscriber received it.
@@ -41,7 +44,7 @@ export const kinds = ["duplicate", "reorder", "gap", "etag", "foreign", "deleted
  * @param {Subscriber[]} run.subs
  * @param {Map<string, string>} run.tenantOf            post id → tenant
  * @param {Map<string, Map<number, string>>} run.written post id → version → the ETag its write answered
- * @param {Map<string, {etag: string, v: number}>} run.stored post id → GET after the run
+ * @param {Map<string, {etag: string, v: number, deleted?: boolean}>} run.stored post id → GET after the run (deleted: 404, the suite deleted it)
  * @param {{kind: string, start: number, end: number}[]} [run.faults] when each fault was on
  * @param {object[]} [run.writeConflicts] two writes that answered one version with different ETags
  * @param {number} [run.bufferSize] events a record's buffer holds (realtime.Config.BufferSize)
@@ -67,6 +70,7 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
     }
   }
   const resyncs = []; // {t, sub, post, before, after}
+  const deletedTags = {}; // post → Map(tombstone ETag → first {s, frames, i})
   const add = (kind, s, post, frames, i, detail) => {
     counts[kind]++;
     const f = frames?.[i];
@@ -92,6 +96,8 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
       const seen = new Set();
       let resync = null; // the resync not yet followed by a record frame
       let view; // the last record frame applied
+      const doomed = stored.get(post)?.deleted === true;
+      let gone = null; // the deleted frame, once received
       frames.forEach((f, i) => {
         counts.frames++;
         if (foreign) add("foreign", s, post, frames, i, `tenant ${s.tenant} got a frame of ${post} (tenant ${tenantOf.get(post) ?? "unknown"})`);
@@ -102,7 +108,24 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
           return;
         }
         if (f.type === "deleted") {
-          add("deleted", s, post, frames, i, "a deleted frame: the suite deletes nothing");
+          if (!doomed) {
+            add("deleted", s, post, frames, i, "a deleted frame of a post the suite did not delete");
+            return;
+          }
+          if (gone && !resync) {
+            add("duplicate", s, post, frames, i, "deleted again");
+          } else if (gone && gone.etag !== f.etag) {
+            add("etag", s, post, frames, i, `deleted with ETag ${f.etag}, before with ${gone.etag}`);
+          }
+          const tombs = (deletedTags[post] ??= new Map());
+          if (!tombs.has(f.etag)) tombs.set(f.etag, { s, frames, i });
+          gone ??= f;
+          view = f;
+          resync = null;
+          return;
+        }
+        if (gone) {
+          add("reorder", s, post, frames, i, `a ${f.type} frame of version ${f.v} after deleted`);
           return;
         }
         view = f;
@@ -150,11 +173,22 @@ export function check({ subs, tenantOf, written, stored, faults = [], writeConfl
       });
       if (foreign) continue;
       const want = stored.get(post);
-      if (!view || !want || view.etag !== want.etag) {
+      if (doomed) {
+        if (view?.type !== "deleted") {
+          add("final", s, post, frames, frames.length - 1,
+            `its last record frame is ${view ? `version ${view.v} ${view.etag}` : "none"}, the post was deleted`);
+        }
+      } else if (!view || !want || view.etag !== want.etag) {
         add("final", s, post, frames, frames.length - 1,
           `its last record frame is ${view ? `version ${view.v} ${view.etag}` : "none"}, the database has version ${want?.v} ${want?.etag}`);
       }
     }
+  }
+  // A deleted post: every deleted frame of it, on every subscriber, one ETag.
+  for (const [post, tags] of Object.entries(deletedTags)) {
+    if (tags.size < 2) continue;
+    const [first, second] = [...tags.values()];
+    add("etag", second.s, post, second.frames, second.i, `deleted came with ${tags.size} ETags: ${[...tags.keys()].join(", ")} (first to ${first.s.name})`);
   }
   // A version no write answer named: every frame of it must carry one ETag.
   for (const [k, tags] of unnamed) {

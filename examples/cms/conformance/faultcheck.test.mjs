@@ -131,3 +131,28 @@ test("the report names every kind found, with the frames around", () => {
   assert.match(text, /duplicate: 1; e\.g\./);
   assert.match(text, /  > 0\.020s changed v1/);
 });
+
+test("a deleted post: one deleted frame, again only after a resync, nothing after it, one ETag", () => {
+  const doomed = (frames, subs = 1) => {
+    const written = new Map([["p", new Map([0, 1, 2].map((v) => [v, tag("p", v)]))]]);
+    const mk = (n) => ({
+      name: `sub-${n}`,
+      tenant: "t1",
+      posts: ["p"],
+      frames: new Map([["p", (Array.isArray(frames[0]) ? frames[n] : frames).map((f, i) => ({ t: i * 10, conn: 1, inst: 0, post: "p", ...f }))]]),
+    });
+    return check({
+      subs: Array.from({ length: subs }, (_, n) => mk(n)),
+      tenantOf: new Map([["p", "t1"]]),
+      written,
+      stored: new Map([["p", { deleted: true }]]),
+    });
+  };
+  const gone = { type: "deleted", etag: '"tomb"' };
+  assert.deepEqual(kindsOf(doomed([rec(0, "snapshot"), rec(1), rec(2), gone])), []);
+  assert.deepEqual(kindsOf(doomed([rec(0, "snapshot"), rec(1), resync, gone, resync, gone])), []);
+  assert.deepEqual(kindsOf(doomed([rec(0, "snapshot"), gone, gone])), ["duplicate"]);
+  assert.deepEqual(kindsOf(doomed([rec(0, "snapshot"), gone, rec(1)])), ["reorder"]);
+  assert.deepEqual(kindsOf(doomed([rec(0, "snapshot"), rec(1)])), ["final"]);
+  assert.deepEqual(kindsOf(doomed([[rec(0, "snapshot"), gone], [rec(0, "snapshot"), { type: "deleted", etag: '"other"' }]], 2)), ["etag"]);
+});

@@ -1,8 +1,8 @@
 // The order promise under faults (PROTOCOL.md §2, §3, §6, §9): three
 // instances of examples/cms sharing one redis-server and one database
 // (a SQLite file, then a fresh PostgreSQL database, then a fresh MariaDB one),
-// 20 posts in two tenants, 4 writers adding 1 to posts' counters through
-// random instances, and 100 subscribers (60 EventSources of the npm
+// 20 posts in two tenants (and 4 more that are deleted during the faults),
+// 4 writers adding 1 to posts' counters through random instances, and 100 subscribers (60 EventSources of the npm
 // "eventsource" package and 40 WebSockets of the npm "ws" package following
 // 4 records each), every one going through a TCP proxy per instance and
 // moving to a random instance whenever it is cut. Meanwhile faults drawn
@@ -10,11 +10,13 @@
 // SIGKILLed for 2–5 s and restarted empty, the redis-server SIGSTOPped for
 // 1–5 s (a stall: commands time out, then run late), an instance SIGSTOPped
 // for 1–2 s, an instance stopped with SIGTERM (a deploy: it closes its
-// clients and drains) and started again, client connections dropped. Then a quiet period, a last write to every
-// post, time to settle, and the checker (faultcheck.mjs): per record and
-// subscriber, versions strictly increasing, no duplicate, no jump without a
-// resync first, no frame of another tenant, every ETag the one its write
-// answered, and each subscriber's last view equal to the database.
+// clients and drains) and started again, client connections dropped. Then
+// a quiet period, a last write to every post left, time to settle, and the
+// checker (faultcheck.mjs): per record and subscriber, versions strictly
+// increasing, no duplicate, no jump without a resync first, no frame of
+// another tenant, every ETag the one its write answered, a deleted post's
+// deleted received once with nothing after it, and each subscriber's last
+// view equal to the database.
 //
 //   FAULT_SEED      the PRNG's seed (default: random, printed; replays the
 //                   same schedule of faults)
@@ -51,6 +53,7 @@ const faultKinds = (process.env.FAULT_KINDS || allFaults.join(",")).split(",").m
 for (const k of faultKinds) if (!allFaults.includes(k)) throw new Error(`FAULT_KINDS: unknown fault ${k} (${allFaults.join(", ")})`);
 
 const POSTS = 20;
+const DOOMED = 4; // more posts, written like the others and deleted during the faults
 const TENANTS = ["fault-a", "fault-b"];
 const WRITERS = 4;
 const SSE_SUBS = 60;
@@ -152,17 +155,18 @@ async function runFaults(kind) {
       if (m.has(v)) writeConflicts.push({ post, detail: `two writes answered version ${v}: ${m.get(v)} and ${etag} (${how})` });
       else m.set(v, etag);
     };
-    for (let i = 0; i < POSTS; i++) {
+    for (let i = 0; i < POSTS + DOOMED; i++) {
       const tenant = TENANTS[i % TENANTS.length];
       const res = await insts[i % 3].api("POST", "/posts", writerTok[tenant], { title: `post ${i}`, body: "fault run" });
       const text = await res.text();
       assert.equal(res.status, 201, `create: ${res.status} ${text}`);
       const p = JSON.parse(text);
-      posts.push({ id: p.id, tenant });
+      posts.push({ id: p.id, tenant, doomed: i >= POSTS });
       tenantOf.set(p.id, tenant);
       written.set(p.id, new Map([[p.counter, res.headers.get("etag")]]));
     }
     const postsOf = (tenant) => posts.filter((p) => p.tenant === tenant).map((p) => p.id);
+    const kept = posts.filter((p) => !p.doomed);
 
     // --- the subscribers --------------------------------------------------------
     const subs = [];
@@ -172,7 +176,7 @@ async function runFaults(kind) {
       closers.forEach((c) => c());
     });
     for (let n = 0; n < SSE_SUBS; n++) {
-      const post = posts[n % POSTS];
+      const post = posts[n % posts.length];
       const sub = { name: `sse-${n}`, kind: "sse", tenant: post.tenant, posts: [post.id], frames: new Map([[post.id, []]]), refusals: [], conns: 0 };
       subs.push(sub);
       closers.push(followSSE(sub, { ctx, proxies, pick, rnd: rnd.sub, now, stats }));
@@ -185,7 +189,7 @@ async function runFaults(kind) {
       const sub = { name: `ws-${n}`, kind: "ws", tenant, posts: chosen, frames: new Map(chosen.map((id) => [id, []])), refusals: [], conns: 0 };
       // Two of them also ask for a post of the other tenant: refused
       // (not_found), and never a frame of it.
-      if (n < 2) sub.probe = postsOf(TENANTS[(n + 1) % TENANTS.length])[0];
+      if (n < 2) sub.probe = postsOf(TENANTS[(n + 1) % TENANTS.length])[0]; // not a doomed one
       subs.push(sub);
       closers.push(followWS(sub, { ctx, proxies, pick, rnd: rnd.sub, now, stats }));
     }
@@ -207,8 +211,10 @@ async function runFaults(kind) {
           signal: AbortSignal.timeout(10000),
         });
         const text = await res.text();
+        if (res.status === 404 && !post.doomed) writeConflicts.push({ post: post.id, detail: `PATCH via instance ${i} answered 404: ${text.slice(0, 200)}` });
         if (res.status !== 200) {
-          stats.writeFailures[res.status] = (stats.writeFailures[res.status] ?? 0) + 1;
+          const k = res.status === 404 && post.doomed ? "404 (deleted)" : res.status;
+          stats.writeFailures[k] = (stats.writeFailures[k] ?? 0) + 1;
           // A 5xx may have committed (the answer failed after): unknown.
           if (res.status >= 500) stats.writeUnknown++;
           return false;
@@ -232,6 +238,40 @@ async function runFaults(kind) {
         })(),
       );
     }
+
+    // --- deletes: each doomed post once, at a random time during the faults -----
+    const deleted = new Set(); // DELETE answered 204 (or 404 after a try of unknown outcome)
+    const rndDelete = streamOf("deletes");
+    const deleters = posts
+      .filter((p) => p.doomed)
+      .map(async (post) => {
+        await sleep((0.2 + rndDelete() * 0.6) * faultMs);
+        let unknown = false;
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const i = pick(rndDelete);
+          try {
+            const res = await fetch(`${insts[i].url}/api/v1/posts/${post.id}`, {
+              method: "DELETE",
+              headers: { Authorization: `Bearer ${writerTok[post.tenant]}` },
+              signal: AbortSignal.timeout(10000),
+            });
+            const text = await res.text();
+            if (res.status === 204 || (res.status === 404 && unknown)) {
+              deleted.add(post.id);
+              log(`deleted post ${post.id} via instance ${i}`);
+              return;
+            }
+            if (res.status < 500) {
+              writeConflicts.push({ post: post.id, detail: `DELETE via instance ${i} answered ${res.status}: ${text.slice(0, 200)}` });
+              return;
+            }
+            unknown = true; // a 5xx may have committed
+          } catch {
+            unknown = true; // cut or timed out
+          }
+          await sleep(500);
+        }
+      });
 
     // --- faults -----------------------------------------------------------------
     const faults = [];
@@ -344,11 +384,12 @@ async function runFaults(kind) {
     await Promise.all(running);
     writing = false;
     await Promise.all(writers);
+    await Promise.all(deleters);
     log(`faults over: ${Object.entries(stats.faults).map(([k, c]) => `${k} ${c}`).join(", ")} (${stats.skippedFaults} skipped: target busy); ${stats.writes} writes answered, ${stats.writeUnknown} unknown`);
 
     // --- quiet, a last write to every post, settle ------------------------------
     await sleep(QUIET_MS);
-    for (const [i, post] of posts.entries()) {
+    for (const [i, post] of kept.entries()) {
       let ok = false;
       for (let attempt = 0; attempt < 10 && !ok; attempt++) {
         ok = await patch((i + attempt) % 3, post);
@@ -360,15 +401,22 @@ async function runFaults(kind) {
     const readAll = async () => {
       for (const post of posts) {
         const res = await insts[0].api("GET", `/posts/${post.id}`, writerTok[post.tenant]);
+        if (deleted.has(post.id)) {
+          assert.equal(res.status, 404, `GET of the deleted post ${post.id}: ${res.status} ${await res.text()}`);
+          await res.arrayBuffer().catch(() => {});
+          stored.set(post.id, { deleted: true });
+          continue;
+        }
         assert.equal(res.status, 200);
         stored.set(post.id, { v: (await res.json()).counter, etag: res.headers.get("etag") });
       }
     };
     await readAll();
-    const settled = () => streams().every(([s, p]) => lastFrame(s, p)?.etag === stored.get(p).etag);
+    const caughtUp = (s, p) => (stored.get(p).deleted ? lastFrame(s, p)?.type === "deleted" : lastFrame(s, p)?.etag === stored.get(p).etag);
+    const settled = () => streams().every(([s, p]) => caughtUp(s, p));
     const settleStart = now();
     await waitFor(settled, SETTLE_MS);
-    log(`settled in ${((now() - settleStart) / 1000).toFixed(1)} s${settled() ? "" : ` — NOT all: ${streams().filter(([s, p]) => lastFrame(s, p)?.etag !== stored.get(p).etag).length} streams behind`}`);
+    log(`settled in ${((now() - settleStart) / 1000).toFixed(1)} s${settled() ? "" : ` — NOT all: ${streams().filter(([s, p]) => !caughtUp(s, p)).length} streams behind`}`);
     await readAll(); // nothing wrote meanwhile: the same
     ctx.stopping = true;
     closers.forEach((c) => c());
