@@ -5,7 +5,9 @@
 // 4 writers adding 1 to posts' counters through random instances, and 100 subscribers (60 EventSources of the npm
 // "eventsource" package and 40 WebSockets of the npm "ws" package following
 // 4 records each), every one going through a TCP proxy per instance and
-// moving to a random instance whenever it is cut. Meanwhile faults drawn
+// moving to a random instance whenever it is cut; 16 more join during the
+// faults, half of them from the ETag of a GET (their first frame: nothing
+// may be skipped after it). Meanwhile faults drawn
 // from a seeded PRNG: an instance SIGKILLed and restarted, the redis-server
 // SIGKILLed for 2–5 s and restarted empty, the redis-server SIGSTOPped for
 // 1–5 s (a stall: commands time out, then run late), an instance SIGSTOPped
@@ -54,6 +56,7 @@ for (const k of faultKinds) if (!allFaults.includes(k)) throw new Error(`FAULT_K
 
 const POSTS = 20;
 const DOOMED = 4; // more posts, written like the others and deleted during the faults
+const LATE = 16; // subscribers joining during the faults, half from a GET's ETag
 const TENANTS = ["fault-a", "fault-b"];
 const WRITERS = 4;
 const SSE_SUBS = 60;
@@ -273,6 +276,36 @@ async function runFaults(kind) {
         }
       });
 
+    // --- late joiners: during the faults, a subscriber joins now and then -------
+    // Half fetch the post first and subscribe from its ETag (PROTOCOL §3:
+    // no gap after the GET: the GET is their first frame), half subscribe
+    // with no resume point (a snapshot first).
+    const rndJoin = streamOf("joiners");
+    const joining = (async () => {
+      for (let j = 0; j < LATE && writing; j++) {
+        await sleep((faultMs / (LATE + 1)) * (0.5 + rndJoin()));
+        if (!writing) break;
+        const post = pickOf(rndJoin, kept);
+        const sse = j % 4 < 2;
+        const sub = { name: `late-${sse ? "sse" : "ws"}-${j}`, kind: sse ? "sse" : "ws", tenant: post.tenant, posts: [post.id], frames: new Map([[post.id, []]]), refusals: [], conns: 0 };
+        let from = null;
+        if (j % 2 === 0) {
+          for (let attempt = 0; attempt < 3 && !from; attempt++) {
+            const i = pick(rndJoin);
+            try {
+              const res = await fetch(`${insts[i].url}/api/v1/posts/${post.id}`, { headers: { Authorization: `Bearer ${writerTok[post.tenant]}` }, signal: AbortSignal.timeout(5000) });
+              const text = await res.text();
+              if (res.status !== 200) continue;
+              from = res.headers.get("etag");
+              push(sub, { t: now(), type: "snapshot", conn: 0, inst: i, post: post.id, etag: from, v: JSON.parse(text).counter, viaGET: true });
+            } catch {}
+          }
+        }
+        subs.push(sub);
+        closers.push((sse ? followSSE : followWS)(sub, { ctx, proxies, pick, rnd: rnd.sub, now, stats, from }));
+      }
+    })();
+
     // --- faults -----------------------------------------------------------------
     const faults = [];
     const healthy = () => state.filter((s) => !s.killed && !s.stopped && !s.busy).length;
@@ -385,6 +418,7 @@ async function runFaults(kind) {
     writing = false;
     await Promise.all(writers);
     await Promise.all(deleters);
+    await joining;
     log(`faults over: ${Object.entries(stats.faults).map(([k, c]) => `${k} ${c}`).join(", ")} (${stats.skippedFaults} skipped: target busy); ${stats.writes} writes answered, ${stats.writeUnknown} unknown`);
 
     // --- quiet, a last write to every post, settle ------------------------------
@@ -476,12 +510,12 @@ function push(sub, f) {
  * gives up (a non-200 answer) a new one starts from the last ETag seen.
  * Returns the closer.
  */
-function followSSE(sub, { ctx, proxies, pick, rnd, now, stats }) {
+function followSSE(sub, { ctx, proxies, pick, rnd, now, stats, from = null }) {
   const post = sub.posts[0];
   const tok = token({ sub: sub.name, tenant: sub.tenant });
   let es;
   let timer;
-  let lastId = null;
+  let lastId = from; // a late joiner's ETag from a GET, or null
   let conn = 0;
   let inst = -1;
   const open = () => {
@@ -535,9 +569,9 @@ function followSSE(sub, { ctx, proxies, pick, rnd, now, stats }) {
  * seen. A record subscription that failed (unavailable) is asked for again.
  * Returns the closer.
  */
-function followWS(sub, { ctx, proxies, pick, rnd, now, stats }) {
+function followWS(sub, { ctx, proxies, pick, rnd, now, stats, from = null }) {
   const tok = token({ sub: sub.name, tenant: sub.tenant });
-  const last = new Map();
+  const last = new Map(from ? [[sub.posts[0], from]] : []); // a late joiner's ETag from a GET
   let ws;
   let timer;
   const retries = new Set();
