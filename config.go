@@ -135,8 +135,8 @@ type Config struct {
 	// recently active records are evicted first. Default: 64 MiB.
 	BufferMemory int64
 
-	// ResumeWait is how long a WebSocket's record subscription that the
-	// Broker told it may have missed events (its link to the engine was
+	// ResumeWait is how long a record's subscription (an SSE stream or a
+	// WebSocket's record) that the Broker told it may have missed events (its link to the engine was
 	// down) waits for the versions after its own to be published, when the
 	// stored record is ahead of it and the buffer does not hold them yet:
 	// the GORM hook's outbox publishes the writes committed during an

@@ -118,7 +118,9 @@
 // forgotten (ErrLastUnknown: its predecessor may still be waiting to be
 // published); a subscriber that would see a version skipped resumes from
 // the last one it got, as a reconnecting client would (the events it
-// missed from the buffer, or resync and the stored record). A RecordLoader
+// missed from the buffer, or resync and the stored record), in place: on
+// the same SSE stream or WebSocket (a long poll answers, and its next poll
+// resumes). A RecordLoader
 // that returns a VersionedRecord keeps subscribers from ever going back
 // behind a snapshot.
 //
@@ -132,9 +134,9 @@
 // path: a publish goes to the broker, which orders it and brings it back to
 // every node watching its streams. While the engine is unreachable,
 // publishing fails with ErrUnavailable (503), and subscribers that may have
-// missed events are resumed or resynced once it is back (a WebSocket's
-// record whose stored version is ahead of it while the missed versions are
-// not buffered yet first waits up to Config.ResumeWait for them to be
+// missed events are resumed or resynced once it is back (a record's
+// subscription, SSE or WebSocket, whose stored version is ahead of it while
+// the missed versions are not buffered yet first waits up to Config.ResumeWait for them to be
 // published: an outbox publishes them once the engine is back). The GORM hook's
 // outbox keeps the events of writes committed meanwhile and publishes them,
 // in order, once it is back: a version whose record's last the engine has

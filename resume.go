@@ -12,7 +12,7 @@ import (
 // resumes in place after a gap: the same rules, once.
 //
 // wait, when not 0, is the version a resuming subscription holds (a
-// WebSocket's record after the broker's gap report, resumeFrom): when
+// record's subscription after the broker's gap report, resumeFrom): when
 // lastID is not buffered and the stored record is ahead of it, the
 // versions in between may still be on their way (an outbox publishing
 // once the engine is back): the start then carries no frames and waits

@@ -470,9 +470,9 @@ func TestReconnectResumesWithoutLoss(t *testing.T) {
 }
 
 // TestResyncAfterBulkWrite: Resync (a write the app cannot name record by
-// record) ends record streams, whose reconnect is resynced against the
-// stored record, and sends collection streams a resync frame; nothing is
-// silently missed.
+// record) resyncs record streams in place (resync of reason bulk-write,
+// then the stored record), as a client reconnecting from its last ETag is,
+// and sends collection streams a resync frame; nothing is silently missed.
 func TestResyncAfterBulkWrite(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -488,9 +488,7 @@ func TestResyncAfterBulkWrite(t *testing.T) {
 			if err := e.rt.Resync(context.Background(), "posts"); err != nil {
 				t.Fatal(err)
 			}
-			if fs := readToEnd(t, rs.fr); len(fs) != 0 {
-				t.Fatalf("record stream: %v, want its end", framesOf(fs))
-			}
+			expectFrames(t, rs, frame{EventResync, "", `{"reason":"bulk-write"}`}, frame{EventSnapshot, v2, recJSON("42", 2)})
 			fs := readFrames(t, cs.fr, 1)
 			if fs[0].Event != EventResync || fs[0].HasID {
 				t.Fatalf("collection stream: %v, want a resync frame without id", framesOf(fs))
@@ -500,6 +498,7 @@ func TestResyncAfterBulkWrite(t *testing.T) {
 			expectFrames(t, again, resyncFrame, frame{EventSnapshot, v2, recJSON("42", 2)})
 			v3 := e.put(t, "42", 3)
 			expectFrames(t, again, frame{EventChanged, v3, ""})
+			expectFrames(t, rs, frame{EventChanged, v3, ""})
 			expectFrames(t, cs, frame{EventChanged, v3, ""})
 		})
 	}

@@ -33,6 +33,7 @@ type recordStreams struct {
 // frames are computed from lastID. On error s is detached again. The
 // caller releases s with the start once its connection can be written.
 func (rs *recordStreams) subscribe(ctx context.Context, s *subscription, lastID string) (start, error) {
+	s.from = lastID  // before s is shared: a resume before it sends anything starts there
 	rs.watch(ctx, s) // before the first frames are read: no gap
 	rs.hub.attach(s)
 	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID, 0)
@@ -105,10 +106,9 @@ func (rs *recordStreams) gap(key StreamKey) {
 
 // resyncCollection tells this node's subscriptions of a tenant's collection
 // and of its records that they may have missed events (a bulk write: the
-// buffers were invalidated). Record subscriptions resume (a solo one ends
-// its stream, its client resumes; a WebSocket's record resumes in place,
-// with a resync frame of reason bulk-write); collection streams get the
-// resync frame and stay.
+// buffers were invalidated). Record subscriptions resume in place (a long
+// poll ends, its client polls again), with a resync frame of reason
+// bulk-write; collection streams get the resync frame and stay.
 func (rs *recordStreams) resyncCollection(tenant, collection string) {
 	ev := bulkResync
 	var sched []*conn
@@ -126,11 +126,11 @@ func (rs *recordStreams) resyncCollection(tenant, collection string) {
 	kickAll(rs.pool, sched)
 }
 
-// resumer runs the in-place resumes of WebSocket record subscriptions
-// (subscription.resumeLocked) off the goroutine that found the gap: the
-// Loader and the buffer may block. At most workers run at once; the queue
-// holds each waiting subscription once and is bounded by the number of
-// subscriptions. It also ends the waits of resumes that wait for the
+// resumer runs the in-place resumes of record subscriptions, SSE streams
+// and WebSockets' records (subscription.resumeLocked), off the goroutine
+// that found the gap: the Loader and the buffer may block. At most
+// workers run at once; the queue holds each waiting subscription once and
+// is bounded by the number of subscriptions. It also ends the waits of resumes that wait for the
 // versions they missed (await): one goroutine, while any wait is under
 // way; the waits are bounded by the number of subscriptions. Close waits
 // for the workers and that goroutine.
@@ -279,6 +279,11 @@ func (rs *recordStreams) resumeNow(ctx context.Context, s *subscription) {
 	st, err := rs.firstFrames(ctx, s.key, s.ident, lastID, rp.wait)
 	if err != nil {
 		rs.log.Debug("realtime: resume refused", "tenant", s.key.Tenant, "collection", s.key.Collection, "id", s.key.ID, "err", err)
+		if s.solo {
+			// An SSE stream ends: its client's reconnect gets the refusal.
+			s.c.end()
+			return
+		}
 		s.release(start{first: []item{{ev: why, sub: s}, {ev: errorEventOf(err), sub: s}}})
 		s.drop(s)
 		return

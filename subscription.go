@@ -21,8 +21,10 @@ import (
 //     per record): an event at or below the version already sent is
 //     dropped, never sent twice or backwards; an event beyond the next one
 //     means events were missed, and so does a gap reported by the broker.
-//     Then the subscription resumes from the last ETag it sent, as a
-//     reconnecting client would (resume): it holds its live events, reads
+//     Then the subscription resumes from the last ETag it sent (or the
+//     resume point it subscribed with, while it has sent nothing), as a
+//     reconnecting client would, in place (resume; a long poll or a
+//     collection stream ends instead): it holds its live events, reads
 //     what it missed from the buffer, or gets resync and the stored
 //     record, before any later event. After a gap only, when the buffer
 //     does not hold what follows its version yet and the stored record is
@@ -38,10 +40,11 @@ type subscription struct {
 	ident   *Identity
 	c       *conn
 	// solo is set when the subscription is its connection's only one (an
-	// SSE stream, a long poll): it is revoked or resumed by ending the
-	// connection, whose client then reconnects from its Last-Event-ID.
-	// Otherwise (a WebSocket's record) that happens in place, and drop
-	// removes it from its connection.
+	// SSE stream, a long poll): it is revoked by ending the connection,
+	// whose client then reconnects (and is refused). A long poll also
+	// resumes that way (its next poll starts from its lastEventId); an SSE
+	// record stream resumes in place, like a WebSocket's record. drop
+	// removes a WebSocket's record from its connection.
 	solo bool
 	drop func(*subscription) // multiplexed: called once when revoked
 	idx  int                 // position in the hub's list, under the key's stripe
@@ -57,6 +60,7 @@ type subscription struct {
 	lastSeq  uint64 // position of the newest stream event queued
 	version  uint64 // version of the record sent last (0: unknown)
 	last     *Event // the record event queued last: its ETag is where a resume starts
+	from     string // the resume point it subscribed with: where a resume starts while last is nil
 	skipETag string // a snapshot of unknown position just queued: drop a live event of the same version
 	gone     bool   // detached: nothing more is queued for it
 	resuming *Event // the resync frame of a resume under way (its reason)
@@ -228,15 +232,16 @@ func (s *subscription) releaseLocked(st start) bool {
 }
 
 // resumeLocked handles a subscription that may have missed events (a
-// version jump, a gap in the broker's delivery, a bulk write): a solo one
-// ends its connection (the client reconnects from its Last-Event-ID); a
-// WebSocket's record holds its live events and resumes in place from the
-// last ETag it sent, with why as its resync frame if it gets one.
+// version jump, a gap in the broker's delivery, a bulk write): a long poll
+// or a collection stream ends its connection (the client comes back from
+// its Last-Event-ID); a record's subscription, on an SSE stream or a
+// WebSocket, holds its live events and resumes in place from the last ETag
+// it sent, with why as its resync frame if it gets one.
 func (s *subscription) resumeLocked(why *Event) {
 	if s.gone {
 		return
 	}
-	if s.solo || s.key.ID == "" {
+	if !s.inPlace() {
 		if s.c.endLocked() {
 			s.c.kick() // never blocks, takes no lock of c's
 		}
@@ -252,6 +257,12 @@ func (s *subscription) resumeLocked(why *Event) {
 	s.streams.resumer.add(s)
 }
 
+// inPlace tells whether s resumes in place (resumeLocked): a record's
+// subscription on an SSE stream or a WebSocket.
+func (s *subscription) inPlace() bool {
+	return s.key.ID != "" && (!s.solo || s.c.kind == kindSSERecord)
+}
+
 // resume is resumeLocked for a caller without c.mu.
 func (s *subscription) resume(why *Event) {
 	s.c.mu.Lock()
@@ -259,8 +270,8 @@ func (s *subscription) resume(why *Event) {
 	s.c.mu.Unlock()
 }
 
-// resumeAfterGap is resume for the broker's gap report: a WebSocket's
-// record may then wait for the versions it missed (resumeFrom.wait).
+// resumeAfterGap is resume for the broker's gap report: a record's
+// subscription may then wait for the versions it missed (resumeFrom.wait).
 func (s *subscription) resumeAfterGap() {
 	s.c.mu.Lock()
 	if !s.gone && !s.holding {
@@ -287,7 +298,7 @@ func (s *subscription) lastSent() (resumeFrom, bool) {
 	if s.gone || !s.holding {
 		return resumeFrom{}, false
 	}
-	rp := resumeFrom{why: s.resuming}
+	rp := resumeFrom{why: s.resuming, lastETag: s.from}
 	if s.last != nil {
 		rp.lastETag = s.last.ETag
 	}
