@@ -284,6 +284,31 @@ func TestOrderGapWaitEndsInResync(t *testing.T) {
 	expectVersion(t, c, EventChanged, v3)
 }
 
+// TestOrderGapWaitEndsWhileDown: a wait after a gap that ends while the
+// broker is down again (Redis restarting twice in a row) does not resume
+// then (the buffer cannot be read: it would resync); the next gap, once
+// the broker is back, resumes it and it waits again, so the outbox's
+// versions still come as events.
+func TestOrderGapWaitEndsWhileDown(t *testing.T) {
+	e := newOrderEnvWaiting(t, 50*time.Millisecond)
+	e.put("1", 1)
+	c := e.follow(t, "1")
+	e.put("1", 2) // committed during the outage
+	ref := Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"}
+	e.tap.node.Gap(ref)
+	e.tap.node.Health(errors.New("engine down again"))
+	time.Sleep(200 * time.Millisecond) // the wait ends meanwhile
+	e.tap.node.Health(nil)
+	e.tap.node.Gap(ref)
+	v2 := e.event(t, "1", 2) // the outbox publishes it
+	if err := e.rt.publish(context.Background(), v2, AppendInOrder); err != nil {
+		t.Fatal(err)
+	}
+	expectVersion(t, c, EventChanged, v2)
+	v3 := e.publish(t, "1", 3)
+	expectVersion(t, c, EventChanged, v3)
+}
+
 // TestOrderGapWaitThenJump: a record waiting after a gap that gets a
 // version beyond the next one resumes at once (the versions before it
 // were published before it: not buffered, they are lost), resync first.

@@ -91,6 +91,7 @@ func New(cfg Config) (*Plugin, error) {
 		hub: newHub(), broker: p.broker, buf: c.Buffer,
 		loader: c.Loader, etagOf: p.etagOf, access: p.access, pool: p.pool, log: p.log,
 		async: p.node.async, stats: p.stats,
+		down: func() bool { return p.node.healthErr() != nil },
 	}
 	p.streams.resumer = newResumer(ctx, c.Writers, c.ResumeWait)
 	p.streams.resumer.rs = p.streams

@@ -23,6 +23,9 @@ type recordStreams struct {
 	pool    *writerPool
 	log     *slog.Logger
 	async   func(op func(context.Context)) // broker calls off the caller's goroutine
+	// down tells whether the broker reports its engine unreachable now:
+	// a wait for versions that ends then does not resume (subscription.waited).
+	down func() bool
 	// multiplexed counts the WebSocket record subscriptions (Subscribers).
 	multiplexed atomic.Int64
 	stats       *statsCounters

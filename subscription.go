@@ -310,7 +310,10 @@ func (s *subscription) lastSent() (resumeFrom, bool) {
 
 // waited ends s's wait for version (resumer.await): when live events have
 // not brought s to it, s resumes, without waiting again: the events it
-// missed, or resync and the stored record.
+// missed, or resync and the stored record. While the broker is down again
+// it does not: the buffer cannot be read (it would resync), and the
+// broker reports the gap once it is back, when s resumes (and may wait
+// again).
 func (s *subscription) waited(version uint64) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
@@ -318,6 +321,9 @@ func (s *subscription) waited(version uint64) {
 		return // ended, or another wait since
 	}
 	s.awaiting = 0
+	if s.streams.down != nil && s.streams.down() {
+		return
+	}
 	if s.version < version && !s.holding {
 		s.resumeLocked(resyncEvent)
 	}
