@@ -136,13 +136,15 @@ type Config struct {
 	BufferMemory int64
 
 	// ResumeWait is how long a record's subscription (an SSE stream or a
-	// WebSocket's record) that the Broker told it may have missed events (its link to the engine was
-	// down) waits for the versions after its own to be published, when the
-	// stored record is ahead of it and the buffer does not hold them yet:
-	// the GORM hook's outbox publishes the writes committed during an
-	// outage once the engine is back, within its Grace and Interval. They
-	// then reach the subscriber as events; if they have not by then, it
-	// gets resync and the stored record. Default: 3s.
+	// WebSocket's record) that the Broker told it may have missed events
+	// (its link to the engine was down) waits for the versions after its
+	// own to be published, when the stored record is ahead of it and the
+	// buffer does not hold them yet: the GORM hook's outbox publishes the
+	// writes committed during an outage once the engine is back, within
+	// its Grace and Interval. They then reach the subscriber as events; if
+	// they have not by then, it gets resync and the stored record (or,
+	// when the engine is unreachable again then, it resumes once it is
+	// back). Default: 3s.
 	ResumeWait time.Duration
 
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.
