@@ -144,7 +144,9 @@ type Config struct {
 	// its Grace and Interval. They then reach the subscriber as events; if
 	// they have not by then, it gets resync and the stored record (or,
 	// when the engine is unreachable again then, it resumes once it is
-	// back). Default: 3s.
+	// back). A client reconnecting from a version the buffer does not hold
+	// waits the same way when a PendingEvents source (AddPendingEvents: the
+	// GORM hook) has the next version on its way. Default: 3s.
 	ResumeWait time.Duration
 
 	// Retry is the reconnection delay sent to SSE clients in the first bytes. Default: 2s.

@@ -486,3 +486,76 @@ func TestMemoryBufferRefusesNegativeBounds(t *testing.T) {
 		}()
 	}
 }
+
+// pendingAfter is a PendingEvents that knows one pending version: next
+// follows the ETag after.
+type pendingAfter struct {
+	after string
+	next  uint64
+}
+
+func (p pendingAfter) NextPending(_ context.Context, _ Ref, etag string) (uint64, bool, error) {
+	return p.next, etag == p.after, nil
+}
+
+// TestOrderReconnectWaitsForPending: a client reconnecting from an ETag the
+// buffer does not hold (the engine restarted empty) while the versions
+// after it wait in an outbox (a PendingEvents says so) waits for them as
+// events, on an SSE stream as on a WebSocket: no resync. When they do not
+// come within ResumeWait it gets resync and the stored record.
+func TestOrderReconnectWaitsForPending(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		wait    time.Duration
+		publish bool
+	}{{"published", time.Minute, true}, {"never published", 50 * time.Millisecond, false}} {
+		for _, ws := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/ws=%v", tc.name, ws), func(t *testing.T) {
+				e := newOrderEnvWaiting(t, tc.wait)
+				v1 := e.event(t, "1", 1) // the client's last version: not buffered
+				e.put("1", 3)            // 2 and 3 committed, in the outbox
+				e.rt.AddPendingEvents(pendingAfter{after: v1.ETag, next: 2})
+				var next func(typ string) (etag, data string)
+				if ws {
+					c, _ := connectWS(t, e.srv, e.tok)
+					subscribeRecords(t, c, "subscribe", wsRecordReq{Collection: "posts", ID: "1", LastEventID: v1.ETag})
+					expectRec(t, c, "subscribed", "")
+					next = func(typ string) (string, string) {
+						f := expectRec(t, c, typ, "1")
+						return f.ETag, string(f.Data)
+					}
+				} else {
+					s := openStream(t, nil, recordURL(e.srv, "1"), e.tok, http.Header{"Last-Event-ID": {v1.ETag}})
+					next = func(typ string) (string, string) {
+						f := readFrames(t, s.fr, 1)[0]
+						if f.Event != typ {
+							t.Fatalf("got %v, want %s", framesOf([]sseFrame{f}), typ)
+						}
+						return f.ID, f.Data
+					}
+				}
+				waitFor(t, "the subscription", func() bool { return e.rt.Subscribers() == 1 })
+				if !tc.publish {
+					next(EventResync)
+					if _, data := next(EventSnapshot); data != `{"id":"1","v":3}` {
+						t.Fatalf("after the resync: %s, want the stored version 3", data)
+					}
+					v4 := e.publish(t, "1", 4)
+					if etag, _ := next(EventChanged); etag != v4.ETag {
+						t.Fatalf("got %s, want version 4", etag)
+					}
+					return
+				}
+				for v := uint64(2); v <= 3; v++ { // the outbox publishes them
+					ev := e.event(t, "1", v)
+					if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
+						t.Fatal(err)
+					}
+					if etag, _ := next(EventChanged); etag != ev.ETag {
+						t.Fatalf("got %s, want version %d", etag, v)
+					}
+				}
+			})
+		}
+	}
+}

@@ -26,6 +26,9 @@ type recordStreams struct {
 	// down tells whether the broker reports its engine unreachable now:
 	// a wait for versions that ends then does not resume (subscription.waited).
 	down func() bool
+	// pending: the sources of committed events not published yet
+	// (AddPendingEvents).
+	pending pendingSources
 	// multiplexed counts the WebSocket record subscriptions (Subscribers).
 	multiplexed atomic.Int64
 	stats       *statsCounters
@@ -44,10 +47,31 @@ func (rs *recordStreams) subscribe(ctx context.Context, s *subscription, lastID 
 		rs.detach(s)
 		return start{}, err
 	}
+	st = rs.awaitPending(ctx, s, lastID, st)
 	if startsWithResync(st) {
 		rs.stats.resync(resyncBufferMiss, 1)
 	}
 	return st, nil
+}
+
+// awaitPending turns st, a resync and the stored record for a resume point
+// lastID the buffer does not hold, into a wait (start.await) when a
+// PendingEvents source has the version after lastID on its way and the
+// stored record is not behind it: s resumes from lastID and gets those
+// versions as live events, or resyncs after Config.ResumeWait. Only
+// subscriptions that resume in place wait (a long poll answers at once).
+func (rs *recordStreams) awaitPending(ctx context.Context, s *subscription, lastID string, st start) start {
+	if lastID == "" || !startsWithResync(st) || st.version == 0 || !s.inPlace() ||
+		len(st.first) < 2 || st.first[1].ev == nil || st.first[1].ev.Type != EventSnapshot {
+		return st
+	}
+	v, ok := rs.pending.next(ctx, s.key, lastID)
+	if !ok || v == 0 || v > st.version {
+		return st
+	}
+	rs.log.Debug("realtime: resume point not buffered: waiting for the versions after it", "tenant", s.key.Tenant,
+		"collection", s.key.Collection, "id", s.key.ID, "version", v-1, "stored", st.version)
+	return start{version: v - 1, await: st.version}
 }
 
 // watch makes the broker deliver s's stream to this node; detach undoes it.
@@ -304,9 +328,6 @@ func (rs *recordStreams) resumeNow(ctx context.Context, s *subscription) {
 		st.first[i].sub = s
 	}
 	s.release(st)
-	if st.await > 0 {
-		rs.resumer.await(s, st.await)
-	}
 }
 
 // noResumePoint is a resume point no buffer holds (not a valid ETag): a

@@ -167,7 +167,8 @@ type start struct {
 }
 
 // release queues st's first frames, then the live events held meanwhile
-// that come after them, and starts delivery.
+// that come after them, and starts delivery; a start that waits for
+// versions (start.await) begins its wait.
 func (s *subscription) release(st start) {
 	c := s.c
 	c.mu.Lock()
@@ -175,6 +176,9 @@ func (s *subscription) release(st start) {
 	c.mu.Unlock()
 	if kick {
 		c.kick()
+	}
+	if st.await > 0 {
+		s.streams.resumer.await(s, st.await)
 	}
 }
 

@@ -179,6 +179,13 @@
 // later, while the database already has them), and, once a record's rows
 // are published, the rows of that record committed during the drain (their
 // committers saw the backlog and left them to it).
+//
+// db.Use also registers the hook with a Publisher that takes it
+// (realtime.Plugin.AddPendingEvents; the hook implements
+// realtime.PendingEvents): a client reconnecting from a version the
+// engine no longer buffers (it restarted empty) while the next version is
+// in the outbox (a row whose prev_etag is the client's ETag) waits for it
+// up to realtime.Config.ResumeWait, rather than resync.
 // A claim is one UPDATE setting claimed_by and claimed_at on the rows not
 // claimed within ClaimTTL (default 5s); the database re-checks that per
 // row under its write lock, so two drainers do not both work on a row, and

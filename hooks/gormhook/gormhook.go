@@ -187,5 +187,8 @@ func (h *Hook) init(db *gorm.DB) error {
 		return err
 	}
 	h.startOutbox()
+	if r, ok := h.pub.(pendingRegistrar); ok {
+		r.AddPendingEvents(h)
+	}
 	return nil
 }

@@ -734,3 +734,56 @@ func TestDrainFollowsCommitsDuringIt(t *testing.T) {
 		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
 	})
 }
+
+// TestNextPending: db.Use registers the hook with the plugin
+// (AddPendingEvents), and the hook tells which version waits in the outbox
+// after a given ETag (its row's prev_etag), in the record's tenant only:
+// a client reconnecting from that ETag after the engine restarted empty
+// waits for it instead of resyncing (realtime's TestOrderReconnectWaitsForPending).
+func TestNextPending(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, tdb *testDB) {
+		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+		a := newNodes(t, tdb, m, 1, noDrain)[0]
+		p := Post{Title: "counter"}
+		mustNoErr(t, a.db.Create(&p).Error) // version 1, published
+		v1 := a.tap.calls[0].ETag
+		a.tap.before = func(realtime.Publication) error {
+			return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+		}
+		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays in the outbox
+		mustNoErr(t, bump(a.db, p.ID)) // version 3 too
+		ref := realtime.Ref{Tenant: realtime.DefaultTenant, Collection: "posts", ID: fmt.Sprint(p.ID)}
+		ctx := context.Background()
+		for _, tc := range []struct {
+			name   string
+			ref    realtime.Ref
+			etag   string
+			want   uint64
+			wantOK bool
+		}{
+			{"after version 1", ref, v1, 2, true},
+			{"an unknown ETag", ref, `"nope"`, 0, false},
+			{"another tenant", realtime.Ref{Tenant: "other", Collection: "posts", ID: ref.ID}, v1, 0, false},
+			{"another record", realtime.Ref{Tenant: ref.Tenant, Collection: "posts", ID: "999"}, v1, 0, false},
+		} {
+			v, ok, err := a.h.NextPending(ctx, tc.ref, tc.etag)
+			mustNoErr(t, err)
+			if v != tc.want || ok != tc.wantOK {
+				t.Errorf("%s: NextPending = %d, %v; want %d, %v", tc.name, v, ok, tc.want, tc.wantOK)
+			}
+		}
+	})
+	pub := &registering{}
+	h := useOutbox(t, openFile(t, newPath(t)), pub, noDrain)
+	if len(pub.got) != 1 || pub.got[0] != h {
+		t.Fatalf("db.Use registered %v, want the hook", pub.got)
+	}
+}
+
+// registering is a Publisher that takes PendingEvents, as the plugin does.
+type registering struct {
+	recorder
+	got []realtime.PendingEvents
+}
+
+func (r *registering) AddPendingEvents(p realtime.PendingEvents) { r.got = append(r.got, p) }
