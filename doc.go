@@ -135,10 +135,12 @@
 // every node watching its streams. While the engine is unreachable,
 // publishing fails with ErrUnavailable (503), and subscribers that may have
 // missed events are resumed or resynced once it is back (a record's
-// subscription, SSE or WebSocket, whose stored version is ahead of it while
-// the missed versions are not buffered yet first waits up to Config.ResumeWait for them to be
-// published: an outbox publishes them once the engine is back). The GORM hook's
-// outbox keeps the events of writes committed meanwhile and publishes them,
+// subscription, SSE or WebSocket, whose stored version is ahead of it
+// while the missed versions are not buffered yet first waits up to
+// Config.ResumeWait for them to be published: an outbox publishes them
+// once the engine is back; so does a client reconnecting from a version
+// no longer buffered whose next version a PendingEvents source, the GORM
+// hook, has in its outbox). The GORM hook's outbox keeps the events of writes committed meanwhile and publishes them,
 // in order, once it is back: a version whose record's last the engine has
 // forgotten (Redis restarted empty) waits for its predecessors still in the
 // outbox (Publication.RequireLast). A push costs its publisher one round
