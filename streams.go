@@ -157,10 +157,10 @@ func (rs *recordStreams) resyncCollection(tenant, collection string) {
 // and WebSockets' records (subscription.resumeLocked), off the goroutine
 // that found the gap: the Loader and the buffer may block. At most
 // workers run at once; the queue holds each waiting subscription once and
-// is bounded by the number of subscriptions. It also ends the waits of resumes that wait for the
-// versions they missed (await): one goroutine, while any wait is under
-// way; the waits are bounded by the number of subscriptions. Close waits
-// for the workers and that goroutine.
+// is bounded by the number of subscriptions. It also ends the waits of
+// subscriptions that wait for the versions they missed (await): one
+// goroutine, while any wait is under way; the waits are bounded by the
+// number of subscriptions. Close waits for the workers and that goroutine.
 type resumer struct {
 	rs      *recordStreams
 	ctx     context.Context

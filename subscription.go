@@ -30,6 +30,8 @@ import (
 //     does not hold what follows its version yet and the stored record is
 //     ahead, it first waits up to Config.ResumeWait for those versions as
 //     live events (the rules above apply to them; a jump ends the wait).
+//     So does a new subscription from a resume point the buffer does not
+//     hold when a PendingEvents source has the next version on its way.
 //   - Access. Its record events are checked against its identity before
 //     each is written (checkFrames).
 //
