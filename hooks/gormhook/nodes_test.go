@@ -658,24 +658,35 @@ func TestLastVersionForgotten(t *testing.T) {
 	})
 }
 
+// backlogOfVersion2 starts a node that does not drain, with a subscriber
+// of post 1, and leaves version 2 of the post in the outbox for two hours
+// (its publish failed): a backlog. Versions published after it are
+// refused until it is drained.
+func backlogOfVersion2(t *testing.T, tdb *testDB) (*realtime.MemoryBroker, *node, *sseClient, Post) {
+	t.Helper()
+	m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
+	a := newNodes(t, tdb, m, 1, noDrain)[0]
+	sub := a.subscribe(t, "1")
+	p := Post{Title: "counter"}
+	mustNoErr(t, a.db.Create(&p).Error) // version 1
+	a.tap.before = func(p realtime.Publication) error {
+		if p.Version == 2 {
+			return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
+		}
+		return nil
+	}
+	mustNoErr(t, bump(a.db, p.ID)) // version 2 stays
+	mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
+	a.tap.before = nil
+	return m, a, sub, p
+}
+
 // TestDrainTakesYoungerRowsOfABacklog: a record's rows younger than Grace
 // (refused at their commits because an older version waits) are drained
 // with its older rows, not a Grace later.
 func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
-		a := newNodes(t, tdb, m, 1, noDrain)[0]
-		sub := a.subscribe(t, "1")
-		p := Post{Title: "counter"}
-		mustNoErr(t, a.db.Create(&p).Error) // version 1
-		a.tap.before = func(p realtime.Publication) error {
-			if p.Version == 2 {
-				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
-			}
-			return nil
-		}
-		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays
-		mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
+		m, a, sub, p := backlogOfVersion2(t, tdb)
 		mustNoErr(t, bump(a.db, p.ID)) // version 3: refused, left
 		if rows := outboxRows(t, a.db); rows != 2 {
 			t.Fatalf("%d outbox rows, want versions 2 and 3", rows)
@@ -698,20 +709,7 @@ func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
 // broker, and the record's later commits are not refused behind it.
 func TestDrainFollowsCommitsDuringIt(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, tdb *testDB) {
-		m := realtime.NewMemoryBroker(realtime.MemoryBufferConfig{})
-		a := newNodes(t, tdb, m, 1, noDrain)[0]
-		sub := a.subscribe(t, "1")
-		p := Post{Title: "counter"}
-		mustNoErr(t, a.db.Create(&p).Error) // version 1
-		a.tap.before = func(p realtime.Publication) error {
-			if p.Version == 2 {
-				return fmt.Errorf("%w: connection reset", realtime.ErrUnavailable)
-			}
-			return nil
-		}
-		mustNoErr(t, bump(a.db, p.ID)) // version 2 stays: a backlog
-		mustExec(t, a.db, "UPDATE realtime_outbox SET created_at = ? WHERE version = 2", time.Now().UTC().Add(-2*time.Hour))
-		a.tap.before = nil
+		m, a, sub, p := backlogOfVersion2(t, tdb)
 
 		// The drainer's Grace is an hour: only the follow-up publishes
 		// version 3, committed while the drainer publishes version 2.
