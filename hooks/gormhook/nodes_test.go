@@ -693,13 +693,21 @@ func TestDrainTakesYoungerRowsOfABacklog(t *testing.T) {
 		}
 		drainer := newNodes(t, tdb, m, 1, gormhook.OutboxConfig{Interval: 10 * time.Millisecond, Grace: time.Hour})[0]
 		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
-		if ok, _ := drainer.tap.accepted(); fmt.Sprint(ok) != "[2 3]" {
-			t.Fatalf("the drainer published %v, want [2 3]", ok)
-		}
-		stored := getJSON(t, a.db, p.ID)
-		waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
-		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
+		ok, _ := drainer.tap.accepted()
+		drained2and3(t, ok, a, sub, p)
 	})
+}
+
+// drained2and3 checks that a drainer published versions 2 and 3 (ok: what
+// it published, in order) and that the subscriber got every version.
+func drained2and3(t *testing.T, ok []uint64, a *node, sub *sseClient, p Post) {
+	t.Helper()
+	if fmt.Sprint(ok) != "[2 3]" {
+		t.Fatalf("the drainer published %v, want [2 3]", ok)
+	}
+	stored := getJSON(t, a.db, p.ID)
+	waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
+	checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
 }
 
 // TestDrainFollowsCommitsDuringIt: a commit made while a drainer publishes
@@ -724,12 +732,8 @@ func TestDrainFollowsCommitsDuringIt(t *testing.T) {
 		}
 		waitFor(t, "the drainer", func() bool { return outboxRows(t, a.db) == 0 })
 		mustNoErr(t, <-committed)
-		if ok, _ := drainer.tap.accepted(); fmt.Sprint(firstPublishes(ok)) != "[2 3]" {
-			t.Fatalf("the drainer published %v, want [2 3]", ok)
-		}
-		stored := getJSON(t, a.db, p.ID)
-		waitFor(t, "version 3", func() bool { return sub.lastData() == stored })
-		checkEveryVersion(t, "subscriber", sub, 7, 9, stored)
+		ok, _ := drainer.tap.accepted()
+		drained2and3(t, firstPublishes(ok), a, sub, p) // a duplicate the broker dropped counts once
 	})
 }
 
