@@ -95,6 +95,13 @@ func (e *orderEnv) put(id string, v uint64) {
 func (e *orderEnv) publish(t *testing.T, id string, v uint64) *Event {
 	t.Helper()
 	e.put(id, v)
+	return e.outbox(t, id, v)
+}
+
+// outbox publishes version v, stored already: what an outbox does once the
+// engine is back.
+func (e *orderEnv) outbox(t *testing.T, id string, v uint64) *Event {
+	t.Helper()
 	ev := e.event(t, id, v)
 	if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
 		t.Fatal(err)
@@ -252,13 +259,8 @@ func TestOrderGapWaitsForTheOutbox(t *testing.T) {
 	e.put("1", 2) // committed during the outage
 	e.put("1", 3)
 	e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
-	v2 := e.event(t, "1", 2) // then the outbox publishes them
-	v3 := e.event(t, "1", 3)
-	for _, ev := range []*Event{v2, v3} {
-		if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
-			t.Fatal(err)
-		}
-	}
+	v2 := e.outbox(t, "1", 2) // then the outbox publishes them
+	v3 := e.outbox(t, "1", 3)
 	expectVersion(t, c, EventChanged, v2)
 	expectVersion(t, c, EventChanged, v3)
 	v4 := e.publish(t, "1", 4)
@@ -300,10 +302,7 @@ func TestOrderGapWaitEndsWhileDown(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the wait ends meanwhile
 	e.tap.node.Health(nil)
 	e.tap.node.Gap(ref)
-	v2 := e.event(t, "1", 2) // the outbox publishes it
-	if err := e.rt.publish(context.Background(), v2, AppendInOrder); err != nil {
-		t.Fatal(err)
-	}
+	v2 := e.outbox(t, "1", 2) // the outbox publishes it
 	expectVersion(t, c, EventChanged, v2)
 	v3 := e.publish(t, "1", 3)
 	expectVersion(t, c, EventChanged, v3)
@@ -547,10 +546,7 @@ func TestOrderReconnectWaitsForPending(t *testing.T) {
 					return
 				}
 				for v := uint64(2); v <= 3; v++ { // the outbox publishes them
-					ev := e.event(t, "1", v)
-					if err := e.rt.publish(context.Background(), ev, AppendInOrder); err != nil {
-						t.Fatal(err)
-					}
+					ev := e.outbox(t, "1", v)
 					if etag, _ := next(EventChanged); etag != ev.ETag {
 						t.Fatalf("got %s, want version %d", etag, v)
 					}
