@@ -23,6 +23,18 @@ import (
 type tapBroker struct {
 	Broker
 	node Node
+	// afterSince, when set, runs after a buffer lookup returns (once: it
+	// is cleared first).
+	afterSince func()
+}
+
+func (b *tapBroker) Since(ctx context.Context, key StreamKey, lastID string) (Lookup, error) {
+	lk, err := b.Broker.Since(ctx, key, lastID)
+	if f := b.afterSince; f != nil {
+		b.afterSince = nil
+		f()
+	}
+	return lk, err
 }
 
 func (b *tapBroker) Start(n Node) error {
@@ -299,7 +311,14 @@ func TestOrderGapWaitEndsWhileDown(t *testing.T) {
 	ref := Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"}
 	e.tap.node.Gap(ref)
 	e.tap.node.Health(errors.New("engine down again"))
-	time.Sleep(200 * time.Millisecond) // the wait ends meanwhile
+	r := e.rt.streams.resumer
+	waits := func() (n int, timing bool) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.waits), r.timing
+	}
+	waitFor(t, "the wait to begin", func() bool { n, _ := waits(); return n == 1 })
+	waitFor(t, "the wait to end", func() bool { n, timing := waits(); return n == 0 && !timing }) // waited ran
 	e.tap.node.Health(nil)
 	e.tap.node.Gap(ref)
 	v2 := e.outbox(t, "1", 2) // the outbox publishes it
@@ -359,6 +378,45 @@ func TestOrderJumpResumesSSEStream(t *testing.T) {
 	expectFrames(t, s, frame{EventChanged, v2.ETag, ""}, frame{EventChanged, v3.ETag, ""})
 	v4 := e.publish(t, "1", 4)
 	expectFrames(t, s, frame{EventChanged, v4.ETag, ""})
+}
+
+// TestOrderGapWhileSubscribing: a gap reported after a subscription's
+// first frames were read from the buffer, before they are sent, resumes it
+// once they are: the event appended meanwhile comes, not silence.
+func TestOrderGapWhileSubscribing(t *testing.T) {
+	for _, ws := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ws=%v", ws), func(t *testing.T) {
+			e := newOrderEnv(t)
+			v1 := e.publish(t, "1", 1)
+			v2 := e.event(t, "1", 2)
+			lost := make(chan error, 1)
+			e.tap.afterSince = func() { // the first frames are read: up to date with v1
+				e.put("1", 2)
+				_, _, err := e.m.rec.appendRecord(v2, AppendInOrder) // its delivery lost
+				lost <- err
+				e.tap.node.Gap(Ref{Tenant: DefaultTenant, Collection: "posts", ID: "1"})
+			}
+			defer func() {
+				select {
+				case err := <-lost:
+					if err != nil {
+						t.Error(err)
+					}
+				default:
+					t.Error("no buffer lookup")
+				}
+			}()
+			if ws {
+				c, _ := connectWS(t, e.srv, e.tok)
+				subscribeRecords(t, c, "subscribe", wsRecordReq{Collection: "posts", ID: "1", LastEventID: v1.ETag})
+				expectRec(t, c, "subscribed", "")
+				expectVersion(t, c, EventChanged, v2)
+				return
+			}
+			s := openStream(t, nil, recordURL(e.srv, "1"), e.tok, http.Header{"Last-Event-ID": {v1.ETag}})
+			expectFrames(t, s, frame{EventChanged, v2.ETag, ""})
+		})
+	}
 }
 
 // TestOrderGapBeforeAnyFrame: a WebSocket's record subscribed from an ETag

@@ -66,6 +66,11 @@ type subscription struct {
 	skipETag string // a snapshot of unknown position just queued: drop a live event of the same version
 	gone     bool   // detached: nothing more is queued for it
 	resuming *Event // the resync frame of a resume under way (its reason)
+	// again is the reason of a resume asked for while s held (its first
+	// frames, or a resume's, may have been read before what it missed was
+	// there): it starts once they are released. againGap: it follows a gap.
+	again    *Event
+	againGap bool
 	// afterGap: the resume under way follows the broker's gap report (not a
 	// version jump, after which nothing more is coming): it may wait for
 	// the versions it missed (Config.ResumeWait).
@@ -231,6 +236,12 @@ func (s *subscription) releaseLocked(st start) bool {
 			kick = c.appendLocked(o.out(), true) || kick
 		}
 	}
+	if why := s.again; why != nil && !s.holding && !s.gone {
+		// A resume asked for while s held: what it missed may have come
+		// after its frames were read.
+		s.again, s.afterGap, s.againGap = nil, s.againGap, false
+		s.resumeLocked(why)
+	}
 	if c.state == connEnding {
 		kick = c.scheduleLocked() || kick
 	}
@@ -254,10 +265,12 @@ func (s *subscription) resumeLocked(why *Event) {
 		return
 	}
 	if s.holding {
-		if s.resuming != nil && why != resyncEvent {
-			s.resuming = why
+		// The first frames (or a resume's) may have been read already:
+		// resume again once they are released (releaseLocked).
+		if s.again == nil || why != resyncEvent {
+			s.again = why
 		}
-		return // a resume (or the first frames) will read what it missed
+		return
 	}
 	s.holding, s.resuming = true, why
 	s.streams.resumer.add(s)
@@ -280,8 +293,12 @@ func (s *subscription) resume(why *Event) {
 // subscription may then wait for the versions it missed (resumeFrom.wait).
 func (s *subscription) resumeAfterGap() {
 	s.c.mu.Lock()
-	if !s.gone && !s.holding {
-		s.afterGap = true
+	if !s.gone {
+		if s.holding {
+			s.againGap = true
+		} else {
+			s.afterGap = true
+		}
 	}
 	s.resumeLocked(resyncEvent)
 	s.c.mu.Unlock()
