@@ -175,6 +175,20 @@ type Config struct {
 	// GOMAXPROCS − 1 (at least 1), leaving one P to the network; without
 	// one, Writers.
 	WritersAtOnce int
+	// WriteCoalesce is how long a WebSocket that is sent frames faster
+	// than it is written waits for more before its next write. A write
+	// that carries 8 frames or more marks such a socket (the node is past
+	// what it can write frame by frame): its next write waits this long
+	// after its next frame, so that the node makes fewer, larger writes
+	// and leaves CPU to its other work (publishing, reading the Broker,
+	// answering pushes), and its client wakes less often. A socket whose
+	// writes carry fewer frames is written at once, and so is one whose
+	// queue is more than half full (WSSendQueue). SSE streams and long
+	// polls are always written at once. At most 100ms. Default: 40ms.
+	WriteCoalesce time.Duration
+	// DisableWriteCoalesce writes every WebSocket as soon as a writer is
+	// free, however many frames each write carries. Default: false.
+	DisableWriteCoalesce bool
 	// DisableHijack keeps every SSE stream on its handler goroutine instead of
 	// taking HTTP/1.1 connections over (use it when a middleware must see the
 	// response body). HTTP/2 streams always stay on their handler. Default: false.
@@ -300,6 +314,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"ResumeWait", &c.ResumeWait, 3 * time.Second},
 		{"Heartbeat", &c.Heartbeat, 30 * time.Second},
 		{"WriteTimeout", &c.WriteTimeout, 10 * time.Second},
+		{"WriteCoalesce", &c.WriteCoalesce, 40 * time.Millisecond},
 		{"PollTimeout", &c.PollTimeout, 25 * time.Second},
 		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
 		{"WSPingInterval", &c.WSPingInterval, 25 * time.Second},
@@ -312,6 +327,9 @@ func (c Config) withDefaults() (Config, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if c.WriteCoalesce > maxWriteCoalesce {
+		return c, fmt.Errorf("%w: WriteCoalesce exceeds %v", ErrInvalidConfig, maxWriteCoalesce)
 	}
 	if c.PollTimeout > c.PollMaxTimeout {
 		return c, fmt.Errorf("%w: PollTimeout exceeds PollMaxTimeout", ErrInvalidConfig)
@@ -430,4 +448,16 @@ func writersAtOnce(broker bool) int {
 		return 0
 	}
 	return max(1, runtime.GOMAXPROCS(0)-1)
+}
+
+// maxWriteCoalesce bounds Config.WriteCoalesce: the delay a busy
+// connection's frames may get.
+const maxWriteCoalesce = 100 * time.Millisecond
+
+// writeCoalesce is the writer pool's delay for busy connections (0: none).
+func (c *Config) writeCoalesce() time.Duration {
+	if c.DisableWriteCoalesce {
+		return 0
+	}
+	return c.WriteCoalesce
 }

@@ -28,6 +28,11 @@ type conn struct {
 	t    transport
 	pool *writerPool
 	max  int // queue bound
+	// coalesces: the pool may delay c's writes to join its frames
+	// (writerPool): a WebSocket, whose queue (WSSendQueue) holds what a
+	// delay gathers. SSE streams, with their smaller queues, are written
+	// as soon as a writer is free.
+	coalesces bool
 	// pressed: the queue is more than half full, counted by the pool
 	// (writerPool.press), until it is taken or dropped.
 	pressed bool
@@ -57,11 +62,17 @@ type conn struct {
 	state     connState
 	sealed    bool // ending, and nothing more may be queued (a close frame ahead of the queue)
 	queue     []out
-	spare     []out         // a drained queue kept for reuse
-	scheduled bool          // handed to its drainer, not yet settled
-	signal    bool          // the transport has something of its own to write (a ping)
-	cause     error         // why it closed
-	done      chan struct{} // closed once closed; made on first use (doneChan)
+	spare     []out // a drained queue kept for reuse
+	scheduled bool  // handed to its drainer, not yet settled
+	// coalesce: c's last write carried coalesceFrames frames or more, so
+	// the writer pool delays its next write (writerPool). Set by its
+	// drainer when it settles; read by whoever kicks c next (after taking
+	// mu to schedule it). Only a conn that coalesces (a WebSocket) sets it.
+	coalesce bool
+	due      int64         // when c may be written, while in the pool's later (pool clock, pool.mu)
+	signal   bool          // the transport has something of its own to write (a ping)
+	cause    error         // why it closed
+	done     chan struct{} // closed once closed; made on first use (doneChan)
 
 	why    endReason // why it ended, when decided before it closed (expired, revoked)
 	opened int64     // when tracked (monotonic nanoseconds, stats_conns.go)

@@ -147,6 +147,10 @@
 // trip to a Broker that is a Pusher; every node answers with counts. So
 // that a busy node reads its engine at once, at most Config.WritersAtOnce
 // writers write at one time (with a Broker, one P is left to the network).
+// A WebSocket sent frames faster than it is written (8 or more in a write)
+// waits Config.WriteCoalesce for more before its next write: a saturated
+// node makes fewer, larger writes; one that keeps up writes each frame at
+// once.
 //
 // # Observability
 //

@@ -18,11 +18,13 @@ func (c *conn) take() ([]out, connState, bool) {
 }
 
 // settle ends a round: it keeps the drained slice for reuse when small (or
-// well used) and reports whether another round is needed.
-func (c *conn) settle(batch []out) (again bool) {
+// well used) and reports whether another round is needed. coalesce is
+// whether c's next write waits for more frames (writerPool).
+func (c *conn) settle(batch []out, coalesce bool) (again bool) {
 	clear(batch)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.coalesce = coalesce
 	// Keep the drained slice for the next round when it is small, or when
 	// it was well used (a busy conn): no allocation per round under load.
 	// A big slice is let go as soon as a round uses less than an eighth.
@@ -65,7 +67,7 @@ func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 		}
 		batch, state, sig := c.take()
 		if state == connClosed {
-			c.settle(batch)
+			c.settle(batch, false)
 			return true
 		}
 		var end bool
@@ -91,21 +93,24 @@ func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 		}
 		end = end || state == connEnding
 		if err := c.t.write(c, batch, end, sig); err != nil {
-			c.settle(batch)
+			c.settle(batch, false)
 			c.close(err)
 			return true
 		}
 		now = t.add(c, batch, now)
 		if end {
-			c.settle(batch)
+			c.settle(batch, false)
 			c.close(ErrClosed)
 			return true
 		}
-		if !c.settle(batch) {
+		// On the pool, a write this full means frames come faster than
+		// they are written: the next one waits for more (writerPool).
+		coalesce := yield && c.coalesces && c.pool.delay > 0 && len(batch) >= coalesceFrames
+		if !c.settle(batch, coalesce) {
 			return false
 		}
-		if yield && round >= roundsBatch {
-			c.pool.add(c) // still scheduled: let others have a turn
+		if coalesce || (yield && round >= roundsBatch) {
+			c.pool.add(c) // still scheduled: let others have a turn, or wait for more
 			return false
 		}
 	}

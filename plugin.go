@@ -76,7 +76,7 @@ func New(cfg Config) (*Plugin, error) {
 		cc, _ := corsConfig(c.CORSAllowedOrigins) // validated by withDefaults
 		p.cors = cors.New(cc)
 	}
-	p.pool = newWriterPool(c.Writers, c.WritersAtOnce)
+	p.pool = newWriterPool(c.Writers, c.WritersAtOnce, c.writeCoalesce())
 	p.pool.checks = c.Authorize != nil
 	p.broker = c.Broker
 	if p.broker == nil {

@@ -143,7 +143,7 @@ func TestWritersAtOnceDefault(t *testing.T) {
 // under a limit of one; it may while a connection's queue is more than
 // half full, and once the writer has been blocked for stallAfter.
 func TestWritersAtOnceLimit(t *testing.T) {
-	w := newWriterPool(2, 1)
+	w := newWriterPool(2, 1, 0)
 	defer w.close()
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -172,7 +172,7 @@ func TestWritersAtOnceLimit(t *testing.T) {
 // TestConnPressure: a conn whose queue passes half its bound presses its
 // pool once, until the queue is taken or dropped.
 func TestConnPressure(t *testing.T) {
-	w := newWriterPool(1, 1)
+	w := newWriterPool(1, 1, 0)
 	defer w.close()
 	c := newConn(nopTransport{}, w, 4, true)
 	c.ready = true

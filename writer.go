@@ -28,15 +28,29 @@ import (
 // than stallAfter. The limit is lifted while a connection's queue is more
 // than half full (pressed): rather the network read late than a
 // subscriber dropped for a full queue.
+//
+// Coalescing (Config.WriteCoalesce): a conn whose last write carried
+// coalesceFrames frames or more is sent frames faster than it is written,
+// and each of its writes costs a system call on the node and a wake-up of
+// its client. When it is kicked again it waits in later until delay has
+// passed, so that the frames of that time leave in one write: under load a
+// node makes fewer, larger writes, and leaves the CPU to the rest of its
+// work (reading its Broker, answering pushes). A conn written with fewer
+// frames is written at once, as before: a connection sent frames at a pace
+// the node keeps up with gets no delay. Conns in later are taken at once
+// while any conn is pressed, or once the pool closes.
 type writerPool struct {
 	n       int // core workers
 	atOnce  int // workers writing at once, at most
+	delay   time.Duration
 	pressed atomic.Int64
 
 	mu     sync.Mutex
 	cond   sync.Cond
-	ready  []*conn // ready[head:] wait for a worker, oldest first
-	head   int
+	ready  connQueue   // conns waiting for a worker
+	later  connQueue   // conns waiting until they are due (conn.due), in that order
+	timer  *time.Timer // wakes a worker when later's first conn is due
+	timed  int64       // when timer fires (pool clock; 0: not armed)
 	idle   int
 	closed bool
 	busy   []*workerSlot // every running worker's slot (core and extra)
@@ -62,15 +76,22 @@ const (
 	stallCheck      = 50 * time.Millisecond
 	stallAfter      = 100 * time.Millisecond
 	maxExtraWriters = 1024
+	// coalesceFrames is the size of a write from which a conn counts as
+	// sent frames faster than it is written (writerPool, coalescing).
+	coalesceFrames = 8
 )
 
-func newWriterPool(n, atOnce int) *writerPool {
-	w := &writerPool{n: n, atOnce: min(max(atOnce, 1), n), stop: make(chan struct{}), epoch: time.Now()}
+// newWriterPool starts n workers, at most atOnce writing at once, that
+// delay the conns sent frames faster than they are written by delay (0:
+// never).
+func newWriterPool(n, atOnce int, delay time.Duration) *writerPool {
+	w := &writerPool{n: n, atOnce: min(max(atOnce, 1), n), delay: max(delay, 0), stop: make(chan struct{}), epoch: time.Now()}
 	w.cond.L = &w.mu
-	w.wg.Add(n + 1)
 	for range n {
-		slot := &workerSlot{}
-		w.busy = append(w.busy, slot)
+		w.busy = append(w.busy, &workerSlot{})
+	}
+	w.wg.Add(n + 1)
+	for _, slot := range w.busy {
 		go w.run(slot, false)
 	}
 	go w.supervise()
@@ -102,8 +123,9 @@ func (w *writerPool) supervise() {
 		// Idle workers are woken while extra workers exist (those not
 		// needed retire) and, under a limit, while jobs wait (a worker
 		// stalled since the last check no longer counts against it).
-		wake := w.idle > 0 && (w.extra > 0 || (w.atOnce < w.n && len(w.ready) > w.head))
-		if len(w.ready) > w.head && w.idle == 0 && w.extra < maxExtraWriters {
+		waiting := w.waitingLocked()
+		wake := w.idle > 0 && (w.extra > 0 || (w.atOnce < w.n && waiting))
+		if waiting && w.idle == 0 && w.extra < maxExtraWriters {
 			if k := min(w.n-w.ableLocked(nil), maxExtraWriters-w.extra); k > 0 {
 				w.extra += k
 				w.meter.stalls.Add(uint64(k))
@@ -122,6 +144,12 @@ func (w *writerPool) supervise() {
 	}
 }
 
+// waitingLocked reports whether a conn may be written now and waits for a
+// worker: one in ready, or later's first once it is due.
+func (w *writerPool) waitingLocked() bool {
+	return w.ready.len() > 0 || (w.later.len() > 0 && w.later.first().due <= w.now())
+}
+
 // ableLocked counts the workers other than self that are waiting or have
 // held their job for less than stallAfter.
 func (w *writerPool) ableLocked(self *workerSlot) int {
@@ -136,9 +164,10 @@ func (w *writerPool) ableLocked(self *workerSlot) int {
 }
 
 // press counts a conn whose queue became more than half full (d = 1) or
-// was emptied (d = -1); the first wakes the workers waiting for the limit.
+// was emptied (d = -1); the first wakes the workers waiting for the limit
+// or for conns not yet due.
 func (w *writerPool) press(d int64) {
-	if w.pressed.Add(d) == 1 && d > 0 && w.atOnce < w.n {
+	if w.pressed.Add(d) == 1 && d > 0 && (w.atOnce < w.n || w.delay > 0) {
 		w.cond.Broadcast()
 	}
 }
@@ -175,28 +204,95 @@ func (w *writerPool) retireLocked(slot *workerSlot) {
 	w.extra--
 }
 
-// roomLocked makes room for n more conns in ready, reusing the slots of
-// those already taken before it grows the array: scheduling allocates
-// nothing once the array has the size of the busiest moment.
-func (w *writerPool) roomLocked(n int) {
-	if w.head > 0 && len(w.ready)+n > cap(w.ready) {
-		k := copy(w.ready, w.ready[w.head:])
-		clear(w.ready[k:])
-		w.ready = w.ready[:k]
-		w.head = 0
-	}
+// connQueue is a FIFO of conns: q[head:] wait, oldest first. The slots of
+// conns already taken are reused before the array grows: scheduling
+// allocates nothing once the array has the size of the busiest moment.
+type connQueue struct {
+	q    []*conn
+	head int
 }
 
-// add schedules one conn.
+func (f *connQueue) len() int { return len(f.q) - f.head }
+
+// first is the oldest conn (len() > 0).
+func (f *connQueue) first() *conn { return f.q[f.head] }
+
+func (f *connQueue) push(cs ...*conn) {
+	if f.head > 0 && len(f.q)+len(cs) > cap(f.q) {
+		k := copy(f.q, f.q[f.head:])
+		clear(f.q[k:])
+		f.q = f.q[:k]
+		f.head = 0
+	}
+	f.q = append(f.q, cs...)
+}
+
+// pop takes the oldest conn (len() > 0).
+func (f *connQueue) pop() *conn {
+	c := f.q[f.head]
+	f.q[f.head] = nil
+	f.head++
+	if f.head == len(f.q) { // drained: start again at the front
+		f.q = f.q[:0]
+		f.head = 0
+	}
+	return c
+}
+
+// add schedules one conn: in ready, or in later when it coalesces.
 func (w *writerPool) add(c *conn) {
 	w.mu.Lock()
-	w.roomLocked(1)
-	w.ready = append(w.ready, c)
+	if w.delay > 0 && c.coalesce {
+		w.laterLocked(c, w.now())
+		wake := w.idle > 0 && w.pressed.Load() > 0 // due at once
+		w.mu.Unlock()
+		if wake {
+			w.cond.Signal()
+		}
+		return
+	}
+	w.ready.push(c)
 	wake := w.wakeableLocked() > 0
 	w.mu.Unlock()
 	if wake {
 		w.cond.Signal()
 	}
+}
+
+// laterLocked puts c in later, due delay after now, and arms the timer.
+func (w *writerPool) laterLocked(c *conn, now int64) {
+	c.due = now + int64(w.delay)
+	w.later.push(c)
+	w.armLocked()
+}
+
+// armLocked sets the timer for later's first conn, unless it is set for
+// that time or earlier, or that conn is due already (the worker that
+// finds it limited takes it when the limit lets it: a worker writing
+// comes back to next).
+func (w *writerPool) armLocked() {
+	if w.later.len() == 0 || w.closed {
+		return
+	}
+	due, now := w.later.first().due, w.now()
+	if due <= now || (w.timed != 0 && w.timed <= due) {
+		return
+	}
+	w.timed = due
+	d := time.Duration(due - now)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(d, w.fire)
+	} else {
+		w.timer.Reset(d)
+	}
+}
+
+// fire wakes a worker for the conn that is now due.
+func (w *writerPool) fire() {
+	w.mu.Lock()
+	w.timed = 0
+	w.mu.Unlock()
+	w.cond.Signal()
 }
 
 // wakeableLocked is the number of waiting workers worth waking: no more
@@ -214,9 +310,24 @@ func (w *writerPool) addMany(list []*conn) {
 		return
 	}
 	w.mu.Lock()
-	w.roomLocked(len(list))
-	w.ready = append(w.ready, list...)
+	if w.delay > 0 {
+		now, k := w.now(), 0
+		for _, c := range list {
+			if c.coalesce {
+				w.laterLocked(c, now)
+				continue
+			}
+			list[k] = c
+			k++
+		}
+		clear(list[k:])
+		list = list[:k]
+	}
+	w.ready.push(list...)
 	n := min(len(list), w.wakeableLocked())
+	if n == 0 && w.idle > 0 && w.pressed.Load() > 0 && w.later.len() > 0 {
+		n = 1 // later's conns are due at once
+	}
 	w.mu.Unlock()
 	if n >= 2 {
 		w.cond.Broadcast()
@@ -232,7 +343,20 @@ func (w *writerPool) addMany(list []*conn) {
 func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.head == len(w.ready) || w.limitedLocked() {
+	for {
+		if w.ready.len()+w.later.len() > 0 && !w.limitedLocked() {
+			if c := w.takeLocked(); c != nil {
+				// Writing from now on, for the count of those after it
+				// (writingLocked).
+				slot.since.Store(w.now())
+				if w.later.len() > 0 && w.waitingLocked() && w.wakeableLocked() > 0 {
+					// Conns of later came due together (one timer for
+					// all): another worker takes the next.
+					w.cond.Signal()
+				}
+				return c, true
+			}
+		}
 		if t.jobs > 0 {
 			w.mu.Unlock()
 			t.flush(&w.meter)
@@ -246,26 +370,35 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 		if w.closed {
 			return nil, false
 		}
+		w.armLocked()
 		w.idle++
 		w.cond.Wait()
 		w.idle--
 	}
-	// Writing from now on, for the count of those after it (writingLocked).
-	slot.since.Store(w.now())
-	s := w.ready[w.head]
-	w.ready[w.head] = nil
-	w.head++
-	if w.head == len(w.ready) { // drained: start again at the front
-		w.ready = w.ready[:0]
-		w.head = 0
+}
+
+// takeLocked takes later's first conn when it is due (or a conn is
+// pressed, or the pool closed): it has waited longer than any in ready;
+// else ready's first. Nil when none may go.
+func (w *writerPool) takeLocked() *conn {
+	if w.later.len() > 0 {
+		if c := w.later.first(); c.due <= w.now() || w.closed || w.pressed.Load() > 0 {
+			return w.later.pop()
+		}
 	}
-	return s, true
+	if w.ready.len() > 0 {
+		return w.ready.pop()
+	}
+	return nil
 }
 
 // close stops the workers once nothing is ready, and waits for them.
 func (w *writerPool) close() {
 	w.mu.Lock()
 	w.closed = true
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	w.mu.Unlock()
 	close(w.stop)
 	w.cond.Broadcast()

@@ -66,6 +66,7 @@ func newWSConn(w *wsServer, ident *Identity) *wsConn {
 	wc := &wsConn{ws: w, id: uuid.NewString(), ident: ident}
 	wc.wt = &wsTransport{timeout: p.cfg.WriteTimeout, pongWait: p.cfg.WSPongWait}
 	wc.c = newConn(wc.wt, p.pool, p.cfg.WSSendQueue, false)
+	wc.c.coalesces = true
 	wc.c.ident = ident
 	wc.c.kind = kindWebSocket
 	wc.tg = &target{id: wc.id, ident: ident, c: wc.c, all: true, acks: true, present: true}

@@ -14,6 +14,9 @@
 //	go run . server -impl NAME  one server with its control endpoint
 //	go run . clients …          raw SSE or WebSocket connections (stdin commands)
 //
+// BENCH_RT_WRITE_COALESCE sets the plugin's Config.WriteCoalesce in its
+// server processes (a duration, or "off"), to compare runs.
+//
 // It is a module of its own so that the peers' dependencies stay out of the
 // library's go.mod. See BENCHMARKS.md at the repository root.
 package main

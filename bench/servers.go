@@ -318,6 +318,17 @@ func newRealtime(cfg realtime.Config, push, ws bool) (*realtimeImpl, error) {
 	gin.SetMode(gin.ReleaseMode)
 	cfg.JWTSecret = benchSecret
 	cfg.Logger = discard
+	// BENCH_RT_WRITE_COALESCE sets Config.WriteCoalesce ("off":
+	// DisableWriteCoalesce), for comparing runs.
+	if v := os.Getenv("BENCH_RT_WRITE_COALESCE"); v == "off" {
+		cfg.DisableWriteCoalesce = true
+	} else if v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("BENCH_RT_WRITE_COALESCE: %w", err)
+		}
+		cfg.WriteCoalesce = d
+	}
 	rt, err := realtime.New(cfg)
 	if err != nil {
 		return nil, err
@@ -359,13 +370,24 @@ func (r *realtimeImpl) subscribers() int64 {
 	return int64(r.rt.Subscribers())
 }
 
+// coalesce describes the WebSocket write coalescing of the run.
+func (r *realtimeImpl) coalesce() string {
+	switch {
+	case r.cfg.DisableWriteCoalesce:
+		return "DisableWriteCoalesce (BENCH_RT_WRITE_COALESCE=off)"
+	case r.cfg.WriteCoalesce != 0:
+		return "WriteCoalesce " + r.cfg.WriteCoalesce.String() + " (BENCH_RT_WRITE_COALESCE)"
+	}
+	return "WriteCoalesce 40ms"
+}
+
 func (r *realtimeImpl) config() string {
 	buf := ", in-memory buffer of 100 events per record/channel)"
 	if r.broker != "" {
 		buf = ")"
 	}
 	s := "gin release mode, no middleware; realtime.New(Config{JWTSecret, Logger: discard}) with every other field at its default " +
-		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s" + buf
+		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, " + r.coalesce() + ", WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s" + buf
 	if r.broker != "" {
 		s += ", except Broker: " + r.broker
 	}

@@ -86,6 +86,7 @@ var settings = []setting{
 	durationSetting("RT_WRITE_TIMEOUT", func(c *realtime.Config) *time.Duration { return &c.WriteTimeout }),
 	intSetting("RT_WRITERS", func(c *realtime.Config) *int { return &c.Writers }),
 	intSetting("RT_WRITERS_AT_ONCE", func(c *realtime.Config) *int { return &c.WritersAtOnce }),
+	durationSetting("RT_WRITE_COALESCE", func(c *realtime.Config) *time.Duration { return &c.WriteCoalesce }),
 	{"RT_DISABLE_HIJACK", func(c *realtime.Config, v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

@@ -1,0 +1,163 @@
+package realtime
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// recTransport records the size of each write.
+type recTransport struct{ writes chan int }
+
+func (r recTransport) write(_ *conn, batch []out, _, _ bool) error {
+	r.writes <- len(batch)
+	return nil
+}
+func (recTransport) overflow(c *conn) { c.closeLocked(nil) }
+func (recTransport) closed(*conn)     {}
+
+// queue queues n frames to c under one lock, so that they leave in one
+// write, and kicks it.
+func queue(c *conn, n int) {
+	c.mu.Lock()
+	kick := false
+	for range n {
+		kick = c.pushLocked(out{ev: &Event{Type: "x"}}) || kick
+	}
+	c.mu.Unlock()
+	if kick {
+		c.kick()
+	}
+}
+
+// nextWrite waits for the next write's size.
+func nextWrite(t *testing.T, writes chan int) int {
+	t.Helper()
+	select {
+	case n := <-writes:
+		return n
+	case <-time.After(10 * time.Second):
+		t.Fatal("no write")
+		return 0
+	}
+}
+
+// TestWriteCoalesce: once a write carried coalesceFrames frames, the
+// frames queued next wait for the pool's delay and leave in one write
+// (here only the pool's close ends an hour's wait); a connection whose
+// write carried fewer is written at once; a queue more than half full is
+// written at once whatever the delay; a conn that does not coalesce (an
+// SSE stream) is never delayed.
+func TestWriteCoalesce(t *testing.T) {
+	t.Run("frames after a full write leave together", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		rt := recTransport{writes: make(chan int, 16)}
+		c := newConn(rt, w, 64, false)
+		c.coalesces = true
+		c.setReady()
+		queue(c, coalesceFrames+2)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
+			t.Fatalf("first write: %d frames", n)
+		}
+		for range 3 {
+			queue(c, 1)
+		}
+		w.close() // takes what waits, due or not
+		close(rt.writes)
+		var got []int
+		for n := range rt.writes {
+			got = append(got, n)
+		}
+		if !slices.Equal(got, []int{3}) {
+			t.Fatalf("writes after the full one: %v, want [3] (one write)", got)
+		}
+	})
+	t.Run("a connection written frame by frame is not delayed", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		rt := recTransport{writes: make(chan int, 16)}
+		c := newConn(rt, w, 64, false)
+		c.coalesces = true
+		c.setReady()
+		queue(c, coalesceFrames-1)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames-1 {
+			t.Fatalf("first write: %d frames", n)
+		}
+		queue(c, 1)
+		if n := nextWrite(t, rt.writes); n != 1 {
+			t.Fatalf("second write: %d frames", n)
+		}
+	})
+	t.Run("a queue more than half full is written at once", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		rt := recTransport{writes: make(chan int, 16)}
+		c := newConn(rt, w, 2*coalesceFrames, false)
+		c.coalesces = true
+		c.setReady()
+		queue(c, coalesceFrames)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames {
+			t.Fatalf("first write: %d frames", n)
+		}
+		queue(c, coalesceFrames+1)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames+1 {
+			t.Fatalf("pressed write: %d frames", n)
+		}
+	})
+	for _, tc := range []struct {
+		name      string
+		delay     time.Duration
+		coalesces bool
+	}{
+		{"no delay: every write at once", 0, true},
+		{"a conn that does not coalesce (an SSE stream) is written at once", time.Hour, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWriterPool(1, 1, tc.delay)
+			defer w.close()
+			rt := recTransport{writes: make(chan int, 16)}
+			c := newConn(rt, w, 64, false)
+			c.coalesces = tc.coalesces
+			c.setReady()
+			queue(c, coalesceFrames+2)
+			nextWrite(t, rt.writes)
+			queue(c, 1)
+			if n := nextWrite(t, rt.writes); n != 1 {
+				t.Fatalf("second write: %d frames", n)
+			}
+		})
+	}
+}
+
+func TestWriteCoalesceConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want time.Duration
+		err  bool
+	}{
+		{"default", Config{}, 40 * time.Millisecond, false},
+		{"set", Config{WriteCoalesce: 5 * time.Millisecond}, 5 * time.Millisecond, false},
+		{"disabled", Config{DisableWriteCoalesce: true, WriteCoalesce: 5 * time.Millisecond}, 0, false},
+		{"too long", Config{WriteCoalesce: time.Second}, 0, true},
+		{"negative", Config{WriteCoalesce: -time.Millisecond}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.JWTSecret = testSecret
+			c, err := tc.cfg.withDefaults()
+			if tc.err {
+				if !errors.Is(err, ErrInvalidConfig) {
+					t.Fatalf("err %v, want ErrInvalidConfig", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.writeCoalesce(); got != tc.want {
+				t.Errorf("delay %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
