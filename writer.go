@@ -349,7 +349,7 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 				// Writing from now on, for the count of those after it
 				// (writingLocked).
 				slot.since.Store(w.now())
-				if w.later.len() > 0 && w.waitingLocked() && w.wakeableLocked() > 0 {
+				if w.later.len() > 0 && w.later.first().due <= w.now() && w.wakeableLocked() > 0 {
 					// Conns of later came due together (one timer for
 					// all): another worker takes the next.
 					w.cond.Signal()
