@@ -161,3 +161,82 @@ func TestWriteCoalesceConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteCoalescePool: the pool's handling of later, each case a defect
+// the benchmark found in its first version: a conn of later that is due is
+// taken before ready's (they starved behind a ready queue never empty); no
+// timer is armed for a conn already due (re-armed at once while the pool
+// was at its limit, the timer fired without end); conns that came due
+// together are written by more than one worker (one timer woke one worker,
+// which wrote them all while the others slept).
+func TestWriteCoalescePool(t *testing.T) {
+	t.Run("a due conn goes before ready", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		due, fresh := &conn{}, &conn{}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.ready.push(fresh)
+		due.due = w.now() - 1
+		w.later.push(due)
+		if c := w.takeLocked(); c != due {
+			t.Error("ready's conn was taken before the due one")
+		}
+		if c := w.takeLocked(); c != fresh {
+			t.Error("ready's conn not taken next")
+		}
+	})
+	t.Run("no timer for a conn already due", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		c := &conn{}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		c.due = w.now() - 1
+		w.later.push(c)
+		w.armLocked()
+		if w.timed != 0 {
+			t.Error("a timer armed for a conn already due")
+		}
+		c.due = w.now() + int64(time.Hour)
+		w.armLocked()
+		if w.timed != c.due {
+			t.Errorf("timer armed for %d, want %d", w.timed, c.due)
+		}
+		w.later.pop()
+	})
+	t.Run("conns due together are written side by side", func(t *testing.T) {
+		w := newWriterPool(2, 2, 20*time.Millisecond)
+		defer w.close()
+		release := make(chan struct{})
+		defer close(release)
+		blocked := recTransport{writes: make(chan int, 1)}
+		second := recTransport{writes: make(chan int, 1)}
+		var cs []*conn
+		for _, tr := range []transport{blockTransport{blocked, release}, second} {
+			c := newConn(tr, w, 64, false)
+			c.coalesces, c.coalesce, c.ready = true, true, true
+			c.mu.Lock()
+			if !c.pushLocked(out{ev: &Event{Type: "x"}}) {
+				t.Fatal("not kicked")
+			}
+			c.mu.Unlock()
+			cs = append(cs, c)
+		}
+		w.addMany(cs) // one due time for both
+		nextWrite(t, blocked.writes)
+		nextWrite(t, second.writes) // while the first write is blocked
+	})
+}
+
+// blockTransport reports a write, then blocks it until release closes.
+type blockTransport struct {
+	recTransport
+	release chan struct{}
+}
+
+func (b blockTransport) write(c *conn, batch []out, end, signal bool) error {
+	b.recTransport.write(c, batch, end, signal)
+	<-b.release
+	return nil
+}
