@@ -284,22 +284,33 @@ func (ps *pushes) deliver(m *nodeMsg) {
 	begin := time.Now()
 	defer p.stats.pushFanoutSince(begin)
 	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
-	targets := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
+	set := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
 	var (
-		sched  []*conn
+		sched []*conn
+		// hashes are those of the users delivered to, once a target was
+		// not: until then the set's own users are.
 		hashes []uint64
+		missed bool
 	)
-	for _, t := range targets {
+	for i, t := range set.list {
 		ok, kick := t.push(lp)
 		if kick {
 			sched = append(sched, t.c)
 		}
 		if !ok {
+			if !missed {
+				missed = true
+				for _, d := range set.list[:i] {
+					hashes = append(hashes, userHash(d.ident.User))
+				}
+			}
 			continue
 		}
 		reply.N++
-		hashes = append(hashes, userHash(t.ident.User))
+		if missed {
+			hashes = append(hashes, userHash(t.ident.User))
+		}
 		switch {
 		case m.AwaitMs == 0 || !t.acks:
 		case t.httpAcks:
@@ -308,7 +319,11 @@ func (ps *pushes) deliver(m *nodeMsg) {
 			reply.Ackers = append(reply.Ackers, t.id)
 		}
 	}
-	reply.Distinct, reply.UserHashes = userSet(hashes)
+	if missed {
+		reply.Distinct, reply.UserHashes = userSet(hashes)
+	} else {
+		reply.Distinct, reply.UserHashes = set.users()
+	}
 	if m.AwaitMs > 0 && len(reply.Ackers)+len(reply.HTTPAckers) > 0 && m.Origin != p.node.id {
 		p.acks.remote(m.Envelope, m.Origin, time.Duration(m.AwaitMs)*time.Millisecond+time.Second)
 	}

@@ -13,7 +13,14 @@ type tenantTargets struct {
 	// matchMu serialises the matches of pushes (which hold only the
 	// registry's read lock): channelIndex.match updates the index's dedup
 	// stamps. add and remove run under the registry's write lock.
-	matchMu  sync.Mutex
+	matchMu sync.Mutex
+	// sets holds the targets of recent pushes to every connection of the
+	// tenant ("") or to a channel, by channel, when no user is named or
+	// excluded and no target has filters: the same push reaches the same
+	// targets until they change (every change of the tenant's targets
+	// drops them, under the write lock). Under matchMu; at most
+	// maxTargetSets, all dropped when full.
+	sets     map[string]*targetSet
 	reserved int // slots held: registered plus upgrades under way
 	streams  int // channel-only targets registered
 }
@@ -50,6 +57,17 @@ func (r *registry) tenant(t string) *tenantTargets {
 		r.tenants[t] = ts
 	}
 	return ts
+}
+
+// maxTargetSets bounds the target sets a tenant keeps (tenantTargets.sets).
+const maxTargetSets = 64
+
+// changedLocked drops the target sets of tenant: its targets, their
+// channels or their filters changed (write lock held).
+func (r *registry) changedLocked(tenant string) {
+	if ts := r.tenants[tenant]; ts != nil {
+		ts.sets = nil
+	}
 }
 
 func (r *registry) pruneLocked(tenant string) {
@@ -117,6 +135,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	}
 	m[t] = struct{}{}
 	ts := r.tenant(k.tenant)
+	ts.sets = nil
 	if t.all {
 		ts.all[t] = struct{}{}
 	} else {
@@ -152,6 +171,7 @@ func (r *registry) remove(t *target, slot bool) {
 				delete(r.users, k)
 			}
 			if ts := r.tenants[k.tenant]; ts != nil {
+				ts.sets = nil
 				if t.all {
 					delete(ts.all, t)
 				} else {
@@ -211,6 +231,7 @@ func (r *registry) subscribe(t *target, patterns []string, max int) ([]string, e
 		return nil, badRequest("too many channels")
 	}
 	ts := r.tenant(t.ident.Tenant)
+	ts.sets = nil
 	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if i, ok := slices.BinarySearch(t.channels, p); !ok {
@@ -231,6 +252,7 @@ func (r *registry) unsubscribe(t *target, patterns []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ts := r.tenants[t.ident.Tenant]; ts != nil && r.registeredLocked(t) {
+		ts.sets = nil
 		defer r.countChannels(t, len(t.channels))
 		for _, p := range patterns {
 			if i, ok := slices.BinarySearch(t.channels, p); ok {
@@ -263,6 +285,7 @@ func (r *registry) addFilters(t *target, fs []pushFilter) error {
 	if len(t.filters)+len(fs) > maxFilters {
 		return badRequest("too many filters")
 	}
+	r.changedLocked(t.ident.Tenant)
 	t.filters = append(t.filters, fs...)
 	return nil
 }
@@ -271,6 +294,7 @@ func (r *registry) addFilters(t *target, fs []pushFilter) error {
 func (r *registry) removeFilters(t *target, fs []pushFilter, all bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.changedLocked(t.ident.Tenant)
 	if all {
 		t.filters = nil
 		return
@@ -309,13 +333,45 @@ func (r *registry) local(tenant string) ([]string, int) {
 	return users, n
 }
 
-// targets returns the targets of tenant a push reaches (PROTOCOL.md §7).
-func (r *registry) targets(tenant string, users, exclude []string, channel, event string, data json.RawMessage) []*target {
+// targetSet is the targets of a push.
+type targetSet struct {
+	list []*target
+	// The distinct users of list and their hashes (userSet), made once.
+	usersOnce sync.Once
+	distinct  int
+	hashes    []byte
+}
+
+// users returns the number of distinct users of s's targets and their
+// hashes (userSet); s is shared: they are computed once.
+func (s *targetSet) users() (int, []byte) {
+	s.usersOnce.Do(func() {
+		hs := make([]uint64, len(s.list))
+		for i, t := range s.list {
+			hs[i] = userHash(t.ident.User)
+		}
+		s.distinct, s.hashes = userSet(hs)
+	})
+	return s.distinct, s.hashes
+}
+
+// targets returns the targets of tenant a push reaches (PROTOCOL.md §7);
+// the set may be shared with other pushes (tenantTargets.sets): read only.
+func (r *registry) targets(tenant string, users, exclude []string, channel, event string, data json.RawMessage) *targetSet {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	ts := r.tenants[tenant]
 	if ts == nil {
-		return nil
+		return &targetSet{}
+	}
+	cacheable := len(users) == 0 && len(exclude) == 0
+	if cacheable {
+		ts.matchMu.Lock()
+		set := ts.sets[channel]
+		ts.matchMu.Unlock()
+		if set != nil {
+			return set
+		}
 	}
 	var excluded map[string]struct{}
 	if len(exclude) > 0 {
@@ -325,14 +381,16 @@ func (r *registry) targets(tenant string, users, exclude []string, channel, even
 		}
 	}
 	var (
-		out     []*target
-		decoded *pushData // the push's data, decoded once, on the first target with filters
+		out      []*target
+		decoded  *pushData // the push's data, decoded once, on the first target with filters
+		filtered bool      // a target has filters: the set depends on the push's data
 	)
 	keep := func(t *target) {
 		if _, ex := excluded[t.ident.User]; ex {
 			return
 		}
 		if len(t.filters) > 0 {
+			filtered = true
 			if decoded == nil {
 				d := decodePushData(data)
 				decoded = &d
@@ -370,5 +428,14 @@ func (r *registry) targets(tenant string, users, exclude []string, channel, even
 			keep(t)
 		}
 	}
-	return out
+	set := &targetSet{list: out}
+	if cacheable && !filtered {
+		ts.matchMu.Lock()
+		if ts.sets == nil || len(ts.sets) >= maxTargetSets {
+			ts.sets = make(map[string]*targetSet)
+		}
+		ts.sets[channel] = set
+		ts.matchMu.Unlock()
+	}
+	return set
 }
