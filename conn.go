@@ -56,6 +56,10 @@ type conn struct {
 	// drainer's meter (stats_meter.go).
 	frames atomic.Uint64
 	wrote  int
+	// ended is set, under mu, once state leaves connOpen: read without
+	// the lock by a push that counts its targets before it queues to them
+	// (pushes.deliver).
+	ended atomic.Bool
 
 	mu        sync.Mutex
 	ready     bool // the transport can write: until then nothing is kicked
@@ -267,6 +271,7 @@ func (c *conn) endLocked() bool {
 		return false
 	}
 	c.state = connEnding
+	c.ended.Store(true)
 	return c.scheduleLocked()
 }
 
@@ -297,6 +302,7 @@ func (c *conn) closeLocked(cause error) {
 		return
 	}
 	c.state = connClosed
+	c.ended.Store(true)
 	c.cause = cause
 	clear(c.queue)
 	c.queue = nil

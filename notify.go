@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -286,6 +287,25 @@ func (ps *pushes) deliver(m *nodeMsg) {
 	lp := newLocalPush(m.Channel, m.Event, m.Envelope, m.Seq, m.Frame)
 	set := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
+	if m.AwaitMs == 0 && p.pool.pressed.Load() == 0 && set.takeAll() {
+		// The count goes ahead of the frames: the origin's answer does
+		// not wait for 1,000 queues (a Notify across nodes is a round
+		// trip; PROTOCOL.md §7).
+		reply.N = len(set.list)
+		reply.Distinct, reply.UserHashes = set.users()
+		p.node.reply(m.Origin, reply)
+		if m.Origin != p.node.id {
+			runtime.Gosched() // let the answer go out now
+		}
+		sched := make([]*conn, 0, len(set.list))
+		for _, t := range set.list {
+			if _, kick := t.push(lp); kick {
+				sched = append(sched, t.c)
+			}
+		}
+		kickAll(p.pool, sched)
+		return
+	}
 	var (
 		sched []*conn
 		// hashes are those of the users delivered to, once a target was

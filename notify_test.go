@@ -412,3 +412,38 @@ func TestNotifyThousandsOfPatterns(t *testing.T) {
 		expectMessage(t, cs[i], "half")
 	}
 }
+
+// TestNotifyCountsWhatIsQueued: a node counts a push's connections before it
+// queues to them only when each takes it; a connection that is ending, but
+// not yet gone from the targets, is not counted.
+func TestNotifyCountsWhatIsQueued(t *testing.T) {
+	rt, srv := newTestServer(t, Config{})
+	a, _ := connectWS(t, srv, userToken(t, "a"))
+	b, _ := connectWS(t, srv, userToken(t, "b"))
+	if res := notify(t, rt, Notification{Event: "first"}); res.Delivered != 2 || res.Users != 2 {
+		t.Fatalf("first push: %+v", res)
+	}
+	expectMessage(t, a, "first")
+	expectMessage(t, b, "first")
+	var bt *target
+	rt.pushes.reg.mu.RLock()
+	for _, x := range rt.pushes.reg.sockets {
+		if x.ident.User == "b" {
+			bt = x
+		}
+	}
+	rt.pushes.reg.mu.RUnlock()
+	// b's connection ends (its close not yet written: not kicked), still
+	// among the targets of the first push, kept for this one.
+	bt.c.mu.Lock()
+	kick := bt.c.endLocked()
+	bt.c.mu.Unlock()
+	if res := notify(t, rt, Notification{Event: "second"}); res.Delivered != 1 || res.Users != 1 {
+		t.Fatalf("push with b ending: %+v, want 1 connection of 1 user", res)
+	}
+	expectMessage(t, a, "second")
+	if kick {
+		bt.c.kick()
+	}
+	closeCode(t, b) // its end goes out once kicked
+}

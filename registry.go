@@ -355,6 +355,20 @@ func (s *targetSet) users() (int, []byte) {
 	return s.distinct, s.hashes
 }
 
+// takeAll reports whether a push is sure to be queued to every target of
+// s, so that they can be counted before it is: each is open, on the
+// writer pool (whose pressed count tells that no queue is half full, so
+// one frame cannot overflow it), and resumes no channel (whose frames
+// are held meanwhile, in a queue of their own).
+func (s *targetSet) takeAll() bool {
+	for _, t := range s.list {
+		if t.c.ended.Load() || t.c.pool == nil || t.hasResume.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // targets returns the targets of tenant a push reaches (PROTOCOL.md §7);
 // the set may be shared with other pushes (tenantTargets.sets): read only.
 func (r *registry) targets(tenant string, users, exclude []string, channel, event string, data json.RawMessage) *targetSet {
