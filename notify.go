@@ -280,6 +280,12 @@ func (ps *pushes) send(ctx context.Context, buffered *Event, topics []string, m 
 // that the origin counts a user reached on two nodes once), and the
 // connections to await acks of (only when acks are awaited): WebSockets,
 // and those acking over HTTP with their users.
+//
+// When no acks are awaited and every target is sure to take the push
+// (targetSet.takeAll, and no queue of the node half full), the answer goes
+// before the frames are queued: a Notify across nodes waits for it, not
+// for the node's queues. Otherwise the frames are queued first and the
+// answer counts those queued.
 func (ps *pushes) deliver(m *nodeMsg) {
 	p := ps.p
 	begin := time.Now()
@@ -288,16 +294,13 @@ func (ps *pushes) deliver(m *nodeMsg) {
 	set := ps.reg.targets(m.Tenant, m.Users, m.Exclude, m.Channel, m.Event, m.Data)
 	reply := &nodeMsg{Type: "count", Envelope: m.Envelope}
 	if m.AwaitMs == 0 && p.pool.pressed.Load() == 0 && set.takeAll() {
-		// The count goes ahead of the frames: the origin's answer does
-		// not wait for 1,000 queues (a Notify across nodes is a round
-		// trip; PROTOCOL.md §7).
 		reply.N = len(set.list)
 		reply.Distinct, reply.UserHashes = set.users()
 		p.node.reply(m.Origin, reply)
 		if m.Origin != p.node.id {
 			runtime.Gosched() // let the answer go out now
 		}
-		sched := make([]*conn, 0, len(set.list))
+		var sched []*conn // most are scheduled already: few to kick
 		for _, t := range set.list {
 			if _, kick := t.push(lp); kick {
 				sched = append(sched, t.c)
