@@ -160,7 +160,7 @@ func benchWait(b *testing.B, subs []*benchSub, want int64) int64 {
 // BenchmarkPublish publishes a changed event of one record to n subscribers
 // of that record and waits for the readers to have received it. The
 // publisher keeps at most window events ahead of the slowest reader, so no
-// queue overflows (QueueSize 512). With window=1 every publish is delivered
+// queue overflows (QueueSize 4096). With window=1 every publish is delivered
 // before the next one (nothing to coalesce: ns/op is the fan-out time of one
 // event); with window=128 the publisher runs ahead and writes coalesce.
 func BenchmarkPublish(b *testing.B) {

@@ -154,8 +154,13 @@ type Config struct {
 	// Heartbeat is the interval of SSE keepalive comments. Default: 30s.
 	// (Expired tokens are looked for every 250 ms, whatever it is.)
 	Heartbeat time.Duration
-	// QueueSize bounds the frames waiting for one subscriber; when it is full
-	// the subscriber is disconnected and resumes on reconnect. Default: 512.
+	// QueueSize bounds the frames waiting for one subscriber of an SSE
+	// stream or a long poll; when it is full the subscriber is
+	// disconnected and resumes on reconnect. A queued frame costs 16 bytes
+	// (the encoded event is shared by every subscriber), so the default
+	// holds an unpaced burst of thousands of events to every stream, and a
+	// writer's pause of a few hundred milliseconds, without disconnecting
+	// a client that reads. Default: 4096.
 	QueueSize int
 	// WriteTimeout bounds the writes to a subscriber (each write has between
 	// half of it and all of it: the deadline is renewed when half is left); a
@@ -341,7 +346,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	for _, n := range []num{
 		{"BufferSize", &c.BufferSize, 100},
-		{"QueueSize", &c.QueueSize, 512},
+		{"QueueSize", &c.QueueSize, 4096},
 		{"Writers", &c.Writers, 4 * runtime.GOMAXPROCS(0)},
 		{"WritersAtOnce", &c.WritersAtOnce, writersAtOnce(c.Broker != nil)},
 		{"WSMaxConnsPerUser", &c.WSMaxConnsPerUser, 16},

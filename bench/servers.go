@@ -387,7 +387,7 @@ func (r *realtimeImpl) config() string {
 		buf = ")"
 	}
 	s := "gin release mode, no middleware; realtime.New(Config{JWTSecret, Logger: discard}) with every other field at its default " +
-		"(QueueSize 512, Writers 4×GOMAXPROCS, WSSendQueue 4096, " + r.coalesce() + ", WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s" + buf
+		"(QueueSize 4096, Writers 4×GOMAXPROCS, WSSendQueue 4096, " + r.coalesce() + ", WriteTimeout 10s, Heartbeat 30s, WSPingInterval 25s" + buf
 	if r.broker != "" {
 		s += ", except Broker: " + r.broker
 	}
