@@ -144,7 +144,10 @@
 // in order, once it is back: a version whose record's last the engine has
 // forgotten (Redis restarted empty) waits for its predecessors still in the
 // outbox (Publication.RequireLast). A push costs its publisher one round
-// trip to a Broker that is a Pusher; every node answers with counts. So
+// trip to a Broker that is a Pusher; every node answers with counts: the
+// connections it queued the push to, or, when each of its targets is sure
+// to take it (open, no queue half full, no acks awaited), those it is
+// about to queue it to, answered before the queueing. So
 // that a busy node reads its engine at once, at most Config.WritersAtOnce
 // writers write at one time (with a Broker, one P is left to the network).
 // A WebSocket sent frames faster than it is written (8 or more in a write)
