@@ -31,6 +31,11 @@ func queue(c *conn, n int) {
 	}
 }
 
+// noPause keeps w's fan-outs going for as long as a test runs: only the
+// delay (or the pool's close) ends a wait in later, never a pause
+// (coalesceQuiet).
+func noPause(w *writerPool) { w.fed.Store(1 << 62) }
+
 // nextWrite waits for the next write's size.
 func nextWrite(t *testing.T, writes chan int) int {
 	t.Helper()
@@ -52,6 +57,7 @@ func nextWrite(t *testing.T, writes chan int) int {
 func TestWriteCoalesce(t *testing.T) {
 	t.Run("frames after a full write leave together", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
+		noPause(w)
 		rt := recTransport{writes: make(chan int, 16)}
 		c := newConn(rt, w, 64, false)
 		c.coalesces = true
@@ -103,6 +109,53 @@ func TestWriteCoalesce(t *testing.T) {
 		queue(c, coalesceFrames+1)
 		if n := nextWrite(t, rt.writes); n != coalesceFrames+1 {
 			t.Fatalf("pressed write: %d frames", n)
+		}
+	})
+	t.Run("a pause in the fan-outs ends the wait", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		rt := recTransport{writes: make(chan int, 16)}
+		c := newConn(rt, w, 64, false)
+		c.coalesces = true
+		c.setReady()
+		queue(c, coalesceFrames+2)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
+			t.Fatalf("first write: %d frames", n)
+		}
+		for range 3 {
+			c.mu.Lock()
+			kick := c.pushLocked(out{ev: &Event{Type: "x"}})
+			c.mu.Unlock()
+			var cs []*conn
+			if kick {
+				cs = append(cs, c)
+			}
+			kickAll(w, cs) // a fan-out (writerPool.feed)
+		}
+		// The burst is over: coalesceQuiet later, not an hour, its frames
+		// leave, in one write.
+		if n := nextWrite(t, rt.writes); n != 3 {
+			t.Fatalf("write after the pause: %d frames, want 3", n)
+		}
+	})
+	t.Run("a full write after a long pause does not delay the next", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		noPause(w)
+		rt := recTransport{writes: make(chan int, 16)}
+		c := newConn(rt, w, 64, false)
+		c.coalesces = true
+		c.setReady()
+		// Its last write was a minute ago: 10 frames since are fewer than
+		// 200 a second.
+		c.wroteAt = w.now() - int64(time.Minute)
+		queue(c, coalesceFrames+2)
+		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
+			t.Fatalf("first write: %d frames", n)
+		}
+		queue(c, 1)
+		if n := nextWrite(t, rt.writes); n != 1 {
+			t.Fatalf("second write: %d frames", n)
 		}
 	})
 	for _, tc := range []struct {
@@ -189,6 +242,7 @@ func TestWriteCoalescePool(t *testing.T) {
 	t.Run("no timer for a conn already due", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
 		defer w.close()
+		noPause(w)
 		c := &conn{}
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -202,6 +256,14 @@ func TestWriteCoalescePool(t *testing.T) {
 		w.armLocked()
 		if w.timed != c.due {
 			t.Errorf("timer armed for %d, want %d", w.timed, c.due)
+		}
+		// A fan-out now: the timer is brought forward to the pause that
+		// would end the wait.
+		w.timed = 0
+		w.feed()
+		w.armLocked()
+		if want := w.fed.Load() + int64(coalesceQuiet); w.timed != want {
+			t.Errorf("timer armed for %d after a fan-out, want %d", w.timed, want)
 		}
 		w.later.pop()
 	})

@@ -182,14 +182,17 @@ type Config struct {
 	WritersAtOnce int
 	// WriteCoalesce is how long a WebSocket that is sent frames faster
 	// than it is written waits for more before its next write. A write
-	// that carries 8 frames or more marks such a socket (the node is past
-	// what it can write frame by frame): its next write waits this long
+	// that carries 8 frames or more, 200 a second or more since the
+	// socket's write before, marks such a socket (the node is past what it
+	// can write frame by frame): its next write waits up to this long
 	// after its next frame, so that the node makes fewer, larger writes
 	// and leaves CPU to its other work (publishing, reading the Broker,
-	// answering pushes), and its client wakes less often. A socket whose
-	// writes carry fewer frames is written at once, and so is one whose
-	// queue is more than half full (WSSendQueue). SSE streams and long
-	// polls are always written at once. At most 100ms. Default: 40ms.
+	// answering pushes), and its client wakes less often. The wait ends
+	// early once the node has queued nothing to any connection for 5ms
+	// (the burst is over). A socket whose writes carry fewer frames is
+	// written at once, and so is one whose queue is more than half full
+	// (WSSendQueue). SSE streams and long polls are always written at
+	// once. At most 100ms. Default: 40ms.
 	WriteCoalesce time.Duration
 	// DisableWriteCoalesce writes every WebSocket as soon as a writer is
 	// free, however many frames each write carries. Default: false.

@@ -30,7 +30,8 @@ import (
 // subscriber dropped for a full queue.
 //
 // Coalescing (Config.WriteCoalesce): a conn whose last write carried
-// coalesceFrames frames or more is sent frames faster than it is written,
+// coalesceFrames frames or more, at coalescePerFrame or less apart, is
+// sent frames faster than it is written,
 // and each of its writes costs a system call on the node and a wake-up of
 // its client. When it is kicked again it waits in later until delay has
 // passed, so that the frames of that time leave in one write: under load a
@@ -38,12 +39,15 @@ import (
 // work (reading its Broker, answering pushes). A conn written with fewer
 // frames is written at once, as before: a connection sent frames at a pace
 // the node keeps up with gets no delay. Conns in later are taken at once
-// while any conn is pressed, or once the pool closes.
+// while any conn is pressed, once the pool closes, and once no fan-out has
+// queued frames for coalesceQuiet (feed): a burst that ended is written
+// whole, not after the delay.
 type writerPool struct {
 	n       int // core workers
 	atOnce  int // workers writing at once, at most
 	delay   time.Duration
 	pressed atomic.Int64
+	fed     atomic.Int64 // when the last fan-out queued frames (pool clock; feed)
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -79,6 +83,14 @@ const (
 	// coalesceFrames is the size of a write from which a conn counts as
 	// sent frames faster than it is written (writerPool, coalescing).
 	coalesceFrames = 8
+	// coalescePerFrame: a write of n frames (coalesceFrames or more)
+	// coalesces when the conn's previous write was at most n times this
+	// long before: frames come at 200 a second or more, whatever the delay.
+	coalescePerFrame = 5 * time.Millisecond
+	// coalesceQuiet: a pause this long in the node's fan-outs (no push or
+	// event queued to its connections, writerPool.feed) ends every wait in
+	// later: the burst is over, no frame will join those waiting.
+	coalesceQuiet = 5 * time.Millisecond
 )
 
 // newWriterPool starts n workers, at most atOnce writing at once, that
@@ -96,6 +108,16 @@ func newWriterPool(n, atOnce int, delay time.Duration) *writerPool {
 	}
 	go w.supervise()
 	return w
+}
+
+// feed records a fan-out: frames were queued to the pool's conns.
+func (w *writerPool) feed() { w.fed.Store(w.now()) }
+
+// dueLocked reports whether c, in later, may be written now: its delay
+// has passed, a conn is pressed, the pool is closing, or no fan-out came
+// for coalesceQuiet.
+func (w *writerPool) dueLocked(c *conn, now int64) bool {
+	return c.due <= now || w.closed || w.pressed.Load() > 0 || now-w.fed.Load() >= int64(coalesceQuiet)
 }
 
 // now is the pool's monotonic clock for workerSlot.
@@ -243,8 +265,9 @@ func (f *connQueue) pop() *conn {
 func (w *writerPool) add(c *conn) {
 	w.mu.Lock()
 	if w.delay > 0 && c.coalesce {
-		w.laterLocked(c, w.now())
-		wake := w.idle > 0 && w.pressed.Load() > 0 // due at once
+		now := w.now()
+		w.laterLocked(c, now)
+		wake := w.idle > 0 && w.dueLocked(w.later.first(), now)
 		w.mu.Unlock()
 		if wake {
 			w.cond.Signal()
@@ -275,6 +298,9 @@ func (w *writerPool) armLocked() {
 		return
 	}
 	due, now := w.later.first().due, w.now()
+	if quiet := w.fed.Load() + int64(coalesceQuiet); quiet < due {
+		due = quiet // fan-outs coming meanwhile push it back: the timer fires again
+	}
 	if due <= now || (w.timed != 0 && w.timed <= due) {
 		return
 	}
@@ -325,7 +351,7 @@ func (w *writerPool) addMany(list []*conn) {
 	}
 	w.ready.push(list...)
 	n := min(len(list), w.wakeableLocked())
-	if n == 0 && w.idle > 0 && w.pressed.Load() > 0 && w.later.len() > 0 {
+	if n == 0 && w.idle > 0 && w.later.len() > 0 && w.dueLocked(w.later.first(), w.now()) {
 		n = 1 // later's conns are due at once
 	}
 	w.mu.Unlock()
@@ -349,7 +375,7 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 				// Writing from now on, for the count of those after it
 				// (writingLocked).
 				slot.since.Store(w.now())
-				if w.later.len() > 0 && w.later.first().due <= w.now() && w.wakeableLocked() > 0 {
+				if w.later.len() > 0 && w.dueLocked(w.later.first(), w.now()) && w.wakeableLocked() > 0 {
 					// Conns of later came due together (one timer for
 					// all): another worker takes the next.
 					w.cond.Signal()
@@ -382,7 +408,7 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 // else ready's first. Nil when none may go.
 func (w *writerPool) takeLocked() *conn {
 	if w.later.len() > 0 {
-		if c := w.later.first(); c.due <= w.now() || w.closed || w.pressed.Load() > 0 {
+		if w.dueLocked(w.later.first(), w.now()) {
 			return w.later.pop()
 		}
 	}
