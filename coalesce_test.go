@@ -138,26 +138,6 @@ func TestWriteCoalesce(t *testing.T) {
 			t.Fatalf("write after the pause: %d frames, want 3", n)
 		}
 	})
-	t.Run("a full write after a long pause does not delay the next", func(t *testing.T) {
-		w := newWriterPool(1, 1, time.Hour)
-		defer w.close()
-		noPause(w)
-		rt := recTransport{writes: make(chan int, 16)}
-		c := newConn(rt, w, 64, false)
-		c.coalesces = true
-		c.setReady()
-		// Its last write was a minute ago: 10 frames since are fewer than
-		// 200 a second.
-		c.wroteAt = w.now() - int64(time.Minute)
-		queue(c, coalesceFrames+2)
-		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
-			t.Fatalf("first write: %d frames", n)
-		}
-		queue(c, 1)
-		if n := nextWrite(t, rt.writes); n != 1 {
-			t.Fatalf("second write: %d frames", n)
-		}
-	})
 	for _, tc := range []struct {
 		name      string
 		delay     time.Duration

@@ -74,7 +74,6 @@ type conn struct {
 	// mu to schedule it). Only a conn that coalesces (a WebSocket) sets it.
 	coalesce bool
 	due      int64         // when c may be written, while in the pool's later (pool clock, pool.mu)
-	wroteAt  int64         // when its drainer last wrote it (pool clock; coalescing conns only)
 	signal   bool          // the transport has something of its own to write (a ping)
 	cause    error         // why it closed
 	done     chan struct{} // closed once closed; made on first use (doneChan)

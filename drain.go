@@ -105,14 +105,7 @@ func (c *conn) drainMetered(yield bool, t *tally, now time.Time) (over bool) {
 		}
 		// On the pool, a write this full means frames come faster than
 		// they are written: the next one waits for more (writerPool).
-		// At 200 frames a second or more (coalescePerFrame), whatever the
-		// delay: a slower conn is written at once.
-		coalesce := false
-		if yield && c.coalesces && c.pool.delay > 0 {
-			at := c.pool.now()
-			coalesce = len(batch) >= coalesceFrames && at-c.wroteAt <= int64(len(batch))*int64(coalescePerFrame)
-			c.wroteAt = at
-		}
+		coalesce := yield && c.coalesces && c.pool.delay > 0 && len(batch) >= coalesceFrames
 		if !c.settle(batch, coalesce) {
 			return false
 		}

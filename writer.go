@@ -30,8 +30,7 @@ import (
 // subscriber dropped for a full queue.
 //
 // Coalescing (Config.WriteCoalesce): a conn whose last write carried
-// coalesceFrames frames or more, at coalescePerFrame or less apart, is
-// sent frames faster than it is written,
+// coalesceFrames frames or more is sent frames faster than it is written,
 // and each of its writes costs a system call on the node and a wake-up of
 // its client. When it is kicked again it waits in later until delay has
 // passed, so that the frames of that time leave in one write: under load a
@@ -83,10 +82,6 @@ const (
 	// coalesceFrames is the size of a write from which a conn counts as
 	// sent frames faster than it is written (writerPool, coalescing).
 	coalesceFrames = 8
-	// coalescePerFrame: a write of n frames (coalesceFrames or more)
-	// coalesces when the conn's previous write was at most n times this
-	// long before: frames come at 200 a second or more, whatever the delay.
-	coalescePerFrame = 5 * time.Millisecond
 	// coalesceQuiet: a pause this long in the node's fan-outs (no push or
 	// event queued to its connections, writerPool.feed) ends every wait in
 	// later: the burst is over, no frame will join those waiting.
