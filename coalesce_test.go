@@ -36,6 +36,16 @@ func queue(c *conn, n int) {
 // (coalesceQuiet).
 func noPause(w *writerPool) { w.fed.Store(1 << 62) }
 
+// coalescingConn returns a ready conn on w that coalesces (a WebSocket's),
+// queue bound max, and the transport recording its writes.
+func coalescingConn(w *writerPool, max int) (recTransport, *conn) {
+	rt := recTransport{writes: make(chan int, 16)}
+	c := newConn(rt, w, max, false)
+	c.coalesces = true
+	c.setReady()
+	return rt, c
+}
+
 // nextWrite waits for the next write's size.
 func nextWrite(t *testing.T, writes chan int) int {
 	t.Helper()
@@ -58,10 +68,7 @@ func TestWriteCoalesce(t *testing.T) {
 	t.Run("frames after a full write leave together", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
 		noPause(w)
-		rt := recTransport{writes: make(chan int, 16)}
-		c := newConn(rt, w, 64, false)
-		c.coalesces = true
-		c.setReady()
+		rt, c := coalescingConn(w, 64)
 		queue(c, coalesceFrames+2)
 		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
 			t.Fatalf("first write: %d frames", n)
@@ -82,10 +89,7 @@ func TestWriteCoalesce(t *testing.T) {
 	t.Run("a connection written frame by frame is not delayed", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
 		defer w.close()
-		rt := recTransport{writes: make(chan int, 16)}
-		c := newConn(rt, w, 64, false)
-		c.coalesces = true
-		c.setReady()
+		rt, c := coalescingConn(w, 64)
 		queue(c, coalesceFrames-1)
 		if n := nextWrite(t, rt.writes); n != coalesceFrames-1 {
 			t.Fatalf("first write: %d frames", n)
@@ -98,10 +102,7 @@ func TestWriteCoalesce(t *testing.T) {
 	t.Run("a queue more than half full is written at once", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
 		defer w.close()
-		rt := recTransport{writes: make(chan int, 16)}
-		c := newConn(rt, w, 2*coalesceFrames, false)
-		c.coalesces = true
-		c.setReady()
+		rt, c := coalescingConn(w, 2*coalesceFrames)
 		queue(c, coalesceFrames)
 		if n := nextWrite(t, rt.writes); n != coalesceFrames {
 			t.Fatalf("first write: %d frames", n)
@@ -114,10 +115,7 @@ func TestWriteCoalesce(t *testing.T) {
 	t.Run("a pause in the fan-outs ends the wait", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
 		defer w.close()
-		rt := recTransport{writes: make(chan int, 16)}
-		c := newConn(rt, w, 64, false)
-		c.coalesces = true
-		c.setReady()
+		rt, c := coalescingConn(w, 64)
 		queue(c, coalesceFrames+2)
 		if n := nextWrite(t, rt.writes); n != coalesceFrames+2 {
 			t.Fatalf("first write: %d frames", n)
