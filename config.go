@@ -183,8 +183,8 @@ type Config struct {
 	// WriteCoalesce is how long a WebSocket that is sent frames faster
 	// than it is written waits for more before its next write. A write
 	// that carries 8 frames or more marks such a socket (the node is past
-	// what it can write frame by frame): its next write waits up to this long
-	// after its next frame, so that the node makes fewer, larger writes
+	// what it can write frame by frame): its next write waits up to this
+	// long after its next frame, so that the node makes fewer, larger writes
 	// and leaves CPU to its other work (publishing, reading the Broker,
 	// answering pushes), and its client wakes less often. The wait ends
 	// early once the node has queued nothing to any connection for 5ms

@@ -135,7 +135,7 @@ func (r *registry) add(t *target, patterns []string, first func()) bool {
 	}
 	m[t] = struct{}{}
 	ts := r.tenant(k.tenant)
-	ts.sets = nil
+	r.changedLocked(k.tenant)
 	if t.all {
 		ts.all[t] = struct{}{}
 	} else {
@@ -171,7 +171,7 @@ func (r *registry) remove(t *target, slot bool) {
 				delete(r.users, k)
 			}
 			if ts := r.tenants[k.tenant]; ts != nil {
-				ts.sets = nil
+				r.changedLocked(k.tenant)
 				if t.all {
 					delete(ts.all, t)
 				} else {
@@ -231,7 +231,7 @@ func (r *registry) subscribe(t *target, patterns []string, max int) ([]string, e
 		return nil, badRequest("too many channels")
 	}
 	ts := r.tenant(t.ident.Tenant)
-	ts.sets = nil
+	r.changedLocked(t.ident.Tenant)
 	defer r.countChannels(t, len(t.channels))
 	for _, p := range patterns {
 		if i, ok := slices.BinarySearch(t.channels, p); !ok {
@@ -252,7 +252,7 @@ func (r *registry) unsubscribe(t *target, patterns []string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if ts := r.tenants[t.ident.Tenant]; ts != nil && r.registeredLocked(t) {
-		ts.sets = nil
+		r.changedLocked(t.ident.Tenant)
 		defer r.countChannels(t, len(t.channels))
 		for _, p := range patterns {
 			if i, ok := slices.BinarySearch(t.channels, p); ok {
