@@ -210,10 +210,10 @@ func TestWriteCoalescePool(t *testing.T) {
 		w.ready.push(fresh)
 		due.due = w.now() - 1
 		w.later.push(due)
-		if c := w.takeLocked(); c != due {
+		if c := w.takeLocked(w.now()); c != due {
 			t.Error("ready's conn was taken before the due one")
 		}
-		if c := w.takeLocked(); c != fresh {
+		if c := w.takeLocked(w.now()); c != fresh {
 			t.Error("ready's conn not taken next")
 		}
 	})
@@ -226,24 +226,51 @@ func TestWriteCoalescePool(t *testing.T) {
 		defer w.mu.Unlock()
 		c.due = w.now() - 1
 		w.later.push(c)
-		w.armLocked()
-		if w.timed != 0 {
-			t.Error("a timer armed for a conn already due")
+		if !w.armLocked(w.now()) || w.timed != 0 {
+			t.Error("a conn already due not reported, or a timer armed for it")
 		}
 		c.due = w.now() + int64(time.Hour)
-		w.armLocked()
-		if w.timed != c.due {
+		if w.armLocked(w.now()) || w.timed != c.due {
 			t.Errorf("timer armed for %d, want %d", w.timed, c.due)
 		}
 		// A fan-out now: the timer is brought forward to the pause that
 		// would end the wait.
 		w.timed = 0
 		w.feed()
-		w.armLocked()
+		w.armLocked(w.now())
 		if want := w.fed.Load() + int64(coalesceQuiet); w.timed != want {
 			t.Errorf("timer armed for %d after a fan-out, want %d", w.timed, want)
 		}
 		w.later.pop()
+	})
+	t.Run("a conn not taken at a reading has a timer after it", func(t *testing.T) {
+		// A worker checks later and then waits. The pause (coalesceQuiet)
+		// may end between the two: the check and the timer use one
+		// reading, so that the conn is either taken or has a timer; it was
+		// neither when the timer read the clock again (a push of the CI's
+		// TestChannelSinceHandOverUnderConcurrentPushes waited forever).
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		now := w.now()
+		for _, sinceFed := range []int64{-1, 0, 1, int64(coalesceQuiet) - 1, int64(coalesceQuiet), int64(coalesceQuiet) + 1} {
+			c := &conn{due: now + int64(time.Hour)}
+			w.later.push(c)
+			w.fed.Store(now - sinceFed)
+			w.timed = 0
+			taken := w.takeLocked(now) == c
+			due := !taken && w.armLocked(now)
+			if !taken && !due && w.timed <= now {
+				t.Errorf("%v after the last fan-out: neither taken nor timed", time.Duration(sinceFed))
+			}
+			if taken != (sinceFed >= int64(coalesceQuiet)) {
+				t.Errorf("%v after the last fan-out: taken %v", time.Duration(sinceFed), taken)
+			}
+			if w.later.len() > 0 {
+				w.later.pop()
+			}
+		}
 	})
 	t.Run("conns due together are written side by side", func(t *testing.T) {
 		w := newWriterPool(2, 2, 20*time.Millisecond)

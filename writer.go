@@ -164,7 +164,7 @@ func (w *writerPool) supervise() {
 // waitingLocked reports whether a conn may be written now and waits for a
 // worker: one in ready, or later's first once it is due.
 func (w *writerPool) waitingLocked() bool {
-	return w.ready.len() > 0 || (w.later.len() > 0 && w.later.first().due <= w.now())
+	return w.ready.len() > 0 || (w.later.len() > 0 && w.dueLocked(w.later.first(), w.now()))
 }
 
 // ableLocked counts the workers other than self that are waiting or have
@@ -261,8 +261,8 @@ func (w *writerPool) add(c *conn) {
 	w.mu.Lock()
 	if w.delay > 0 && c.coalesce {
 		now := w.now()
-		w.laterLocked(c, now)
-		wake := w.idle > 0 && w.dueLocked(w.later.first(), now)
+		due := w.laterLocked(c, now)
+		wake := w.idle > 0 && (due || w.dueLocked(w.later.first(), now))
 		w.mu.Unlock()
 		if wake {
 			w.cond.Signal()
@@ -277,27 +277,34 @@ func (w *writerPool) add(c *conn) {
 	}
 }
 
-// laterLocked puts c in later, due delay after now, and arms the timer.
-func (w *writerPool) laterLocked(c *conn, now int64) {
+// laterLocked puts c in later, due delay after now, and arms the timer;
+// it reports whether later's first conn is due at now (armLocked).
+func (w *writerPool) laterLocked(c *conn, now int64) bool {
 	c.due = now + int64(w.delay)
 	w.later.push(c)
-	w.armLocked()
+	return w.armLocked(now)
 }
 
-// armLocked sets the timer for later's first conn, unless it is set for
-// that time or earlier, or that conn is due already (the worker that
-// finds it limited takes it when the limit lets it: a worker writing
-// comes back to next).
-func (w *writerPool) armLocked() {
+// armLocked sets the timer for when later's first conn is due after now,
+// unless it is set for that time or earlier. It reports true, and sets no
+// timer, when that conn is due at now already: the caller then takes it or
+// wakes a worker that will (a worker that finds the limit reached leaves
+// it to those writing, which come back to next). The caller's now is the
+// one it checked the conns with, so that a conn that came due between its
+// check and this call is never left without a timer and without a worker.
+func (w *writerPool) armLocked(now int64) bool {
 	if w.later.len() == 0 || w.closed {
-		return
+		return false
 	}
-	due, now := w.later.first().due, w.now()
+	due := w.later.first().due
 	if quiet := w.fed.Load() + int64(coalesceQuiet); quiet < due {
 		due = quiet // fan-outs coming meanwhile push it back: the timer fires again
 	}
-	if due <= now || (w.timed != 0 && w.timed <= due) {
-		return
+	if due <= now {
+		return true
+	}
+	if w.timed != 0 && w.timed <= due {
+		return false
 	}
 	w.timed = due
 	d := time.Duration(due - now)
@@ -306,6 +313,7 @@ func (w *writerPool) armLocked() {
 	} else {
 		w.timer.Reset(d)
 	}
+	return false
 }
 
 // fire wakes a worker for the conn that is now due.
@@ -331,11 +339,12 @@ func (w *writerPool) addMany(list []*conn) {
 		return
 	}
 	w.mu.Lock()
+	due := false // later's first is due already
 	if w.delay > 0 {
 		now, k := w.now(), 0
 		for _, c := range list {
 			if c.coalesce {
-				w.laterLocked(c, now)
+				due = w.laterLocked(c, now) || due
 				continue
 			}
 			list[k] = c
@@ -346,7 +355,7 @@ func (w *writerPool) addMany(list []*conn) {
 	}
 	w.ready.push(list...)
 	n := min(len(list), w.wakeableLocked())
-	if n == 0 && w.idle > 0 && w.later.len() > 0 && w.dueLocked(w.later.first(), w.now()) {
+	if n == 0 && w.idle > 0 && w.later.len() > 0 && (due || w.dueLocked(w.later.first(), w.now())) {
 		n = 1 // later's conns are due at once
 	}
 	w.mu.Unlock()
@@ -365,12 +374,13 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for {
+		now := w.now() // one reading for the take and the timer (armLocked)
 		if w.ready.len()+w.later.len() > 0 && !w.limitedLocked() {
-			if c := w.takeLocked(); c != nil {
+			if c := w.takeLocked(now); c != nil {
 				// Writing from now on, for the count of those after it
 				// (writingLocked).
-				slot.since.Store(w.now())
-				if w.later.len() > 0 && w.dueLocked(w.later.first(), w.now()) && w.wakeableLocked() > 0 {
+				slot.since.Store(now)
+				if w.later.len() > 0 && w.dueLocked(w.later.first(), now) && w.wakeableLocked() > 0 {
 					// Conns of later came due together (one timer for
 					// all): another worker takes the next.
 					w.cond.Signal()
@@ -391,7 +401,9 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 		if w.closed {
 			return nil, false
 		}
-		w.armLocked()
+		if w.armLocked(now) && !w.limitedLocked() {
+			continue // came due since the take: take it
+		}
 		w.idle++
 		w.cond.Wait()
 		w.idle--
@@ -401,9 +413,9 @@ func (w *writerPool) next(slot *workerSlot, extra bool, t *tally) (*conn, bool) 
 // takeLocked takes later's first conn when it is due (or a conn is
 // pressed, or the pool closed): it has waited longer than any in ready;
 // else ready's first. Nil when none may go.
-func (w *writerPool) takeLocked() *conn {
+func (w *writerPool) takeLocked(now int64) *conn {
 	if w.later.len() > 0 {
-		if w.dueLocked(w.later.first(), w.now()) {
+		if w.dueLocked(w.later.first(), now) {
 			return w.later.pop()
 		}
 	}
