@@ -60,10 +60,11 @@ func nextWrite(t *testing.T, writes chan int) int {
 
 // TestWriteCoalesce: once a write carried coalesceFrames frames, the
 // frames queued next wait for the pool's delay and leave in one write
-// (here only the pool's close ends an hour's wait); a connection whose
-// write carried fewer is written at once; a queue more than half full is
-// written at once whatever the delay; a conn that does not coalesce (an
-// SSE stream) is never delayed.
+// (here only the pool's close, a pause in the fan-outs or coalesceMax
+// frames queued end an hour's wait); a connection whose write carried
+// fewer is written at once; a queue more than half full is written at
+// once whatever the delay; a conn that does not coalesce (an SSE stream)
+// is never delayed.
 func TestWriteCoalesce(t *testing.T) {
 	t.Run("frames after a full write leave together", func(t *testing.T) {
 		w := newWriterPool(1, 1, time.Hour)
@@ -136,6 +137,34 @@ func TestWriteCoalesce(t *testing.T) {
 			t.Fatalf("write after the pause: %d frames, want 3", n)
 		}
 	})
+	t.Run("a wait ends once a conn holds coalesceMax frames", func(t *testing.T) {
+		w := newWriterPool(1, 1, time.Hour)
+		defer w.close()
+		noPause(w)
+		// Queues of 4×coalesceMax: the frames that end the wait leave
+		// the queue far from half full (pressed).
+		rt, c := coalescingConn(w, 4*coalesceMax)
+		other, o := coalescingConn(w, 4*coalesceMax)
+		for _, cc := range []struct {
+			rt recTransport
+			c  *conn
+		}{{rt, c}, {other, o}} {
+			queue(cc.c, coalesceFrames)
+			if n := nextWrite(t, cc.rt.writes); n != coalesceFrames {
+				t.Fatalf("first write: %d frames", n)
+			}
+		}
+		queue(o, 1) // waits for the hour
+		for range coalesceMax {
+			queue(c, 1) // one kick per frame, as pushes come
+		}
+		if n := nextWrite(t, rt.writes); n != coalesceMax {
+			t.Fatalf("write of the full conn: %d frames, want %d", n, coalesceMax)
+		}
+		if n := nextWrite(t, other.writes); n != 1 {
+			t.Fatalf("write of the other conn waiting: %d frames, want 1", n)
+		}
+	})
 	for _, tc := range []struct {
 		name      string
 		delay     time.Duration
@@ -168,10 +197,10 @@ func TestWriteCoalesceConfig(t *testing.T) {
 		want time.Duration
 		err  bool
 	}{
-		{"default", Config{}, 40 * time.Millisecond, false},
+		{"default", Config{}, 100 * time.Millisecond, false},
 		{"set", Config{WriteCoalesce: 5 * time.Millisecond}, 5 * time.Millisecond, false},
 		{"disabled", Config{DisableWriteCoalesce: true, WriteCoalesce: 5 * time.Millisecond}, 0, false},
-		{"too long", Config{WriteCoalesce: time.Second}, 0, true},
+		{"too long", Config{WriteCoalesce: 2 * time.Second}, 0, true},
 		{"negative", Config{WriteCoalesce: -time.Millisecond}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -188,10 +188,11 @@ type Config struct {
 	// and leaves CPU to its other work (publishing, reading the Broker,
 	// answering pushes), and its client wakes less often. The wait ends
 	// early once the node has queued nothing to any connection for 5ms
-	// (the burst is over). A socket whose writes carry fewer frames is
-	// written at once, and so is one whose queue is more than half full
-	// (WSSendQueue). SSE streams and long polls are always written at
-	// once. At most 100ms. Default: 40ms.
+	// (the burst is over), and once a waiting socket holds 128 frames (a
+	// write as large as it needs to be). A socket whose writes carry fewer
+	// frames is written at once, and so is one whose queue is more than
+	// half full (WSSendQueue). SSE streams and long polls are always
+	// written at once. At most 1s. Default: 100ms.
 	WriteCoalesce time.Duration
 	// DisableWriteCoalesce writes every WebSocket as soon as a writer is
 	// free, however many frames each write carries. Default: false.
@@ -321,7 +322,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"ResumeWait", &c.ResumeWait, 3 * time.Second},
 		{"Heartbeat", &c.Heartbeat, 30 * time.Second},
 		{"WriteTimeout", &c.WriteTimeout, 10 * time.Second},
-		{"WriteCoalesce", &c.WriteCoalesce, 40 * time.Millisecond},
+		{"WriteCoalesce", &c.WriteCoalesce, 100 * time.Millisecond},
 		{"PollTimeout", &c.PollTimeout, 25 * time.Second},
 		{"PollMaxTimeout", &c.PollMaxTimeout, 60 * time.Second},
 		{"WSPingInterval", &c.WSPingInterval, 25 * time.Second},
@@ -459,7 +460,7 @@ func writersAtOnce(broker bool) int {
 
 // maxWriteCoalesce bounds Config.WriteCoalesce: the delay a busy
 // connection's frames may get.
-const maxWriteCoalesce = 100 * time.Millisecond
+const maxWriteCoalesce = time.Second
 
 // writeCoalesce is the writer pool's delay for busy connections (0: none).
 func (c *Config) writeCoalesce() time.Duration {

@@ -36,7 +36,10 @@ type conn struct {
 	// pressed: the queue is more than half full, counted by the pool
 	// (writerPool.press), until it is taken or dropped.
 	pressed bool
-	wake    chan struct{} // non-nil: drained by its handler goroutine, woken here
+	// full: c waits to coalesce and holds coalesceMax frames, counted by
+	// the pool (writerPool.fill), until its queue is taken or dropped.
+	full bool
+	wake chan struct{} // non-nil: drained by its handler goroutine, woken here
 	// solo: the conn carries one stream (an SSE stream, a long poll), so it
 	// counts as one subscriber (Plugin.Subscribers).
 	solo bool
@@ -166,6 +169,10 @@ func (c *conn) appendLocked(o out, bounded bool) bool {
 		c.pressed = true
 		c.pool.press(1)
 	}
+	if c.coalesce && !c.full && len(c.queue) >= coalesceMax {
+		c.full = true
+		c.pool.fill(1)
+	}
 	return c.scheduleLocked()
 }
 
@@ -174,6 +181,10 @@ func (c *conn) unpressLocked() {
 	if c.pressed {
 		c.pressed = false
 		c.pool.press(-1)
+	}
+	if c.full {
+		c.full = false
+		c.pool.fill(-1)
 	}
 }
 

@@ -151,9 +151,10 @@
 // that a busy node reads its engine at once, at most Config.WritersAtOnce
 // writers write at one time (with a Broker, one P is left to the network).
 // A WebSocket sent frames faster than it is written (8 or more in a write)
-// waits up to Config.WriteCoalesce for more before its next write, or
-// until the node's fan-outs pause for 5ms: a saturated node makes fewer,
-// larger writes; one that keeps up writes each frame at once.
+// waits up to Config.WriteCoalesce for more before its next write, until
+// the node's fan-outs pause for 5ms, or until a waiting socket holds 128
+// frames: a saturated node makes fewer, larger writes; one that keeps up
+// writes each frame at once.
 //
 // # Observability
 //

@@ -38,14 +38,17 @@ import (
 // work (reading its Broker, answering pushes). A conn written with fewer
 // frames is written at once, as before: a connection sent frames at a pace
 // the node keeps up with gets no delay. Conns in later are taken at once
-// while any conn is pressed, once the pool closes, and once no fan-out has
-// queued frames for coalesceQuiet (feed): a burst that ended is written
-// whole, not after the delay.
+// while any conn is pressed, once the pool closes, once one holds
+// coalesceMax frames (fill: a write is as large as it needs to be, and a
+// longer wait would only make the socket buffers overflow), and once no
+// fan-out has queued frames for coalesceQuiet (feed): a burst that ended
+// is written whole, not after the delay.
 type writerPool struct {
 	n       int // core workers
 	atOnce  int // workers writing at once, at most
 	delay   time.Duration
 	pressed atomic.Int64
+	full    atomic.Int64 // conns waiting in later with coalesceMax frames (fill)
 	fed     atomic.Int64 // when the last fan-out queued frames (pool clock; feed)
 
 	mu     sync.Mutex
@@ -86,6 +89,9 @@ const (
 	// event queued to its connections, writerPool.feed) ends every wait in
 	// later: the burst is over, no frame will join those waiting.
 	coalesceQuiet = 5 * time.Millisecond
+	// coalesceMax: once a conn waiting in later holds this many frames,
+	// every wait ends (writerPool.fill).
+	coalesceMax = 128
 )
 
 // newWriterPool starts n workers, at most atOnce writing at once, that
@@ -109,10 +115,11 @@ func newWriterPool(n, atOnce int, delay time.Duration) *writerPool {
 func (w *writerPool) feed() { w.fed.Store(w.now()) }
 
 // dueLocked reports whether c, in later, may be written now: its delay
-// has passed, a conn is pressed, the pool is closing, or no fan-out came
-// for coalesceQuiet.
+// has passed, a conn is pressed or full, the pool is closing, or no
+// fan-out came for coalesceQuiet.
 func (w *writerPool) dueLocked(c *conn, now int64) bool {
-	return c.due <= now || w.closed || w.pressed.Load() > 0 || now-w.fed.Load() >= int64(coalesceQuiet)
+	return c.due <= now || w.closed || w.pressed.Load() > 0 || w.full.Load() > 0 ||
+		now-w.fed.Load() >= int64(coalesceQuiet)
 }
 
 // now is the pool's monotonic clock for workerSlot.
@@ -185,6 +192,15 @@ func (w *writerPool) ableLocked(self *workerSlot) int {
 // or for conns not yet due.
 func (w *writerPool) press(d int64) {
 	if w.pressed.Add(d) == 1 && d > 0 && (w.atOnce < w.n || w.delay > 0) {
+		w.cond.Broadcast()
+	}
+}
+
+// fill counts a conn waiting in later whose queue reached coalesceMax
+// frames (d = 1) or was taken (d = -1); the first wakes the workers: every
+// conn in later is due.
+func (w *writerPool) fill(d int64) {
+	if w.full.Add(d) == 1 && d > 0 {
 		w.cond.Broadcast()
 	}
 }

@@ -378,7 +378,7 @@ func (r *realtimeImpl) coalesce() string {
 	case r.cfg.WriteCoalesce != 0:
 		return "WriteCoalesce " + r.cfg.WriteCoalesce.String() + " (BENCH_RT_WRITE_COALESCE)"
 	}
-	return "WriteCoalesce 40ms"
+	return "WriteCoalesce 100ms"
 }
 
 func (r *realtimeImpl) config() string {
