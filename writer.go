@@ -192,8 +192,18 @@ func (w *writerPool) ableLocked(self *workerSlot) int {
 // or for conns not yet due.
 func (w *writerPool) press(d int64) {
 	if w.pressed.Add(d) == 1 && d > 0 && (w.atOnce < w.n || w.delay > 0) {
-		w.cond.Broadcast()
+		w.wakeAll()
 	}
+}
+
+// wakeAll wakes every waiting worker after a change they check under the
+// pool's lock but that is made without it (pressed, full): taking the
+// lock first, no worker is between its check and its wait, where the
+// wake-up would be lost (its timer would still end the wait, late).
+func (w *writerPool) wakeAll() {
+	w.mu.Lock()
+	w.mu.Unlock() //nolint:staticcheck // empty critical section: see above
+	w.cond.Broadcast()
 }
 
 // fill counts a conn waiting in later whose queue reached coalesceMax
@@ -201,7 +211,7 @@ func (w *writerPool) press(d int64) {
 // conn in later is due.
 func (w *writerPool) fill(d int64) {
 	if w.full.Add(d) == 1 && d > 0 {
-		w.cond.Broadcast()
+		w.wakeAll()
 	}
 }
 
