@@ -145,25 +145,28 @@ func TestWritersAtOnceDefault(t *testing.T) {
 func TestWritersAtOnceLimit(t *testing.T) {
 	w := newWriterPool(2, 1, 0)
 	defer w.close()
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.limitedLocked() {
+	limited := func() bool { // press takes the pool's lock: checks take it each
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.limitedLocked()
+	}
+	if limited() {
 		t.Fatal("limited with no worker writing")
 	}
 	w.busy[0].since.Store(w.now())
-	if !w.limitedLocked() {
+	if !limited() {
 		t.Fatal("a second worker may write beside the first under a limit of one")
 	}
 	w.press(1)
-	if w.limitedLocked() {
+	if limited() {
 		t.Error("still limited while a queue is more than half full")
 	}
 	w.press(-1)
-	if !w.limitedLocked() {
+	if !limited() {
 		t.Error("not limited once the queue was taken")
 	}
 	w.busy[0].since.Store(w.now() - int64(stallAfter) - 1)
-	if w.limitedLocked() {
+	if limited() {
 		t.Error("a worker blocked for stallAfter still counts against the limit")
 	}
 	w.busy[0].since.Store(0)

@@ -200,6 +200,8 @@ func (w *writerPool) press(d int64) {
 // pool's lock but that is made without it (pressed, full): taking the
 // lock first, no worker is between its check and its wait, where the
 // wake-up would be lost (its timer would still end the wait, late).
+// The caller must not hold the pool's lock (a conn's lock it may: the
+// pool never takes a conn's lock under its own).
 func (w *writerPool) wakeAll() {
 	w.mu.Lock()
 	w.mu.Unlock() //nolint:staticcheck // empty critical section: see above
